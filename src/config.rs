@@ -1,0 +1,172 @@
+//! Server configuration: one struct built from flags and environment, validated once at start.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// Everything `tessera serve` needs. Every field has an embedded default, so `Config::default()`
+/// is a working loopback server (HTTP on 127.0.0.1:8080, media on UDP 127.0.0.1, ports 40000-40999).
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// HTTP listen address (signaling, WHIP/WHEP, rooms API, web client).
+    #[arg(long, env = "TESSERA_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// UDP port range for media, `LOW-HIGH` inclusive (one socket per peer connection; webrtc-rs
+    /// has no UDP mux). `0` picks an ephemeral port per connection.
+    #[arg(long, env = "TESSERA_UDP_PORTS", default_value = "40000-40999", value_parser = parse_port_range)]
+    pub udp_ports: PortRange,
+
+    /// IP address media sockets bind to. Default: 127.0.0.1 when `--listen` is loopback, else
+    /// 0.0.0.0 (every non-loopback interface).
+    #[arg(long, env = "TESSERA_MEDIA_IP")]
+    pub media_ip: Option<IpAddr>,
+
+    /// Public IP announced in ICE host candidates instead of the bound one (NAT 1:1, e.g. a cloud
+    /// VM's elastic IP). Repeatable.
+    #[arg(long = "public-ip", env = "TESSERA_PUBLIC_IP", value_delimiter = ',')]
+    pub public_ips: Vec<IpAddr>,
+
+    /// STUN/TURN server URL handed to clients (`GET /v1/config`) and used by the server's own
+    /// ICE agent, e.g. `stun:stun.example.org:3478` or `turn:user:pass@turn.example.org:3478`.
+    /// Repeatable.
+    #[arg(long = "ice-server", env = "TESSERA_ICE_SERVERS", value_delimiter = ',')]
+    pub ice_servers: Vec<String>,
+
+    /// Composite width in pixels.
+    #[arg(long, env = "TESSERA_WIDTH", default_value_t = 1280)]
+    pub width: u32,
+
+    /// Composite height in pixels.
+    #[arg(long, env = "TESSERA_HEIGHT", default_value_t = 720)]
+    pub height: u32,
+
+    /// Composite frame rate in frames per second.
+    #[arg(long, env = "TESSERA_FPS", default_value_t = 30)]
+    pub fps: u32,
+
+    /// Target bitrate of the composite video encode, kbit/s.
+    #[arg(long, env = "TESSERA_VIDEO_KBPS", default_value_t = 1500)]
+    pub video_kbps: u32,
+
+    /// Target bitrate of each Opus mix encode, kbit/s.
+    #[arg(long, env = "TESSERA_AUDIO_KBPS", default_value_t = 32)]
+    pub audio_kbps: u32,
+
+    /// Encoder/decoder backend: a folder name under `pipelines/` (`cpu`, `nvenc`, `vaapi`).
+    /// A backend whose elements are missing falls back to `cpu` with a warning.
+    #[arg(long, env = "TESSERA_BACKEND", default_value = "cpu")]
+    pub backend: String,
+
+    /// Folder to read pipeline fragments from instead of the copies embedded in the binary.
+    #[arg(long, env = "TESSERA_PIPELINES_DIR")]
+    pub pipelines_dir: Option<PathBuf>,
+
+    /// Jitter buffer depth for inbound video, ms (`rtpjitterbuffer latency`).
+    #[arg(long, env = "TESSERA_JITTER_MS", default_value_t = 50)]
+    pub jitter_ms: u32,
+
+    /// Minimum interval between two PLIs sent to one publisher, ms.
+    #[arg(long, env = "TESSERA_PLI_INTERVAL_MS", default_value_t = 500)]
+    pub pli_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
+            udp_ports: PortRange { low: 40000, high: 40999 },
+            media_ip: None,
+            public_ips: vec![],
+            ice_servers: vec![],
+            width: 1280,
+            height: 720,
+            fps: 30,
+            video_kbps: 1500,
+            audio_kbps: 32,
+            backend: "cpu".into(),
+            pipelines_dir: None,
+            jitter_ms: 50,
+            pli_interval_ms: 500,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Output size or rate out of range (width/height must be even, 64..=3840 x 64..=2160, fps 1..=60).
+    #[error("invalid output format: {0}")]
+    Output(String),
+}
+
+impl Config {
+    /// Checks the values that flags cannot check alone.
+    ///
+    /// # Errors
+    /// [`ConfigError::Output`] for an odd or out-of-range size, or a frame rate outside 1..=60.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let (w, h) = (self.width, self.height);
+        if !(64..=3840).contains(&w) || !(64..=2160).contains(&h) || w % 2 != 0 || h % 2 != 0 {
+            return Err(ConfigError::Output(format!("{w}x{h}: need even sizes within 64x64..3840x2160")));
+        }
+        if !(1..=60).contains(&self.fps) {
+            return Err(ConfigError::Output(format!("fps {}: need 1..=60", self.fps)));
+        }
+        Ok(())
+    }
+
+    /// The IP media sockets bind to: `--media-ip`, else loopback when HTTP listens on loopback,
+    /// else the IPv4 wildcard.
+    pub fn media_bind_ip(&self) -> IpAddr {
+        self.media_ip.unwrap_or(if self.listen.ip().is_loopback() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        })
+    }
+}
+
+/// An inclusive UDP port range; `low == high == 0` means "ephemeral".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port.
+    pub low: u16,
+    /// Last port, inclusive.
+    pub high: u16,
+}
+
+fn parse_port_range(s: &str) -> Result<PortRange, String> {
+    if s.trim() == "0" {
+        return Ok(PortRange { low: 0, high: 0 });
+    }
+    let (a, b) = s.split_once('-').ok_or_else(|| format!("expected LOW-HIGH, got {s:?}"))?;
+    let low: u16 = a.trim().parse().map_err(|e| format!("{a:?}: {e}"))?;
+    let high: u16 = b.trim().parse().map_err(|e| format!("{b:?}: {e}"))?;
+    if low == 0 || low > high {
+        return Err(format!("{s:?}: need 0 < LOW <= HIGH"));
+    }
+    Ok(PortRange { low, high })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("40000-40010").unwrap(), PortRange { low: 40000, high: 40010 });
+        assert_eq!(parse_port_range("0").unwrap(), PortRange { low: 0, high: 0 });
+        assert!(parse_port_range("5-4").is_err());
+        assert!(parse_port_range("x").is_err());
+    }
+
+    #[test]
+    fn odd_sizes_are_refused() {
+        let c = Config { width: 1281, ..Config::default() };
+        assert!(c.validate().is_err());
+        assert!(Config::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,125 @@
+//! A publisher's video: RTP in → `rtpjitterbuffer` → depayloader → decoder → the room's tile.
+//!
+//! One small pipeline per published video track, so a broken or hostile stream stops only its own
+//! decoder: `appsrc(application/x-rtp) ! rtpjitterbuffer ! rtp<codec>depay ! <decode fragment> !
+//! appsink`. When the depayloader or the decoder needs a keyframe (start, loss, corrupt frame) it
+//! sends `GstForceKeyUnit` upstream; that reaches the `appsrc` and is turned into a callback
+//! (the transport answers it with a rate-limited PLI to the publisher).
+
+use std::sync::Arc;
+
+use gstreamer as gst;
+use gstreamer_app as gst_app;
+use gst::prelude::*;
+
+use super::compositor::{VideoError, VideoInput, watch_bus};
+use super::fanout::VideoCodec;
+use crate::pipelines::{Backends, Params, Role};
+
+/// Called (from a GStreamer thread) when the decoder needs a keyframe from the publisher.
+pub type KeyframeNeeded = Arc<dyn Fn() + Send + Sync>;
+
+/// The decode pipeline of one published video track.
+pub struct VideoIngest {
+    pipeline: gst::Pipeline,
+    appsrc: gst_app::AppSrc,
+}
+
+impl Drop for VideoIngest {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+impl VideoIngest {
+    /// Starts decoding RTP of `codec` with payload type `payload_type` (clock 90 kHz) into `tile`.
+    /// `jitter_ms` is the jitter buffer's latency (`rtpjitterbuffer latency`, ms).
+    ///
+    /// # Errors
+    /// [`VideoError`] if an element is missing or the pipeline does not start.
+    pub fn start(
+        label: &str,
+        codec: VideoCodec,
+        payload_type: u8,
+        jitter_ms: u32,
+        backends: &Backends,
+        tile: VideoInput,
+        on_keyframe_needed: KeyframeNeeded,
+    ) -> Result<Self, VideoError> {
+        let err = |e: &dyn std::fmt::Display| VideoError::Gst(e.to_string());
+        let pipeline = gst::Pipeline::with_name(&format!("ingest-{label}"));
+        let caps = gst::Caps::builder("application/x-rtp")
+            .field("media", "video")
+            .field("clock-rate", 90000i32)
+            .field("encoding-name", codec.encoding_name())
+            .field("payload", payload_type as i32)
+            .build();
+        let appsrc = gst_app::AppSrc::builder()
+            .caps(&caps)
+            .is_live(true)
+            .do_timestamp(true)
+            .format(gst::Format::Time)
+            .max_bytes(2_000_000)
+            .leaky_type(gst_app::AppLeakyType::Downstream)
+            .build();
+        let jitter = gst::ElementFactory::make("rtpjitterbuffer")
+            .property("latency", jitter_ms)
+            .property("do-lost", true)
+            .property_from_str("mode", "none")
+            .build()
+            .map_err(|e| err(&e))?;
+        let (depay_name, role) = match codec {
+            VideoCodec::Vp8 => ("rtpvp8depay", Role::Vp8Decode),
+            VideoCodec::H264 => ("rtph264depay", Role::H264Decode),
+        };
+        let depay = gst::ElementFactory::make(depay_name).build().map_err(|e| err(&e))?;
+        if depay.find_property("request-keyframe").is_some() {
+            depay.set_property("request-keyframe", true);
+        }
+        if depay.find_property("wait-for-keyframe").is_some() {
+            depay.set_property("wait-for-keyframe", true);
+        }
+        let dec = backends.make_bin(role, Params { kbps: 0, keyint: 0, fps: 30 })?;
+        for e in dec.iterate_recurse().into_iter().flatten() {
+            if e.is::<gstreamer_video::VideoDecoder>() {
+                if e.find_property("automatic-request-sync-points").is_some() {
+                    e.set_property("automatic-request-sync-points", true);
+                }
+                if e.find_property("discard-corrupted-frames").is_some() {
+                    e.set_property("discard-corrupted-frames", true);
+                }
+            }
+        }
+        let sink = gst_app::AppSink::builder().sync(false).max_buffers(2).drop(true).build();
+        let elements: Vec<gst::Element> =
+            vec![appsrc.clone().upcast(), jitter, depay, dec.upcast(), sink.clone().upcast()];
+        pipeline.add_many(&elements).map_err(|e| err(&e))?;
+        gst::Element::link_many(&elements).map_err(|e| err(&e))?;
+
+        sink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |s| {
+                    let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    tile.push(&sample);
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+        appsrc.static_pad("src").unwrap().add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
+            if let Some(ev) = info.event()
+                && gstreamer_video::UpstreamForceKeyUnitEvent::parse(ev).is_ok()
+            {
+                on_keyframe_needed();
+            }
+            gst::PadProbeReturn::Ok
+        });
+        watch_bus(&pipeline, label.to_string());
+        pipeline.set_state(gst::State::Playing).map_err(|e| err(&e))?;
+        Ok(Self { pipeline, appsrc })
+    }
+
+    /// Queues one RTP packet (a whole datagram: header and payload); no copy is made.
+    pub fn push_rtp(&self, packet: bytes::Bytes) {
+        let _ = self.appsrc.push_buffer(gst::Buffer::from_slice(packet));
+    }
+}

@@ -1,0 +1,502 @@
+//! Transport: webrtc-rs peer connections. Builds one per participant on a port from the configured
+//! UDP range, answers the offer (non-trickle: the answer carries every candidate), exposes the
+//! remote tracks as RTP streams, and the local tracks Tessera sends the composite and mix on.
+
+pub mod rtcp;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8};
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use tokio::sync::{mpsc, watch};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceCandidateType, RTCIceGatheringState, RTCIceServer, RTCPeerConnectionState, RTCSessionDescription, Registry,
+    SettingEngineBuilder, register_default_interceptors,
+};
+
+use crate::config::{Config, PortRange};
+use crate::media::fanout::VideoCodec;
+
+/// How long the answer waits for ICE gathering to complete.
+const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Transport errors, each with the reason a client is told.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The offer was refused by the WebRTC stack (e.g. no DTLS fingerprint, bad ICE credentials).
+    #[error("offer rejected: {0}")]
+    Offer(String),
+    /// No UDP port of the range could be bound.
+    #[error("no free UDP port in {0:?}")]
+    NoPort(PortRange),
+    /// Any other failure of the WebRTC stack.
+    #[error("webrtc: {0}")]
+    WebRtc(String),
+}
+
+fn rtc_err(e: impl std::fmt::Display) -> TransportError {
+    TransportError::WebRtc(e.to_string())
+}
+
+/// What a participant's session sends and receives, decided from the offer by signaling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionPlan {
+    /// The peer sends video we will decode.
+    pub publish_video: bool,
+    /// The peer sends audio we will mix.
+    pub publish_audio: bool,
+    /// Send the composite in this codec.
+    pub receive_video: Option<VideoCodec>,
+    /// Send the mix.
+    pub receive_audio: bool,
+}
+
+/// Events of one session, delivered by the transport to whoever owns the participant.
+pub trait SessionEvents: Send + Sync + 'static {
+    /// A remote track started; read it with [`RemoteTrack::next_rtp`].
+    fn on_remote_track(&self, track: RemoteTrack);
+    /// The peer connection changed state (`Failed` and `Closed` mean the participant is gone).
+    fn on_state(&self, state: RTCPeerConnectionState);
+}
+
+/// Shared by every session: settings and the port allocator.
+pub struct Transport {
+    bind_ip: IpAddr,
+    ports: PortRange,
+    next_port: AtomicU16,
+    public_ips: Vec<String>,
+    ice_servers: Vec<RTCIceServer>,
+    pli_interval: Duration,
+}
+
+/// Parses `stun:host:port`, `turn:host:port?transport=udp` and the `turn:user:pass@host:port`
+/// shorthand into an ICE server entry.
+pub fn parse_ice_server(url: &str) -> RTCIceServer {
+    if let Some((scheme, rest)) = url.split_once(':')
+        && (scheme == "turn" || scheme == "turns")
+        && let Some((cred, host)) = rest.rsplit_once('@')
+        && let Some((user, pass)) = cred.split_once(':')
+    {
+        return RTCIceServer { urls: vec![format!("{scheme}:{host}")], username: user.into(), credential: pass.into() };
+    }
+    RTCIceServer { urls: vec![url.to_string()], ..Default::default() }
+}
+
+impl Transport {
+    /// Transport settings from the server configuration.
+    pub fn new(cfg: &Config) -> Self {
+        Self {
+            bind_ip: cfg.media_bind_ip(),
+            ports: cfg.udp_ports,
+            next_port: AtomicU16::new(cfg.udp_ports.low),
+            public_ips: cfg.public_ips.iter().map(|ip| ip.to_string()).collect(),
+            ice_servers: cfg.ice_servers.iter().map(|u| parse_ice_server(u)).collect(),
+            pli_interval: Duration::from_millis(cfg.pli_interval_ms),
+        }
+    }
+
+    /// The ICE servers as given to clients.
+    pub fn ice_servers(&self) -> &[RTCIceServer] {
+        &self.ice_servers
+    }
+
+    fn media_engine() -> Result<MediaEngine, TransportError> {
+        let mut m = MediaEngine::default();
+        let fb = |typ: &str, parameter: &str| RTCPFeedback { typ: typ.into(), parameter: parameter.into() };
+        let video_fb = vec![fb("nack", ""), fb("nack", "pli"), fb("ccm", "fir"), fb("goog-remb", "")];
+        let codec = |mime: &str, clock_rate: u32, channels: u16, fmtp: &str, rtcp_feedback: Vec<RTCPFeedback>, pt: u8| {
+            RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: mime.into(),
+                    clock_rate,
+                    channels,
+                    sdp_fmtp_line: fmtp.into(),
+                    rtcp_feedback,
+                },
+                payload_type: pt,
+            }
+        };
+        m.register_codec(codec(MIME_TYPE_OPUS, 48000, 2, "minptime=10;useinbandfec=1", vec![], 111), RtpCodecKind::Audio)
+            .map_err(rtc_err)?;
+        for c in [
+            codec(MIME_TYPE_VP8, 90000, 0, "", video_fb.clone(), 96),
+            codec(MIME_TYPE_RTX, 90000, 0, "apt=96", vec![], 97),
+            codec(
+                MIME_TYPE_H264,
+                90000,
+                0,
+                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+                video_fb.clone(),
+                102,
+            ),
+            codec(MIME_TYPE_RTX, 90000, 0, "apt=102", vec![], 103),
+        ] {
+            m.register_codec(c, RtpCodecKind::Video).map_err(rtc_err)?;
+        }
+        Ok(m)
+    }
+
+    /// Answers `offer` (SDP text) for participant `id`: builds the peer connection, adds the local
+    /// tracks `plan` asks for, and returns the session with the complete answer (all candidates
+    /// inline) once ICE gathering is done or after 5 s.
+    ///
+    /// # Errors
+    /// [`TransportError::Offer`] when the stack refuses the offer, [`TransportError::NoPort`] when
+    /// the port range is exhausted, [`TransportError::WebRtc`] otherwise.
+    pub async fn answer(
+        &self,
+        id: &str,
+        offer: &str,
+        plan: SessionPlan,
+        events: Arc<dyn SessionEvents>,
+    ) -> Result<(Session, String), TransportError> {
+        let offer = RTCSessionDescription::offer(offer.to_string()).map_err(|e| TransportError::Offer(e.to_string()))?;
+        let (gather_tx, mut gather_rx) = mpsc::channel(1);
+        let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
+        let handler = Arc::new(Handler {
+            events,
+            gather_tx,
+            state_tx,
+            pli_interval: self.pli_interval,
+            runtime: tokio::runtime::Handle::current(),
+        });
+        let pc = self.build(handler).await?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let result = async {
+            pc.set_remote_description(offer).await.map_err(|e| TransportError::Offer(e.to_string()))?;
+            let video = match plan.receive_video {
+                Some(codec) => Some(LocalTrack::add(&pc, id, RtpCodecKind::Video, codec_of(codec)).await?),
+                None => None,
+            };
+            let audio = if plan.receive_audio {
+                Some(LocalTrack::add(&pc, id, RtpCodecKind::Audio, codec_of_audio()).await?)
+            } else {
+                None
+            };
+            let answer = pc.create_answer(None).await.map_err(|e| TransportError::Offer(e.to_string()))?;
+            pc.set_local_description(answer).await.map_err(rtc_err)?;
+            let _ = tokio::time::timeout(GATHER_TIMEOUT, gather_rx.recv()).await;
+            let sdp = pc.local_description().await.ok_or_else(|| rtc_err("no local description"))?.sdp;
+            for t in video.iter().chain(audio.iter()) {
+                t.resolve_payload_type().await;
+            }
+            Ok((video, audio, sdp))
+        }
+        .await;
+        match result {
+            Ok((video, audio, sdp)) => Ok((Session { pc, video, audio, state: state_rx }, sdp)),
+            Err(e) => {
+                let _ = pc.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn build(&self, handler: Arc<Handler>) -> Result<impl PeerConnection + use<>, TransportError> {
+        let span = if self.ports.low == 0 { 1 } else { (self.ports.high - self.ports.low) as u32 + 1 };
+        let mut last_err = None;
+        for _ in 0..span.min(64) {
+            let port = if self.ports.low == 0 {
+                0
+            } else {
+                let p = self.next_port.fetch_add(1, Ordering::Relaxed);
+                if p < self.ports.low || p > self.ports.high {
+                    self.next_port.store(self.ports.low + 1, Ordering::Relaxed);
+                    self.ports.low
+                } else {
+                    p
+                }
+            };
+            let mut media_engine = Self::media_engine()?;
+            let registry = register_default_interceptors(Registry::new(), &mut media_engine).map_err(rtc_err)?;
+            let registry = registry.with(rtcp::SLOT.into(), rtcp::KeyframeRequestInterceptor::default());
+            let mut settings = SettingEngineBuilder::new();
+            if self.bind_ip.is_loopback() {
+                settings = settings.with_include_loopback_candidate(true);
+            }
+            if !self.public_ips.is_empty() {
+                settings = settings.with_nat_1to1_ips(self.public_ips.clone(), RTCIceCandidateType::Host);
+            }
+            let config = RTCConfigurationBuilder::new().with_ice_servers(self.ice_servers.clone()).build();
+            let built = PeerConnectionBuilder::new()
+                .with_configuration(config)
+                .with_media_engine(media_engine)
+                .with_interceptor_registry(registry)
+                .with_setting_engine(settings.build())
+                .with_handler(handler.clone())
+                .with_udp_addrs(vec![SocketAddr::new(self.bind_ip, port)])
+                .build()
+                .await;
+            match built {
+                Ok(pc) => return Ok(pc),
+                Err(e) => {
+                    tracing::debug!(port, "bind failed: {e}");
+                    last_err = Some(e);
+                }
+            }
+        }
+        if self.ports.low == 0 {
+            return Err(rtc_err(last_err.map(|e| e.to_string()).unwrap_or_default()));
+        }
+        Err(TransportError::NoPort(self.ports))
+    }
+}
+
+fn codec_of(codec: VideoCodec) -> RTCRtpCodec {
+    let (mime, fmtp) = match codec {
+        VideoCodec::Vp8 => (MIME_TYPE_VP8, ""),
+        VideoCodec::H264 => (MIME_TYPE_H264, "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"),
+    };
+    RTCRtpCodec { mime_type: mime.into(), clock_rate: 90000, channels: 0, sdp_fmtp_line: fmtp.into(), rtcp_feedback: vec![] }
+}
+
+fn codec_of_audio() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.into(),
+        clock_rate: 48000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+        rtcp_feedback: vec![],
+    }
+}
+
+struct Handler {
+    events: Arc<dyn SessionEvents>,
+    gather_tx: mpsc::Sender<()>,
+    state_tx: watch::Sender<RTCPeerConnectionState>,
+    pli_interval: Duration,
+    runtime: tokio::runtime::Handle,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.gather_tx.try_send(());
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.state_tx.send(state);
+        self.events.on_state(state);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
+        let kind = track.kind().await;
+        let codec = track.codec(ssrc).await;
+        let (mime, payload_type) =
+            codec.map(|c| (c.mime_type.to_ascii_lowercase(), 0u8)).unwrap_or_default();
+        let video_codec = if mime == MIME_TYPE_VP8.to_ascii_lowercase() {
+            Some(VideoCodec::Vp8)
+        } else if mime == MIME_TYPE_H264.to_ascii_lowercase() {
+            Some(VideoCodec::H264)
+        } else {
+            None
+        };
+        let kind = match kind {
+            RtpCodecKind::Video => match video_codec {
+                Some(c) => RemoteKind::Video(c),
+                None => RemoteKind::Unsupported(mime),
+            },
+            RtpCodecKind::Audio if mime == MIME_TYPE_OPUS.to_ascii_lowercase() => RemoteKind::Audio,
+            _ => RemoteKind::Unsupported(mime),
+        };
+        let _ = payload_type;
+        self.events.on_remote_track(RemoteTrack {
+            track,
+            kind,
+            ssrc,
+            pli: Arc::new(PliLimiter { interval: self.pli_interval, last: Mutex::new(None), sent: AtomicU64::new(0) }),
+            runtime: self.runtime.clone(),
+        });
+    }
+}
+
+/// The kind and codec of a remote track.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteKind {
+    /// Video Tessera decodes.
+    Video(VideoCodec),
+    /// Opus audio.
+    Audio,
+    /// Anything else (ignored), with its MIME type.
+    Unsupported(String),
+}
+
+struct PliLimiter {
+    interval: Duration,
+    last: Mutex<Option<Instant>>,
+    sent: AtomicU64,
+}
+
+/// A track a participant publishes.
+pub struct RemoteTrack {
+    track: Arc<dyn TrackRemote>,
+    /// What it carries.
+    pub kind: RemoteKind,
+    /// Its SSRC.
+    pub ssrc: u32,
+    pli: Arc<PliLimiter>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl RemoteTrack {
+    /// The next RTP packet, or `None` once the track has ended.
+    pub async fn next_rtp(&self) -> Option<rtc::rtp::Packet> {
+        loop {
+            match self.track.poll().await? {
+                TrackRemoteEvent::OnRtpPacket(p) => return Some(p),
+                TrackRemoteEvent::OnEnded | TrackRemoteEvent::OnError => return None,
+                _ => {}
+            }
+        }
+    }
+
+    /// A handle that asks the publisher for a keyframe (PLI, RFC 4585 §6.3.1), at most once per
+    /// `--pli-interval-ms`; callable from any thread.
+    pub fn keyframe_requester(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let (track, pli, rt, ssrc) = (self.track.clone(), self.pli.clone(), self.runtime.clone(), self.ssrc);
+        Arc::new(move || {
+            {
+                let mut last = pli.last.lock().unwrap();
+                if last.is_some_and(|t| t.elapsed() < pli.interval) {
+                    return;
+                }
+                *last = Some(Instant::now());
+            }
+            pli.sent.fetch_add(1, Ordering::Relaxed);
+            let track = track.clone();
+            rt.spawn(async move {
+                let _ = track
+                    .write_rtcp(vec![Box::new(PictureLossIndication { sender_ssrc: 0, media_ssrc: ssrc })])
+                    .await;
+            });
+        })
+    }
+
+    /// PLIs sent to this publisher so far.
+    pub fn plis_sent(&self) -> u64 {
+        self.pli.sent.load(Ordering::Relaxed)
+    }
+}
+
+/// A track Tessera sends on (the composite or the mix) with its negotiated payload type.
+pub struct LocalTrack {
+    track: Arc<TrackLocalStaticRTP>,
+    sender: Arc<dyn webrtc::rtp_transceiver::RtpSender>,
+    /// The SSRC Tessera chose for this receiver.
+    pub ssrc: u32,
+    payload_type: AtomicU16,
+    mime: String,
+}
+
+impl LocalTrack {
+    async fn add(pc: &Arc<dyn PeerConnection>, id: &str, kind: RtpCodecKind, codec: RTCRtpCodec) -> Result<Arc<Self>, TransportError> {
+        let ssrc = rand_u32();
+        let mime = codec.mime_type.clone();
+        let label = match kind {
+            RtpCodecKind::Audio => "mix",
+            _ => "composite",
+        };
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            format!("tessera-{id}"),
+            format!("{label}-{id}"),
+            label.to_string(),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+                active: true,
+                codec,
+                ..Default::default()
+            }],
+        )));
+        let sender = pc.add_track(track.clone()).await.map_err(rtc_err)?;
+        Ok(Arc::new(Self { track, sender, ssrc, payload_type: AtomicU16::new(0), mime }))
+    }
+
+    async fn resolve_payload_type(&self) {
+        if let Ok(p) = self.sender.get_parameters().await
+            && let Some(c) = p.rtp_parameters.codecs.iter().find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&self.mime))
+        {
+            self.payload_type.store(c.payload_type as u16, Ordering::Relaxed);
+        }
+    }
+
+    /// The negotiated payload type for this receiver.
+    pub fn payload_type(&self) -> u8 {
+        self.payload_type.load(Ordering::Relaxed) as u8
+    }
+
+    /// Sends one RTP packet (SSRC and payload type must already be this track's).
+    ///
+    /// # Errors
+    /// When the track is not bound (before DTLS completes, or after the connection closed).
+    pub async fn write(&self, p: rtc::rtp::Packet) -> Result<(), TransportError> {
+        self.track.write_rtp(p).await.map_err(rtc_err)
+    }
+
+    /// Waits for the next keyframe request (PLI or FIR) from this receiver; `None` once the track
+    /// is unbound.
+    pub async fn keyframe_request(&self) -> Option<()> {
+        loop {
+            match self.track.poll().await? {
+                TrackLocalEvent::OnRtcpPacket(pkts) if pkts.iter().any(|p| rtcp::is_keyframe_request(p.as_ref())) => {
+                    return Some(());
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    (h.finish() as u32).max(1)
+}
+
+/// One participant's peer connection and the tracks Tessera sends on it.
+pub struct Session {
+    pc: Arc<dyn PeerConnection>,
+    /// The composite track, when the participant receives video.
+    pub video: Option<Arc<LocalTrack>>,
+    /// The mix track, when the participant receives audio.
+    pub audio: Option<Arc<LocalTrack>>,
+    state: watch::Receiver<RTCPeerConnectionState>,
+}
+
+impl Session {
+    /// Waits until the connection is `Connected`; `false` if it failed or closed first.
+    pub async fn connected(&self) -> bool {
+        let mut rx = self.state.clone();
+        loop {
+            match *rx.borrow_and_update() {
+                RTCPeerConnectionState::Connected => return true,
+                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => return false,
+                _ => {}
+            }
+            if rx.changed().await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Closes the peer connection (idempotent).
+    pub async fn close(&self) {
+        let _ = self.pc.close().await;
+    }
+}
