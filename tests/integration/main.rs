@@ -1,0 +1,13 @@
+//! Integration tests: real webrtc-rs peers over loopback against an in-process Tessera, real
+//! GStreamer on both sides, and (in `browser`) real headless Chromium. One behaviour per module;
+//! one test binary so the suite links once.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod bad_input;
+mod join_grid;
+mod leave;
+mod mix_minus;
+mod whep;
+mod whip;
