@@ -6,6 +6,7 @@
 mod common;
 
 mod bad_input;
+mod browser;
 mod join_grid;
 mod leave;
 mod mix_minus;
