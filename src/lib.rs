@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod loadgen;
 pub mod media;
 pub mod pipelines;
 pub mod room;

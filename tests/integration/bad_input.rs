@@ -2,15 +2,15 @@
 
 use std::time::Duration;
 
-use crate::common::{self, Peer, PeerOpts, http};
+use crate::common::{self, PeerOpts, http};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_and_the_room_keeps_streaming() {
     let _serial = common::serial();
     let srv = common::server().await;
     let a = srv.addr;
-    let publisher = Peer::join(a, "bad", PeerOpts::publisher("pub", (220, 40, 40), 500.0)).await;
-    let viewer = Peer::join(a, "bad", PeerOpts::viewer("viewer")).await;
+    let publisher = common::join(a, "bad", PeerOpts::publisher("pub", (220, 40, 40), 500.0)).await;
+    let viewer = common::join(a, "bad", PeerOpts::viewer("viewer")).await;
     viewer.wait_frame(Duration::from_secs(20), |f| f.width == 1280).await.expect("streaming before");
     let join = format!("http://{a}/v1/rooms/bad/participants?name=x");
     let sdp = Some("application/sdp");

@@ -151,6 +151,10 @@ impl Driver {
             "--disable-sync".into(),
             "--no-first-run".into(),
             "--disable-quic".into(),
+            // The server offers only 127.0.0.1 host candidates. Chromium by default gathers no
+            // loopback candidates, so on a host whose only interface is `lo` it would have nothing
+            // to pair with 127.0.0.1 and ICE would fail; with this flag it gathers 127.0.0.1 too.
+            "--allow-loopback-in-peer-connection".into(),
             "--window-size=1400,1000".into(),
             format!("--user-data-dir={}", self.profile.display()),
         ];
@@ -200,20 +204,48 @@ impl Driver {
 const WAIT_STATS: &str = r#"
 const [after, rise, audioAfter, waitMs, done] = arguments;
 const deadline = Date.now() + waitMs;
-const snapshot = (ok) => {
+// The ICE pair in use, as "local -> remote" (addresses and candidate types).
+const selectedPair = async (pc) => {
+  if (!pc) return null;
+  try {
+    const rep = await pc.getStats();
+    let pair = null;
+    rep.forEach((r) => { if (r.type === 'transport' && r.selectedCandidatePairId) pair = rep.get(r.selectedCandidatePairId); });
+    if (!pair) rep.forEach((r) => { if (r.type === 'candidate-pair' && r.nominated && r.state === 'succeeded') pair = r; });
+    if (!pair) return 'none';
+    const c = (id) => { const x = rep.get(id); return x ? x.candidateType + ' ' + x.protocol + ' ' + (x.address || x.ip) + ':' + x.port : '?'; };
+    return c(pair.localCandidateId) + ' -> ' + c(pair.remoteCandidateId);
+  } catch (e) { return 'getStats failed: ' + e; }
+};
+const snapshot = async (ok) => {
   const t = window.tessera || {};
   const el = (id) => { const e = document.getElementById(id); return e ? e.textContent : null; };
   return { ok, stats: Object.assign({}, t.stats || {}), state: t.state || null, error: t.error || null,
            status: el('status'), statsText: el('stats'), participants: el('participants'),
-           connection: t.pc ? t.pc.connectionState : null, ice: t.pc ? t.pc.iceConnectionState : null };
+           connection: t.pc ? t.pc.connectionState : null, ice: t.pc ? t.pc.iceConnectionState : null,
+           pair: await selectedPair(t.pc) };
 };
 const tick = () => {
   const t = window.tessera;
   const s = t && t.stats;
   const ok = !!s && s.framesDecoded >= after + rise && s.frameWidth === 1280 && s.frameHeight === 720
              && s.audioPackets > audioAfter;
-  if (ok || Date.now() >= deadline || (t && t.state === 'error')) { done(snapshot(ok)); return; }
+  if (ok || Date.now() >= deadline || (t && t.state === 'error')) { snapshot(ok).then(done, (e) => done({ ok: false, error: String(e) })); return; }
   setTimeout(tick, 100);
+};
+tick();
+"#;
+
+/// Presses the page's Leave button and waits (in the page) for `tessera.state == 'left'`, which
+/// the client sets after its DELETE of the participant resource returned.
+const LEAVE: &str = r#"
+const [waitMs, done] = arguments;
+const deadline = Date.now() + waitMs;
+document.getElementById('leave').click();
+const tick = () => {
+  const t = window.tessera;
+  if (t.state === 'left' || Date.now() >= deadline) { done({ state: t.state, error: t.error, pc: !!t.pc }); return; }
+  setTimeout(tick, 50);
 };
 tick();
 "#;
@@ -230,12 +262,12 @@ async fn wait_stats(d: &Driver, page: &Page, after: u64, rise: u64, audio_after:
     d.switch_to(&page.handle).await;
     let t = Instant::now();
     let r = d.execute_async(WAIT_STATS, json!([after, rise, audio_after, PAGE_WAIT_MS])).await;
-    eprintln!("{}: {what} after {:?}: {}", page.name, t.elapsed(), r["stats"]);
+    eprintln!("{}: {what} after {:?}: {} (ICE pair {})", page.name, t.elapsed(), r["stats"], r["pair"]);
     if r["ok"] != true {
         let shot = format!("{}/browser-{}.png", env!("CARGO_TARGET_TMPDIR"), page.name);
         d.screenshot(&shot).await;
         panic!(
-            "{}: {what}: not reached after {:?}\n  state: {} error: {}\n  status line: {}\n  pc: connection {} ice {}\n  last stats: {}\n  stats line: {}\n  participants: {}\n  screenshot: {shot}\n  console:\n{}",
+            "{}: {what}: not reached after {:?}\n  state: {} error: {}\n  status line: {}\n  pc: connection {} ice {} pair {}\n  last stats: {}\n  stats line: {}\n  participants: {}\n  screenshot: {shot}\n  console:\n{}",
             page.name,
             t.elapsed(),
             r["state"],
@@ -243,6 +275,7 @@ async fn wait_stats(d: &Driver, page: &Page, after: u64, rise: u64, audio_after:
             r["status"],
             r["connection"],
             r["ice"],
+            r["pair"],
             r["stats"],
             r["statsText"],
             r["participants"],
@@ -301,6 +334,15 @@ async fn two_chromium_pages_decode_the_composite_and_hear_the_mix() {
         assert!(p["publishes"]["video"] == true && p["publishes"]["audio"] == true, "{} does not publish both: {room}", p["name"]);
     }
     assert_eq!((room["output"]["width"].as_u64(), room["output"]["height"].as_u64()), (Some(1280), Some(720)), "{room}");
+
+    // Both leave through the page (DELETE of their participant resource) and the room empties.
+    for p in &pages {
+        d.switch_to(&p.handle).await;
+        let r = d.execute_async(LEAVE, json!([10_000])).await;
+        assert!(r["state"] == "left" && r["pc"] == false, "{}: leaving: {r}", p.name);
+    }
+    let room = common::room_json(srv.addr, ROOM).await;
+    assert!(room.is_null() || room["participants"].as_array().is_some_and(|a| a.is_empty()), "room after both left: {room}");
 
     // Close bob's tab, then end the session (which closes alice's and quits Chromium).
     d.switch_to(&pages[1].handle).await;

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{self, Peer, PeerOpts, close};
+use crate::common::{self, PeerOpts, close};
 
 /// Centres of the 2x2 grid's cells at 1280x720 (cols = ceil(sqrt(3)) = 2, rows = 2).
 const CENTRES: [(u32, u32); 4] = [(320, 180), (960, 180), (320, 540), (960, 540)];
@@ -14,7 +14,7 @@ async fn three_publishers_fill_their_grid_cells() {
     let srv = common::server().await;
     let mut peers = vec![];
     for (i, c) in COLOURS.iter().enumerate() {
-        peers.push(Peer::join(srv.addr, "grid", PeerOpts::publisher(&format!("p{i}"), *c, 400.0 + 300.0 * i as f64)).await);
+        peers.push(common::join(srv.addr, "grid", PeerOpts::publisher(&format!("p{i}"), *c, 400.0 + 300.0 * i as f64)).await);
     }
     for p in &peers {
         let f = p
@@ -26,15 +26,14 @@ async fn three_publishers_fill_their_grid_cells() {
             .await
             .unwrap_or_else(|| panic!("{} decoded no composite", p.opts.name));
         let seen: Vec<_> = CENTRES.iter().map(|(x, y)| f.colour_at(*x, *y, 40)).collect();
-        f.save_ppm(&format!("{}/join_grid-{}.ppm", env!("CARGO_TARGET_TMPDIR"), p.opts.name));
+        common::save(&f, &format!("join_grid-{}", p.opts.name));
         assert_eq!((f.width, f.height), (1280, 720), "{}", p.opts.name);
         for (i, c) in COLOURS.iter().enumerate() {
             assert!(close(seen[i], *c, 45), "{}: cell {i} shows {:?}, expected {c:?}", p.opts.name, seen[i]);
         }
         assert!(close(seen[3], (0, 0, 0), 20), "{}: the empty cell is not black: {:?}", p.opts.name, seen[3]);
         // The join time: POST → first decoded composite frame.
-        let join_ms = p.first_frame_at().map(|t| t.duration_since(p.posted_at).as_millis());
-        eprintln!("{}: join to first frame {join_ms:?} ms", p.opts.name);
+        eprintln!("{}: join to first frame {:?} ms", p.opts.name, p.stats().join_ms);
     }
     let room = common::room_json(srv.addr, "grid").await;
     let ps = room["participants"].as_array().unwrap();
@@ -52,11 +51,11 @@ async fn three_publishers_fill_their_grid_cells() {
 async fn a_receiver_without_vp8_gets_h264() {
     let _serial = common::serial();
     let srv = common::server().await;
-    let _red = Peer::join(srv.addr, "h264", PeerOpts::publisher("red", COLOURS[0], 500.0)).await;
+    let _red = common::join(srv.addr, "h264", PeerOpts::publisher("red", COLOURS[0], 500.0)).await;
     let mut opts = PeerOpts::viewer("h264-viewer");
     opts.via = common::Via::Participant;
-    opts.receive_codecs = vec![rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264];
-    let viewer = Peer::join(srv.addr, "h264", opts).await;
+    opts.video_codecs = vec![rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264];
+    let viewer = common::join(srv.addr, "h264", opts).await;
     let f = viewer
         .wait_frame(Duration::from_secs(20), |f| f.width == 1280 && close(f.colour_at(640, 360, 40), COLOURS[0], 45))
         .await;

@@ -2,15 +2,15 @@
 
 use std::time::Duration;
 
-use crate::common::{self, Peer, PeerOpts, close};
+use crate::common::{self, PeerOpts, close};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_relays_out_the_grid_and_frees_the_participant() {
     let _serial = common::serial();
     let srv = common::server().await;
-    let red = Peer::join(srv.addr, "leave", PeerOpts::publisher("red", (220, 40, 40), 400.0)).await;
-    let green = Peer::join(srv.addr, "leave", PeerOpts::publisher("green", (40, 200, 60), 700.0)).await;
-    let blue = Peer::join(srv.addr, "leave", PeerOpts::publisher("blue", (40, 60, 220), 1000.0)).await;
+    let red = common::join(srv.addr, "leave", PeerOpts::publisher("red", (220, 40, 40), 400.0)).await;
+    let green = common::join(srv.addr, "leave", PeerOpts::publisher("green", (40, 200, 60), 700.0)).await;
+    let blue = common::join(srv.addr, "leave", PeerOpts::publisher("blue", (40, 60, 220), 1000.0)).await;
     // 3 tiles: green is top-right.
     let f = red
         .wait_frame(Duration::from_secs(20), |f| close(f.colour_at(960, 180, 40), (40, 200, 60), 45))
@@ -18,7 +18,7 @@ async fn delete_relays_out_the_grid_and_frees_the_participant() {
         .unwrap();
     assert!(close(f.colour_at(960, 180, 40), (40, 200, 60), 45));
 
-    assert_eq!(green.leave().await, 204);
+    assert_eq!(green.leave().await.unwrap(), 204);
     // 2 tiles side by side, each 640x360 picture letterboxed in a 640x720 cell.
     let relaid = |f: &common::Frame| {
         close(f.colour_at(320, 360, 40), (220, 40, 40), 45)
@@ -28,7 +28,7 @@ async fn delete_relays_out_the_grid_and_frees_the_participant() {
     };
     for p in [&red, &blue] {
         let f = p.wait_frame(Duration::from_secs(10), relaid).await.unwrap();
-        f.save_ppm(&format!("{}/leave-{}.ppm", env!("CARGO_TARGET_TMPDIR"), p.opts.name));
+        common::save(&f, &format!("leave-{}", p.opts.name));
         assert!(
             relaid(&f),
             "{}: grid not re-laid out: left {:?} right {:?} top-right band {:?}",
@@ -43,9 +43,9 @@ async fn delete_relays_out_the_grid_and_frees_the_participant() {
     assert_eq!(ids, vec![red.id.as_str(), blue.id.as_str()]);
     assert_eq!(room["tiles"].as_array().unwrap().len(), 2);
     // A second DELETE of the same resource is 404.
-    assert_eq!(green.leave().await, 404);
+    assert_eq!(green.leave().await.unwrap(), 404);
     // The last leave ends the room.
-    assert_eq!(red.leave().await, 204);
-    assert_eq!(blue.leave().await, 204);
+    assert_eq!(red.leave().await.unwrap(), 204);
+    assert_eq!(blue.leave().await.unwrap(), 204);
     assert!(common::room_json(srv.addr, "leave").await.is_null(), "empty room still listed");
 }

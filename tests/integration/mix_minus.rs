@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::common::{self, Peer, PeerOpts, tone_db};
+use crate::common::{self, PeerOpts, tone_db};
 
 const TONES: [f64; 3] = [400.0, 700.0, 1100.0];
 
@@ -13,7 +13,7 @@ async fn each_receiver_hears_the_others_but_not_itself() {
     let colours = [(200, 50, 50), (50, 200, 50), (50, 50, 200)];
     let mut peers = vec![];
     for (i, (c, f)) in colours.iter().zip(TONES).enumerate() {
-        peers.push(Peer::join(srv.addr, "mix", PeerOpts::publisher(&format!("m{i}"), *c, f)).await);
+        peers.push(common::join(srv.addr, "mix", PeerOpts::publisher(&format!("m{i}"), *c, f)).await);
     }
     // Let every source reach the mixer and every talker get its own encode, then listen for 1 s.
     for p in &peers {
@@ -43,12 +43,12 @@ async fn each_receiver_hears_the_others_but_not_itself() {
 async fn silent_participants_share_one_encode() {
     let _serial = common::serial();
     let srv = common::server().await;
-    let talker = Peer::join(srv.addr, "quiet", PeerOpts::publisher("talker", (200, 50, 50), 600.0)).await;
+    let talker = common::join(srv.addr, "quiet", PeerOpts::publisher("talker", (200, 50, 50), 600.0)).await;
     let mut quiet = vec![];
     for i in 0..3 {
         let mut o = PeerOpts::publisher(&format!("quiet{i}"), (50, 50, 200), 0.0);
         o.tone_hz = None; // publishes video only: no own audio, so nothing to subtract
-        quiet.push(Peer::join(srv.addr, "quiet", o).await);
+        quiet.push(common::join(srv.addr, "quiet", o).await);
     }
     for q in &quiet {
         let s = q.audio_window(24000, Duration::from_secs(10)).await;

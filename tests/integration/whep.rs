@@ -2,15 +2,15 @@
 
 use std::time::Duration;
 
-use crate::common::{self, Peer, PeerOpts, close, tone_db};
+use crate::common::{self, PeerOpts, close, tone_db};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whep_viewer_gets_every_colour_and_every_tone() {
     let _serial = common::serial();
     let srv = common::server().await;
-    let _a = Peer::join(srv.addr, "whep", PeerOpts::publisher("a", (220, 40, 40), 500.0)).await;
-    let _b = Peer::join(srv.addr, "whep", PeerOpts::publisher("b", (40, 200, 60), 900.0)).await;
-    let viewer = Peer::join(srv.addr, "whep", PeerOpts::viewer("viewer")).await;
+    let _a = common::join(srv.addr, "whep", PeerOpts::publisher("a", (220, 40, 40), 500.0)).await;
+    let _b = common::join(srv.addr, "whep", PeerOpts::publisher("b", (40, 200, 60), 900.0)).await;
+    let viewer = common::join(srv.addr, "whep", PeerOpts::viewer("viewer")).await;
     let both = |f: &common::Frame| {
         f.width == 1280 && close(f.colour_at(320, 360, 40), (220, 40, 40), 45) && close(f.colour_at(960, 360, 40), (40, 200, 60), 45)
     };

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::common::{self, Peer, PeerOpts, Via, close, tone_db};
+use crate::common::{self, PeerOpts, Via, close, tone_db};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whip_publisher_shows_in_the_grid() {
@@ -11,8 +11,8 @@ async fn a_whip_publisher_shows_in_the_grid() {
     let mut o = PeerOpts::publisher("obs", (230, 200, 40), 800.0);
     o.via = Via::Whip;
     o.receive = false;
-    let whip = Peer::join(srv.addr, "whip", o).await;
-    let viewer = Peer::join(srv.addr, "whip", PeerOpts::viewer("viewer")).await;
+    let whip = common::join(srv.addr, "whip", o).await;
+    let viewer = common::join(srv.addr, "whip", PeerOpts::viewer("viewer")).await;
     // One tile: the 640x360 picture scaled up to fill 1280x720.
     let f = viewer
         .wait_frame(Duration::from_secs(20), |f| close(f.colour_at(640, 360, 60), (230, 200, 40), 45) && close(f.colour_at(60, 60, 30), (230, 200, 40), 45))
@@ -26,5 +26,5 @@ async fn a_whip_publisher_shows_in_the_grid() {
     assert_eq!(w["kind"], "whip");
     assert_eq!(w["publishes"]["video"], true);
     assert_eq!(w["receives"]["video"], false);
-    assert_eq!(whip.leave().await, 204);
+    assert_eq!(whip.leave().await.unwrap(), 204);
 }

@@ -1,0 +1,654 @@
+//! A WebRTC peer for load generation and tests: joins a room over HTTP like any client, publishes
+//! a solid colour (VP8 encoded by GStreamer), a replayed VP8 WebM file, or nothing, plus an Opus
+//! sine tone, and decodes what it receives so callers can check pixels, tones, frame rate and
+//! freezes. `tessera loadgen` runs many of them against a server.
+
+pub mod analysis;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gstreamer as gst;
+use gstreamer_app as gst_app;
+use gst::prelude::*;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::shared::marshal::{Marshal, Unmarshal};
+use tokio::sync::{mpsc, watch};
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
+    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder, register_default_interceptors,
+};
+
+pub use analysis::{Frame, Rgb};
+
+/// A gap between two decoded frames longer than this counts as a freeze.
+pub const FREEZE: Duration = Duration::from_millis(200);
+
+/// Why a peer could not join.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadgenError {
+    /// The server answered the offer with an error status.
+    #[error("join refused: HTTP {status}: {reason}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Body text.
+        reason: String,
+    },
+    /// HTTP failed.
+    #[error("http: {0}")]
+    Http(String),
+    /// The WebRTC stack failed.
+    #[error("webrtc: {0}")]
+    WebRtc(String),
+    /// ICE/DTLS did not connect within 10 s.
+    #[error("not connected within 10 s")]
+    ConnectTimeout,
+    /// A GStreamer pipeline failed.
+    #[error("gstreamer: {0}")]
+    Gst(String),
+}
+
+fn w(e: impl std::fmt::Display) -> LoadgenError {
+    LoadgenError::WebRtc(e.to_string())
+}
+
+/// An HTTP response, as the load generator sees it.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// `Location` header.
+    pub location: Option<String>,
+    /// `Content-Type` header.
+    pub content_type: Option<String>,
+    /// Body text.
+    pub body: String,
+}
+
+/// One HTTP request (blocking client, run on tokio's blocking pool). Non-2xx statuses are returned,
+/// not errors.
+///
+/// # Errors
+/// [`LoadgenError::Http`] when the connection fails.
+pub async fn http(method: &str, url: &str, content_type: Option<&str>, body: Vec<u8>) -> Result<HttpResponse, LoadgenError> {
+    let (method, url, ct) = (method.to_string(), url.to_string(), content_type.map(str::to_string));
+    tokio::task::spawn_blocking(move || {
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+        let mut req = ureq::http::Request::builder().method(method.as_str()).uri(&url);
+        if let Some(c) = &ct {
+            req = req.header("content-type", c);
+        }
+        let req = req.body(body).map_err(|e| LoadgenError::Http(e.to_string()))?;
+        let mut resp = agent.run(req).map_err(|e| LoadgenError::Http(e.to_string()))?;
+        let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let (location, content_type) = (header("location"), header("content-type"));
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        Ok(HttpResponse { status: resp.status().as_u16(), location, content_type, body })
+    })
+    .await
+    .map_err(|e| LoadgenError::Http(e.to_string()))?
+}
+
+/// Which endpoint a peer joins through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// `POST /v1/rooms/{room}/participants`.
+    Participant,
+    /// `POST /whip/{room}`.
+    Whip,
+    /// `POST /whep/{room}`.
+    Whep,
+}
+
+/// What a peer publishes as video.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VideoSource {
+    /// Nothing.
+    None,
+    /// A solid colour, 640x360 at 30 fps, VP8 encoded live (`videotestsrc pattern=solid-color`).
+    Colour(Rgb),
+    /// A VP8 WebM file replayed in real time and looped (no encode: cheap for the client).
+    File(PathBuf),
+}
+
+/// What a peer does.
+#[derive(Debug, Clone)]
+pub struct PeerOpts {
+    /// Display name.
+    pub name: String,
+    /// Video it publishes.
+    pub video: VideoSource,
+    /// Publishes an Opus sine tone of this frequency, Hz.
+    pub tone_hz: Option<f64>,
+    /// Receives the composite and the mix.
+    pub receive: bool,
+    /// Video codecs offered (MIME types); the default offers VP8 and H264.
+    pub video_codecs: Vec<&'static str>,
+    /// Endpoint.
+    pub via: Via,
+}
+
+impl PeerOpts {
+    /// A sendrecv participant publishing a solid `colour` and a `tone_hz` sine.
+    pub fn publisher(name: &str, colour: Rgb, tone_hz: f64) -> Self {
+        Self {
+            name: name.into(),
+            video: VideoSource::Colour(colour),
+            tone_hz: Some(tone_hz),
+            receive: true,
+            video_codecs: vec![MIME_TYPE_VP8, MIME_TYPE_H264],
+            via: Via::Participant,
+        }
+    }
+
+    /// A recvonly WHEP viewer.
+    pub fn viewer(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            video: VideoSource::None,
+            tone_hz: None,
+            receive: true,
+            video_codecs: vec![MIME_TYPE_VP8, MIME_TYPE_H264],
+            via: Via::Whep,
+        }
+    }
+}
+
+/// Receive statistics of one peer.
+#[derive(Debug, Clone, Default)]
+pub struct ReceiveStats {
+    /// Composite frames decoded.
+    pub frames: u64,
+    /// Gaps longer than [`FREEZE`] between decoded frames.
+    pub freezes: u64,
+    /// Longest gap between frames, ms.
+    pub max_gap_ms: u64,
+    /// Audio samples decoded (48 kHz).
+    pub audio_samples: u64,
+    /// POST → first decoded composite frame, ms.
+    pub join_ms: Option<u64>,
+}
+
+#[derive(Default)]
+struct Received {
+    frame: Mutex<Option<Frame>>,
+    frames: AtomicU64,
+    freezes: AtomicU64,
+    max_gap_ms: AtomicU64,
+    last_frame_at: Mutex<Option<Instant>>,
+    first_frame_at: Mutex<Option<Instant>>,
+    audio: Mutex<VecDeque<i16>>,
+    audio_samples: AtomicU64,
+    video_codec: Mutex<Option<String>>,
+    /// Keep decoded RGB (tests); load runs only count frames.
+    keep_pixels: bool,
+}
+
+/// A WebRTC peer joined to a Tessera room.
+pub struct Peer {
+    /// Options it was made with.
+    pub opts: PeerOpts,
+    /// Participant resource URL path (`Location`).
+    pub location: String,
+    /// Participant id (last segment of `location`).
+    pub id: String,
+    /// When the offer was POSTed.
+    pub posted_at: Instant,
+    base: String,
+    pc: Arc<dyn PeerConnection>,
+    received: Arc<Received>,
+    tick: watch::Receiver<u64>,
+    pipelines: Arc<Mutex<Vec<gst::Pipeline>>>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        for p in self.pipelines.lock().unwrap().drain(..) {
+            let _ = p.set_state(gst::State::Null);
+        }
+    }
+}
+
+struct Handler {
+    gather_tx: mpsc::Sender<()>,
+    state_tx: watch::Sender<RTCPeerConnectionState>,
+    received: Arc<Received>,
+    tick_tx: Arc<watch::Sender<u64>>,
+    pipelines: Arc<Mutex<Vec<gst::Pipeline>>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.gather_tx.try_send(());
+        }
+    }
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.state_tx.send(state);
+    }
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let (received, tick, pipelines) = (self.received.clone(), self.tick_tx.clone(), self.pipelines.clone());
+        tokio::spawn(async move {
+            let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
+            let mime = track.codec(ssrc).await.map(|c| c.mime_type.to_ascii_lowercase()).unwrap_or_default();
+            let kind = track.kind().await;
+            let mut src: Option<gst_app::AppSrc> = None;
+            while let Some(ev) = track.poll().await {
+                let TrackRemoteEvent::OnRtpPacket(pkt) = ev else { continue };
+                if src.is_none() {
+                    match decode_pipeline(kind, &mime, pkt.header.payload_type, received.clone(), tick.clone()) {
+                        Ok((p, s)) => {
+                            pipelines.lock().unwrap().push(p);
+                            src = Some(s);
+                        }
+                        Err(e) => {
+                            tracing::error!("receiver pipeline: {e}");
+                            return;
+                        }
+                    }
+                }
+                if let (Ok(b), Some(s)) = (pkt.marshal(), src.as_ref()) {
+                    let _ = s.push_buffer(gst::Buffer::from_slice(b.freeze()));
+                }
+            }
+        });
+    }
+}
+
+fn decode_pipeline(
+    kind: RtpCodecKind,
+    mime: &str,
+    pt: u8,
+    received: Arc<Received>,
+    tick: Arc<watch::Sender<u64>>,
+) -> Result<(gst::Pipeline, gst_app::AppSrc), LoadgenError> {
+    let audio = kind == RtpCodecKind::Audio;
+    let desc = if audio {
+        format!(
+            "appsrc name=src is-live=true format=time do-timestamp=true caps=\"application/x-rtp,media=audio,clock-rate=48000,encoding-name=OPUS,payload={pt}\" \
+             ! rtpjitterbuffer latency=60 ! rtpopusdepay ! opusdec plc=true ! audioconvert ! audioresample \
+             ! audio/x-raw,format=S16LE,rate=48000,channels=1 ! appsink name=sink sync=false"
+        )
+    } else {
+        let (name, depay, dec) =
+            if mime.contains("h264") { ("H264", "rtph264depay", "avdec_h264") } else { ("VP8", "rtpvp8depay", "vp8dec") };
+        *received.video_codec.lock().unwrap() = Some(name.to_string());
+        let convert = if received.keep_pixels { "! videoconvert ! video/x-raw,format=RGB " } else { "" };
+        format!(
+            "appsrc name=src is-live=true format=time do-timestamp=true caps=\"application/x-rtp,media=video,clock-rate=90000,encoding-name={name},payload={pt}\" \
+             ! rtpjitterbuffer latency=60 ! {depay} ! {dec} {convert}! appsink name=sink sync=false max-buffers=2 drop=true"
+        )
+    };
+    let g = |e: &dyn std::fmt::Display| LoadgenError::Gst(e.to_string());
+    let pipeline = gst::parse::launch(&desc).map_err(|e| g(&e))?.downcast::<gst::Pipeline>().map_err(|_| g(&"not a pipeline"))?;
+    let src = pipeline.by_name("src").and_then(|e| e.downcast::<gst_app::AppSrc>().ok()).ok_or_else(|| g(&"no appsrc"))?;
+    let sink = pipeline.by_name("sink").and_then(|e| e.downcast::<gst_app::AppSink>().ok()).ok_or_else(|| g(&"no appsink"))?;
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |s| {
+                let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let buf = sample.buffer().ok_or(gst::FlowError::Error)?;
+                let map = buf.map_readable().map_err(|_| gst::FlowError::Error)?;
+                if audio {
+                    let mut a = received.audio.lock().unwrap();
+                    for c in map.as_slice().chunks_exact(2) {
+                        a.push_back(i16::from_le_bytes([c[0], c[1]]));
+                    }
+                    while a.len() > 48000 * 2 {
+                        a.pop_front();
+                    }
+                    received.audio_samples.fetch_add(map.len() as u64 / 2, Ordering::Relaxed);
+                } else {
+                    let now = Instant::now();
+                    if let Some(last) = received.last_frame_at.lock().unwrap().replace(now) {
+                        let gap = now.duration_since(last);
+                        received.max_gap_ms.fetch_max(gap.as_millis() as u64, Ordering::Relaxed);
+                        if gap > FREEZE {
+                            received.freezes.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    received.first_frame_at.lock().unwrap().get_or_insert(now);
+                    if received.keep_pixels {
+                        let caps = sample.caps().ok_or(gst::FlowError::Error)?;
+                        let info = gstreamer_video::VideoInfo::from_caps(caps).map_err(|_| gst::FlowError::Error)?;
+                        let (w, h) = (info.width(), info.height());
+                        let stride = info.stride()[0] as usize;
+                        let mut rgb = Vec::with_capacity((w * h * 3) as usize);
+                        for row in 0..h as usize {
+                            rgb.extend_from_slice(&map.as_slice()[row * stride..row * stride + w as usize * 3]);
+                        }
+                        *received.frame.lock().unwrap() = Some(Frame { width: w, height: h, rgb: Arc::new(rgb) });
+                    }
+                    received.frames.fetch_add(1, Ordering::Relaxed);
+                }
+                tick.send_modify(|t| *t += 1);
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    pipeline.set_state(gst::State::Playing).map_err(|e| g(&e))?;
+    Ok((pipeline, src))
+}
+
+fn media_engine() -> Result<MediaEngine, LoadgenError> {
+    let mut m = MediaEngine::default();
+    let c = |mime: &str, rate: u32, ch: u16, fmtp: &str, pt: u8| RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec { mime_type: mime.into(), clock_rate: rate, channels: ch, sdp_fmtp_line: fmtp.into(), rtcp_feedback: vec![] },
+        payload_type: pt,
+    };
+    m.register_codec(c(MIME_TYPE_OPUS, 48000, 2, "minptime=10;useinbandfec=1", 111), RtpCodecKind::Audio).map_err(w)?;
+    m.register_codec(c(MIME_TYPE_VP8, 90000, 0, "", 96), RtpCodecKind::Video).map_err(w)?;
+    m.register_codec(
+        c(MIME_TYPE_H264, 90000, 0, "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f", 102),
+        RtpCodecKind::Video,
+    )
+    .map_err(w)?;
+    Ok(m)
+}
+
+fn local_track(kind: RtpCodecKind, mime: &str, ssrc: u32) -> Arc<TrackLocalStaticRTP> {
+    let (rate, ch) = if kind == RtpCodecKind::Audio { (48000, 2) } else { (90000, 0) };
+    Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        "loadgen".into(),
+        format!("{kind}-{ssrc}"),
+        "loadgen".into(),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+            active: true,
+            codec: RTCRtpCodec { mime_type: mime.into(), clock_rate: rate, channels: ch, sdp_fmtp_line: String::new(), rtcp_feedback: vec![] },
+            ..Default::default()
+        }],
+    )))
+}
+
+/// Starts a GStreamer source whose `appsink name=sink` yields RTP, and forwards it to `track`.
+/// A file source is looped: on end-of-stream it seeks back to the start.
+fn publish(desc: &str, track: Arc<TrackLocalStaticRTP>, pipelines: &Arc<Mutex<Vec<gst::Pipeline>>>) -> Result<(), LoadgenError> {
+    let g = |e: &dyn std::fmt::Display| LoadgenError::Gst(e.to_string());
+    let pipeline = gst::parse::launch(desc).map_err(|e| g(&e))?.downcast::<gst::Pipeline>().map_err(|_| g(&"not a pipeline"))?;
+    let sink = pipeline.by_name("sink").and_then(|e| e.downcast::<gst_app::AppSink>().ok()).ok_or_else(|| g(&"no appsink"))?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |s| {
+                let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let buf = sample.buffer().ok_or(gst::FlowError::Error)?;
+                let map = buf.map_readable().map_err(|_| gst::FlowError::Error)?;
+                let _ = tx.send(Bytes::copy_from_slice(map.as_slice()));
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    tokio::spawn(async move {
+        while let Some(mut b) = rx.recv().await {
+            if let Ok(p) = rtc::rtp::Packet::unmarshal(&mut b) {
+                let _ = track.write_rtp(p).await;
+            }
+        }
+    });
+    if let Some(bus) = pipeline.bus() {
+        let weak = pipeline.downgrade();
+        bus.set_sync_handler(move |_, msg| {
+            if let gst::MessageView::Eos(_) = msg.view()
+                && let Some(p) = weak.upgrade()
+            {
+                // Loop a replayed file; runs on a streaming thread, so hand the seek to another.
+                std::thread::spawn(move || {
+                    let _ = p.seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT, gst::ClockTime::ZERO);
+                });
+            }
+            gst::BusSyncReply::Drop
+        });
+    }
+    pipeline.set_state(gst::State::Playing).map_err(|e| g(&e))?;
+    pipelines.lock().unwrap().push(pipeline);
+    Ok(())
+}
+
+impl Peer {
+    /// Joins `room` on the server at `base` (e.g. `http://127.0.0.1:8080`): offers, POSTs, applies
+    /// the answer, waits until connected (10 s), then starts publishing. `keep_pixels` keeps the
+    /// latest decoded frame as RGB for [`Peer::wait_frame`] (costly; load runs leave it off).
+    ///
+    /// # Errors
+    /// [`LoadgenError`] when the server refuses, or the connection or a pipeline fails.
+    pub async fn join(base: &str, room: &str, opts: PeerOpts, keep_pixels: bool) -> Result<Peer, LoadgenError> {
+        gst::init().map_err(|e| LoadgenError::Gst(e.to_string()))?;
+        let mut me = media_engine()?;
+        let registry = register_default_interceptors(Registry::new(), &mut me).map_err(w)?;
+        let (gather_tx, mut gather_rx) = mpsc::channel(1);
+        let (state_tx, mut state_rx) = watch::channel(RTCPeerConnectionState::New);
+        let (tick_tx, tick) = watch::channel(0u64);
+        let received = Arc::new(Received { keep_pixels, ..Default::default() });
+        let pipelines = Arc::new(Mutex::new(vec![]));
+        let handler = Arc::new(Handler { gather_tx, state_tx, received: received.clone(), tick_tx: Arc::new(tick_tx), pipelines: pipelines.clone() });
+        let pc = PeerConnectionBuilder::new()
+            .with_media_engine(me)
+            .with_interceptor_registry(registry)
+            .with_setting_engine(SettingEngineBuilder::new().with_include_loopback_candidate(true).build())
+            .with_handler(handler)
+            .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
+            .build()
+            .await
+            .map_err(w)?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let seed = random_u32();
+        let (video_ssrc, audio_ssrc) = (seed | 1, seed.rotate_left(16) | 2);
+        let dir = |send: bool| match (send, opts.receive) {
+            (true, true) => RTCRtpTransceiverDirection::Sendrecv,
+            (true, false) => RTCRtpTransceiverDirection::Sendonly,
+            (false, _) => RTCRtpTransceiverDirection::Recvonly,
+        };
+        let init = |send: bool| Some(RTCRtpTransceiverInit { direction: dir(send), ..Default::default() });
+        let mut video_track = None;
+        let mut audio_track = None;
+        if opts.video != VideoSource::None {
+            let t = local_track(RtpCodecKind::Video, MIME_TYPE_VP8, video_ssrc);
+            pc.add_transceiver_from_track(t.clone(), init(true)).await.map_err(w)?;
+            video_track = Some(t);
+        } else if opts.receive {
+            pc.add_transceiver_from_kind(RtpCodecKind::Video, init(false)).await.map_err(w)?;
+        }
+        if opts.tone_hz.is_some() {
+            let t = local_track(RtpCodecKind::Audio, MIME_TYPE_OPUS, audio_ssrc);
+            pc.add_transceiver_from_track(t.clone(), init(true)).await.map_err(w)?;
+            audio_track = Some(t);
+        } else if opts.receive {
+            pc.add_transceiver_from_kind(RtpCodecKind::Audio, init(false)).await.map_err(w)?;
+        }
+        let offer = pc.create_offer(None).await.map_err(w)?;
+        pc.set_local_description(offer).await.map_err(w)?;
+        let _ = tokio::time::timeout(Duration::from_secs(5), gather_rx.recv()).await;
+        let mut sdp = pc.local_description().await.ok_or_else(|| w("no local description"))?.sdp;
+        if opts.video_codecs.len() == 1 {
+            sdp = keep_only_video_codec(&sdp, opts.video_codecs[0]);
+        }
+        let name: String = opts.name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
+        let path = match opts.via {
+            Via::Participant => format!("/v1/rooms/{room}/participants?name={name}"),
+            Via::Whip => format!("/whip/{room}?name={name}"),
+            Via::Whep => format!("/whep/{room}?name={name}"),
+        };
+        let posted_at = Instant::now();
+        let resp = http("POST", &format!("{base}{path}"), Some("application/sdp"), sdp.into_bytes()).await?;
+        if resp.status != 201 || resp.content_type.as_deref() != Some("application/sdp") {
+            return Err(LoadgenError::Refused { status: resp.status, reason: resp.body });
+        }
+        let location = resp.location.ok_or_else(|| LoadgenError::Http("201 without Location".into()))?;
+        let id = location.rsplit('/').next().unwrap_or_default().to_string();
+        pc.set_remote_description(RTCSessionDescription::answer(resp.body).map_err(w)?).await.map_err(w)?;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if *state_rx.borrow_and_update() == RTCPeerConnectionState::Connected {
+                    return Ok(());
+                }
+                if state_rx.changed().await.is_err() {
+                    return Err(LoadgenError::ConnectTimeout);
+                }
+            }
+        })
+        .await
+        .map_err(|_| LoadgenError::ConnectTimeout)??;
+        if let Some(t) = video_track {
+            let src = match &opts.video {
+                VideoSource::Colour((r, g, b)) => format!(
+                    "videotestsrc is-live=true pattern=solid-color foreground-color=0xff{r:02x}{g:02x}{b:02x} \
+                     ! video/x-raw,format=I420,width=640,height=360,framerate=30/1 \
+                     ! vp8enc deadline=1 cpu-used=8 end-usage=cbr target-bitrate=200000 keyframe-max-dist=30 threads=1"
+                ),
+                VideoSource::File(path) => format!("filesrc location=\"{}\" ! matroskademux", path.display()),
+                VideoSource::None => unreachable!(),
+            };
+            let desc = format!("{src} ! rtpvp8pay pt=96 ssrc={video_ssrc} mtu=1200 picture-id-mode=15-bit ! appsink name=sink sync=true");
+            publish(&desc, t, &pipelines)?;
+        }
+        if let (Some(t), Some(f)) = (audio_track, opts.tone_hz) {
+            let desc = format!(
+                "audiotestsrc is-live=true wave=sine freq={f} volume=0.25 ! audio/x-raw,rate=48000,channels=1 \
+                 ! opusenc bitrate=48000 frame-size=20 ! rtpopuspay pt=111 ssrc={audio_ssrc} ! appsink name=sink sync=false"
+            );
+            publish(&desc, t, &pipelines)?;
+        }
+        Ok(Peer { opts, location, id, posted_at, base: base.to_string(), pc, received, tick, pipelines })
+    }
+
+    /// Waits (up to `timeout`) for a decoded frame that satisfies `pred` and returns it; on timeout
+    /// returns the last frame seen (which does not satisfy it), so a caller can describe it.
+    /// Needs `keep_pixels`.
+    pub async fn wait_frame(&self, timeout: Duration, pred: impl Fn(&Frame) -> bool) -> Option<Frame> {
+        let mut tick = self.tick.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let f = self.received.frame.lock().unwrap().clone();
+            if let Some(f) = &f
+                && pred(f)
+            {
+                return Some(f.clone());
+            }
+            if tokio::time::timeout_at(deadline, tick.changed()).await.is_err() {
+                return f;
+            }
+        }
+    }
+
+    /// Waits until `frames()` reaches `n` or `timeout` passes; returns whether it did.
+    pub async fn wait_frames(&self, n: u64, timeout: Duration) -> bool {
+        let mut tick = self.tick.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.frames() < n {
+            if tokio::time::timeout_at(deadline, tick.changed()).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Waits until `n` more audio samples arrived (or `timeout`), then returns the last `n`
+    /// (48 kHz mono).
+    pub async fn audio_window(&self, n: usize, timeout: Duration) -> Vec<i16> {
+        let target = self.received.audio_samples.load(Ordering::Relaxed) + n as u64;
+        let mut tick = self.tick.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.received.audio_samples.load(Ordering::Relaxed) < target {
+            if tokio::time::timeout_at(deadline, tick.changed()).await.is_err() {
+                break;
+            }
+        }
+        let a = self.received.audio.lock().unwrap();
+        a.iter().skip(a.len().saturating_sub(n)).copied().collect()
+    }
+
+    /// Frames decoded so far.
+    pub fn frames(&self) -> u64 {
+        self.received.frames.load(Ordering::Relaxed)
+    }
+
+    /// Receive statistics so far.
+    pub fn stats(&self) -> ReceiveStats {
+        let r = &self.received;
+        ReceiveStats {
+            frames: r.frames.load(Ordering::Relaxed),
+            freezes: r.freezes.load(Ordering::Relaxed),
+            max_gap_ms: r.max_gap_ms.load(Ordering::Relaxed),
+            audio_samples: r.audio_samples.load(Ordering::Relaxed),
+            join_ms: r.first_frame_at.lock().unwrap().map(|t| t.duration_since(self.posted_at).as_millis() as u64),
+        }
+    }
+
+    /// Codec of the received composite (`VP8` or `H264`).
+    pub fn video_codec(&self) -> Option<String> {
+        self.received.video_codec.lock().unwrap().clone()
+    }
+
+    /// DELETEs the participant resource and closes the connection; returns the HTTP status.
+    ///
+    /// # Errors
+    /// [`LoadgenError::Http`] when the request fails.
+    pub async fn leave(&self) -> Result<u16, LoadgenError> {
+        let r = http("DELETE", &format!("{}{}", self.base, self.location), None, vec![]).await?;
+        let _ = self.pc.close().await;
+        Ok(r.status)
+    }
+}
+
+fn random_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.finish() as u32
+}
+
+/// Removes every video codec but `mime` (`video/VP8` or `video/H264`) from an offer.
+fn keep_only_video_codec(sdp: &str, mime: &str) -> String {
+    let want = mime.rsplit('/').next().unwrap_or(mime).to_ascii_lowercase();
+    let mut keep = vec![];
+    let mut in_video = false;
+    for l in sdp.lines() {
+        if l.starts_with("m=") {
+            in_video = l.starts_with("m=video");
+        }
+        if in_video
+            && let Some((pt, codec)) = l.strip_prefix("a=rtpmap:").and_then(|r| r.split_once(' '))
+            && codec.to_ascii_lowercase().starts_with(&want)
+        {
+            keep.push(pt.to_string());
+        }
+    }
+    let mut out = vec![];
+    in_video = false;
+    for l in sdp.lines() {
+        if l.starts_with("m=") {
+            in_video = l.starts_with("m=video");
+            if in_video {
+                let mut parts: Vec<&str> = l.split(' ').take(3).collect();
+                parts.extend(keep.iter().map(String::as_str));
+                out.push(parts.join(" "));
+                continue;
+            }
+        }
+        if in_video
+            && let Some(rest) = l.strip_prefix("a=rtpmap:").or(l.strip_prefix("a=fmtp:")).or(l.strip_prefix("a=rtcp-fb:"))
+            && !keep.iter().any(|k| rest.split(' ').next() == Some(k.as_str()))
+        {
+            continue;
+        }
+        out.push(l.to_string());
+    }
+    out.join("\r\n") + "\r\n"
+}
