@@ -15,6 +15,9 @@ struct Cli {
 enum Command {
     /// Run the server (HTTP signaling + web client + media).
     Serve(Config),
+    /// Join a running server with N publishers and M viewers (real WebRTC peers) and report
+    /// frame rate, freezes and join time per receiver.
+    Loadgen(tessera::loadgen::cli::LoadgenArgs),
 }
 
 #[tokio::main]
@@ -34,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Loadgen(args) => tessera::loadgen::cli::run(args).await,
     }
 }
 

@@ -4,6 +4,7 @@
 //! freezes. `tessera loadgen` runs many of them against a server.
 
 pub mod analysis;
+pub mod cli;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;

@@ -180,9 +180,11 @@ impl Driver {
     }
 
     /// Saves the current window's screenshot as `path` (PNG).
-    async fn screenshot(&self, path: &str) {
-        let b64 = self.s("GET", "/screenshot", None).await;
-        std::fs::write(path, base64_decode(b64.as_str().expect("screenshot is base64"))).unwrap();
+    async fn screenshot(&self, path: &str) -> Result<(), String> {
+        let id = self.session.as_ref().expect("session");
+        let b64 = self.call("GET", &format!("/session/{id}/screenshot"), None).await?;
+        let png = base64_decode(b64.as_str().ok_or("screenshot is not a string")?);
+        std::fs::write(path, png).map_err(|e| format!("writing {path}: {e}"))
     }
 
     /// The browser console of the current window since the last call (best effort).
@@ -217,13 +219,33 @@ const selectedPair = async (pc) => {
     return c(pair.localCandidateId) + ' -> ' + c(pair.remoteCandidateId);
   } catch (e) { return 'getStats failed: ' + e; }
 };
+// Receive-side RTP counters, for telling "nothing arrived" from "arrived but not decodable".
+const rtpIn = async (pc) => {
+  if (!pc) return null;
+  try {
+    const rep = await pc.getStats();
+    const out = {};
+    rep.forEach((r) => {
+      if (r.type !== 'inbound-rtp') return;
+      const codec = r.codecId && rep.get(r.codecId);
+      out[r.kind] = { ssrc: r.ssrc, mid: r.mid, codec: codec ? codec.mimeType : null, packetsReceived: r.packetsReceived,
+                      packetsLost: r.packetsLost, bytesReceived: r.bytesReceived, framesReceived: r.framesReceived,
+                      framesDecoded: r.framesDecoded, keyFramesDecoded: r.keyFramesDecoded, framesDropped: r.framesDropped,
+                      pliCount: r.pliCount, firCount: r.firCount, nackCount: r.nackCount, decoder: r.decoderImplementation };
+    });
+    rep.forEach((r) => { if (r.type === 'transport') out.transport = { bytesReceived: r.bytesReceived, packetsReceived: r.packetsReceived, dtls: r.dtlsState }; });
+    return out;
+  } catch (e) { return 'getStats failed: ' + e; }
+};
 const snapshot = async (ok) => {
   const t = window.tessera || {};
   const el = (id) => { const e = document.getElementById(id); return e ? e.textContent : null; };
   return { ok, stats: Object.assign({}, t.stats || {}), state: t.state || null, error: t.error || null,
-           status: el('status'), statsText: el('stats'), participants: el('participants'),
+           status: el('status'), statsText: el('stats'),
+           participants: Array.from(document.querySelectorAll('#participants li')).map((li) => li.innerText.replace(/\s+/g, ' ')).join('; '),
            connection: t.pc ? t.pc.connectionState : null, ice: t.pc ? t.pc.iceConnectionState : null,
-           pair: await selectedPair(t.pc) };
+           pair: await selectedPair(t.pc), rtp: ok ? null : await rtpIn(t.pc),
+           transceivers: ok || !t.pc ? null : t.pc.getTransceivers().map((x) => x.mid + ':' + x.currentDirection + ':' + (x.receiver.track && x.receiver.track.kind + '/' + x.receiver.track.readyState)).join(' ') };
 };
 const tick = () => {
   const t = window.tessera;
@@ -265,9 +287,12 @@ async fn wait_stats(d: &Driver, page: &Page, after: u64, rise: u64, audio_after:
     eprintln!("{}: {what} after {:?}: {} (ICE pair {})", page.name, t.elapsed(), r["stats"], r["pair"]);
     if r["ok"] != true {
         let shot = format!("{}/browser-{}.png", env!("CARGO_TARGET_TMPDIR"), page.name);
-        d.screenshot(&shot).await;
+        let shot = match d.screenshot(&shot).await {
+            Ok(()) => shot,
+            Err(e) => format!("(none: {e})"),
+        };
         panic!(
-            "{}: {what}: not reached after {:?}\n  state: {} error: {}\n  status line: {}\n  pc: connection {} ice {} pair {}\n  last stats: {}\n  stats line: {}\n  participants: {}\n  screenshot: {shot}\n  console:\n{}",
+            "{}: {what}: not reached after {:?}\n  state: {} error: {}\n  status line: {}\n  pc: connection {} ice {} pair {}\n  transceivers: {}\n  inbound RTP: {}\n  last stats: {}\n  stats line: {}\n  participants: {}\n  screenshot: {shot}\n  chromedriver log: {}/chromedriver.log\n  console:\n{}",
             page.name,
             t.elapsed(),
             r["state"],
@@ -276,9 +301,12 @@ async fn wait_stats(d: &Driver, page: &Page, after: u64, rise: u64, audio_after:
             r["connection"],
             r["ice"],
             r["pair"],
+            r["transceivers"],
+            r["rtp"],
             r["stats"],
             r["statsText"],
             r["participants"],
+            env!("CARGO_TARGET_TMPDIR"),
             d.console().await,
         );
     }
@@ -320,7 +348,9 @@ async fn two_chromium_pages_decode_the_composite_and_hear_the_mix() {
     // Screenshots of both pages, always (a failed wait above saves the failing page's).
     for p in &pages {
         d.switch_to(&p.handle).await;
-        d.screenshot(&format!("{}/browser-{}.png", env!("CARGO_TARGET_TMPDIR"), p.name)).await;
+        let shot = format!("{}/browser-{}.png", env!("CARGO_TARGET_TMPDIR"), p.name);
+        d.screenshot(&shot).await.unwrap_or_else(|e| panic!("{}: screenshot: {e}", p.name));
+        eprintln!("{}: screenshot {shot}", p.name);
     }
 
     // The server sees both browsers publishing both kinds.
