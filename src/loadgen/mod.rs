@@ -24,7 +24,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::shared::marshal::{Marshal, Unmarshal};
 use tokio::sync::{mpsc, watch};
-use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
@@ -141,6 +141,9 @@ pub struct PeerOpts {
     pub video_codecs: Vec<&'static str>,
     /// Endpoint.
     pub via: Via,
+    /// Frames between periodic keyframes of a [`VideoSource::Colour`] encode; 0 (the default)
+    /// sends keyframes only when the server asks (PLI/FIR), as browsers do.
+    pub keyframe_interval: u32,
 }
 
 impl PeerOpts {
@@ -153,6 +156,7 @@ impl PeerOpts {
             receive: true,
             video_codecs: vec![MIME_TYPE_VP8, MIME_TYPE_H264],
             via: Via::Participant,
+            keyframe_interval: 0,
         }
     }
 
@@ -165,6 +169,7 @@ impl PeerOpts {
             receive: true,
             video_codecs: vec![MIME_TYPE_VP8, MIME_TYPE_H264],
             via: Via::Whep,
+            keyframe_interval: 0,
         }
     }
 }
@@ -379,7 +384,8 @@ fn local_track(kind: RtpCodecKind, mime: &str, ssrc: u32) -> Arc<TrackLocalStati
 }
 
 /// Starts a GStreamer source whose `appsink name=sink` yields RTP, and forwards it to `track`.
-/// A file source is looped: on end-of-stream it seeks back to the start.
+/// A file source is looped: on end-of-stream it seeks back to the start. Keyframe requests from the
+/// server (PLI/FIR) force a keyframe on the element named `enc`, when there is one.
 fn publish(desc: &str, track: Arc<TrackLocalStaticRTP>, pipelines: &Arc<Mutex<Vec<gst::Pipeline>>>) -> Result<(), LoadgenError> {
     let g = |e: &dyn std::fmt::Display| LoadgenError::Gst(e.to_string());
     let pipeline = gst::parse::launch(desc).map_err(|e| g(&e))?.downcast::<gst::Pipeline>().map_err(|_| g(&"not a pipeline"))?;
@@ -396,6 +402,18 @@ fn publish(desc: &str, track: Arc<TrackLocalStaticRTP>, pipelines: &Arc<Mutex<Ve
             })
             .build(),
     );
+    if let Some(enc_src) = pipeline.by_name("enc").and_then(|e| e.static_pad("src")) {
+        let t = track.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = t.poll().await {
+                if let TrackLocalEvent::OnRtcpPacket(pkts) = ev
+                    && pkts.iter().any(|p| crate::transport::rtcp::is_keyframe_request(p.as_ref()))
+                {
+                    enc_src.send_event(gstreamer_video::UpstreamForceKeyUnitEvent::builder().all_headers(true).build());
+                }
+            }
+        });
+    }
     tokio::spawn(async move {
         while let Some(mut b) = rx.recv().await {
             if let Ok(p) = rtc::rtp::Packet::unmarshal(&mut b) {
@@ -432,7 +450,9 @@ impl Peer {
     pub async fn join(base: &str, room: &str, opts: PeerOpts, keep_pixels: bool) -> Result<Peer, LoadgenError> {
         gst::init().map_err(|e| LoadgenError::Gst(e.to_string()))?;
         let mut me = media_engine()?;
-        let registry = register_default_interceptors(Registry::new(), &mut me).map_err(w)?;
+        let registry = register_default_interceptors(Registry::new(), &mut me)
+            .map_err(w)?
+            .with(crate::transport::rtcp::SLOT.into(), crate::transport::rtcp::KeyframeRequestInterceptor::default());
         let (gather_tx, mut gather_rx) = mpsc::channel(1);
         let (state_tx, mut state_rx) = watch::channel(RTCPeerConnectionState::New);
         let (tick_tx, tick) = watch::channel(0u64);
@@ -511,7 +531,12 @@ impl Peer {
                 VideoSource::Colour((r, g, b)) => format!(
                     "videotestsrc is-live=true pattern=solid-color foreground-color=0xff{r:02x}{g:02x}{b:02x} \
                      ! video/x-raw,format=I420,width=640,height=360,framerate=30/1 \
-                     ! vp8enc deadline=1 cpu-used=8 end-usage=cbr target-bitrate=200000 keyframe-max-dist=30 threads=1"
+                     ! vp8enc name=enc deadline=1 cpu-used=8 end-usage=cbr target-bitrate=200000 threads=1 {}",
+                    if opts.keyframe_interval == 0 {
+                        "keyframe-mode=disabled".to_string()
+                    } else {
+                        format!("keyframe-max-dist={}", opts.keyframe_interval)
+                    }
                 ),
                 VideoSource::File(path) => format!("filesrc location=\"{}\" ! matroskademux", path.display()),
                 VideoSource::None => unreachable!(),

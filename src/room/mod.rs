@@ -185,6 +185,10 @@ pub struct ParticipantInfo {
     pub video_codec: Option<VideoCodec>,
     /// Seconds since it joined.
     pub joined_s: f64,
+    /// PLIs Tessera sent to this publisher (rate-limited by `--pli-interval-ms`).
+    pub plis_sent: u64,
+    /// Keyframe requests (PLI/FIR) this receiver sent about the composite.
+    pub keyframe_requests: u64,
 }
 
 /// Audio/video flags.
@@ -220,6 +224,8 @@ pub struct RoomInfo {
     pub tiles: Vec<TileInfo>,
     /// Composite frames produced so far.
     pub frames_out: u64,
+    /// Keyframes forced on the room's encoders (coalesced: receivers joining together share one).
+    pub keyframes_forced: u64,
     /// Opus encodes in the last 20 ms tick (≤ talkers + 1).
     pub audio_encodes_last_tick: u64,
 }
@@ -328,7 +334,10 @@ impl Room {
                                 Err(RecvError::Closed) => break,
                             },
                             k = track.keyframe_request(), if keyframe_requests => match k {
-                                Some(()) => video.request_keyframe(codec),
+                                Some(()) => {
+                                    p2.session.counters.keyframe_requests_received.fetch_add(1, Ordering::Relaxed);
+                                    video.request_keyframe(codec);
+                                }
                                 None => keyframe_requests = false,
                             },
                         }
@@ -412,6 +421,8 @@ impl Room {
                 receives: Media { audio: p.plan.receive_audio, video: p.plan.receive_video.is_some() },
                 video_codec: p.plan.receive_video,
                 joined_s: p.joined.elapsed().as_secs_f64(),
+                plis_sent: p.session.counters.plis_sent.load(Ordering::Relaxed),
+                keyframe_requests: p.session.counters.keyframe_requests_received.load(Ordering::Relaxed),
             })
             .collect();
         RoomInfo {
@@ -421,6 +432,7 @@ impl Room {
             layout: "grid",
             tiles: self.video.tiles().into_iter().map(|(participant, rect)| TileInfo { participant, rect }).collect(),
             frames_out: self.video.stats().frames_out.load(Ordering::Relaxed),
+            keyframes_forced: self.video.stats().keyframes_forced.load(Ordering::Relaxed),
             audio_encodes_last_tick: self.audio.stats().encodes_last_tick.load(Ordering::Relaxed),
         }
     }

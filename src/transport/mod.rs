@@ -71,6 +71,15 @@ pub trait SessionEvents: Send + Sync + 'static {
     fn on_state(&self, state: RTCPeerConnectionState);
 }
 
+/// RTCP counters of one session, shown in the rooms API.
+#[derive(Debug, Default)]
+pub struct SessionCounters {
+    /// PLIs sent to this participant's published video.
+    pub plis_sent: AtomicU64,
+    /// PLIs/FIRs this participant sent about the composite it receives.
+    pub keyframe_requests_received: AtomicU64,
+}
+
 /// Shared by every session: settings and the port allocator.
 pub struct Transport {
     bind_ip: IpAddr,
@@ -165,7 +174,9 @@ impl Transport {
         let offer = RTCSessionDescription::offer(offer.to_string()).map_err(|e| TransportError::Offer(e.to_string()))?;
         let (gather_tx, mut gather_rx) = mpsc::channel(1);
         let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
+        let counters = Arc::new(SessionCounters::default());
         let handler = Arc::new(Handler {
+            counters: counters.clone(),
             events,
             gather_tx,
             state_tx,
@@ -196,7 +207,7 @@ impl Transport {
         }
         .await;
         match result {
-            Ok((video, audio, sdp)) => Ok((Session { pc, video, audio, state: state_rx }, sdp)),
+            Ok((video, audio, sdp)) => Ok((Session { pc, video, audio, state: state_rx, counters }, sdp)),
             Err(e) => {
                 let _ = pc.close().await;
                 Err(e)
@@ -273,6 +284,7 @@ fn codec_of_audio() -> RTCRtpCodec {
 }
 
 struct Handler {
+    counters: Arc<SessionCounters>,
     events: Arc<dyn SessionEvents>,
     gather_tx: mpsc::Sender<()>,
     state_tx: watch::Sender<RTCPeerConnectionState>,
@@ -319,7 +331,7 @@ impl PeerConnectionEventHandler for Handler {
             track,
             kind,
             ssrc,
-            pli: Arc::new(PliLimiter { interval: self.pli_interval, last: Mutex::new(None), sent: AtomicU64::new(0) }),
+            pli: Arc::new(PliLimiter { interval: self.pli_interval, last: Mutex::new(None), counters: self.counters.clone() }),
             runtime: self.runtime.clone(),
         });
     }
@@ -339,7 +351,7 @@ pub enum RemoteKind {
 struct PliLimiter {
     interval: Duration,
     last: Mutex<Option<Instant>>,
-    sent: AtomicU64,
+    counters: Arc<SessionCounters>,
 }
 
 /// A track a participant publishes.
@@ -377,7 +389,7 @@ impl RemoteTrack {
                 }
                 *last = Some(Instant::now());
             }
-            pli.sent.fetch_add(1, Ordering::Relaxed);
+            pli.counters.plis_sent.fetch_add(1, Ordering::Relaxed);
             let track = track.clone();
             rt.spawn(async move {
                 let _ = track
@@ -385,11 +397,6 @@ impl RemoteTrack {
                     .await;
             });
         })
-    }
-
-    /// PLIs sent to this publisher so far.
-    pub fn plis_sent(&self) -> u64 {
-        self.pli.sent.load(Ordering::Relaxed)
     }
 }
 
@@ -477,6 +484,8 @@ pub struct Session {
     /// The mix track, when the participant receives audio.
     pub audio: Option<Arc<LocalTrack>>,
     state: watch::Receiver<RTCPeerConnectionState>,
+    /// RTCP counters.
+    pub counters: Arc<SessionCounters>,
 }
 
 impl Session {

@@ -39,6 +39,9 @@ async fn three_publishers_fill_their_grid_cells() {
     let ps = room["participants"].as_array().unwrap();
     assert_eq!(ps.len(), 3);
     assert!(ps.iter().all(|p| p["publishes"]["video"] == true && p["publishes"]["audio"] == true && p["receives"]["video"] == true));
+    // The test publishers send keyframes only when asked (as browsers do): the pictures above
+    // prove the server asked each of them, and the counter says so.
+    assert!(ps.iter().all(|p| p["plis_sent"].as_u64().unwrap() >= 1), "{room}");
     assert_eq!(room["output"]["width"], 1280);
     // The composite keeps flowing.
     let before = peers[0].frames();
