@@ -1,16 +1,22 @@
-//! The room's video: decoded inputs → compositor grid → one encode per codec → RTP fan-out.
+//! The room's video: decoded inputs → compositor (layout, labels, placeholders, speaker highlight)
+//! → one encode per codec → RTP fan-out.
 //!
 //! ```text
-//! appsrc(input 0) ─ videoscale ─ capsfilter(tile) ─┐
-//! appsrc(input 1) ─ videoscale ─ capsfilter(tile) ─┤
-//! videotestsrc(16x16, live clock, alpha 0) ────────┴─ compositor ─ capsfilter(I420 WxH@fps) ─ tee
-//!     tee ─ queue(leaky) ─ <pipelines/*/vp8-encode>  ─ rtpvp8pay  ─ appsink → broadcast (VP8)
-//!     tee ─ queue(leaky) ─ <pipelines/*/h264-encode> ─ rtph264pay ─ appsink → broadcast (H264)
+//! appsrc(tile 0) ─ videoscale ─ capsfilter(tile size) ─ textoverlay(name) ─┐
+//! appsrc(tile 1) ─ videoscale ─ capsfilter(tile size) ─ textoverlay(name) ─┤
+//! videotestsrc(16x16, live: clocks the output, alpha 0) ───────────────────┤
+//! videotestsrc(accent) ─ tee ─ 4 × queue (speaker highlight bars) ─────────┴─ compositor
+//!   ─ capsfilter(I420 WxH@fps) ─ tee ─ queue(leaky) ─ <pipelines/*/vp8-encode>  ─ rtpvp8pay  ─ appsink → broadcast
+//!                                    ─ queue(leaky) ─ <pipelines/*/h264-encode> ─ rtph264pay ─ appsink → broadcast
 //! ```
-//! Each input is scaled to its letterboxed tile before the compositor (the compositor then places
-//! it 1:1, which is the cheap path measured in MEDIA-NOTES). An encoder branch is built the first
-//! time a receiver asks for its codec. Inputs are separate `appsrc`s fed from the publishers' own
-//! decode pipelines, so a join, a leave or a broken publisher never stalls the composite: the live
+//! Every participant who publishes gets a tile at join. Its picture is scaled to its letterboxed
+//! rectangle before the compositor (which then places it 1:1, the cheap path measured in
+//! MEDIA-NOTES) and labelled with the name. A tile whose video is muted, absent (audio-only) or
+//! stale for a second shows a placeholder (initials on a dark tile), never a frozen frame. Tiles
+//! the layout does not show are hidden and their publisher's decoder is told to stop
+//! ([`RoomVideo::set_visibility_listener`]). An encoder branch is built the first time a receiver
+//! asks for its codec. Inputs are separate `appsrc`s fed from the publishers' own decode
+//! pipelines, so a join, a leave or a broken publisher never stalls the composite: the live
 //! background source clocks the compositor at the output rate whatever the inputs do.
 
 use std::collections::HashMap;
@@ -27,15 +33,23 @@ use tokio::sync::broadcast;
 
 use super::fanout::{OutPacket, VideoCodec, is_keyframe_start};
 use crate::pipelines::{Backends, Params, Role};
-use crate::room::layout::{self, Rect};
+use crate::room::layout::{self, Layout, Placement, Rect, TileSource};
 
 /// Packets buffered per codec for receivers that fall behind (~1 s of 720p at 1.5 Mbit/s).
 const FANOUT_CAPACITY: usize = 1024;
 /// A forced keyframe is asked for again if none came within this long.
 const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
+/// A tile with no new frame for this long shows its placeholder.
+const STALE: Duration = Duration::from_millis(1000);
+/// How often placeholders are refreshed (the compositor repeats the last frame in between).
+const PLACEHOLDER_PERIOD: Duration = Duration::from_millis(250);
+/// Width of the speaker highlight, pixels.
+const HIGHLIGHT: u32 = 4;
+/// Placeholder picture size (16:9).
+const PLACEHOLDER_SIZE: (u32, u32) = (640, 360);
 
 /// Output format of the composite.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct OutputFormat {
     /// Pixels.
     pub width: u32,
@@ -63,14 +77,19 @@ fn gst_err(e: impl std::fmt::Display) -> VideoError {
     VideoError::Gst(e.to_string())
 }
 
-/// Counters of one room's video, for logs and the API.
+/// Counters of one room's video, for the API and metrics.
 #[derive(Debug, Default)]
 pub struct VideoStats {
     /// Composite frames produced.
     pub frames_out: AtomicU64,
     /// Keyframes forced on an encoder (coalesced requests count once).
     pub keyframes_forced: AtomicU64,
+    /// Input frames dropped before the compositor (a full input queue).
+    pub frames_dropped: AtomicU64,
 }
+
+/// Called with `true` when a tile becomes visible and `false` when the layout hides it.
+pub type VisibilityListener = Arc<dyn Fn(bool) + Send + Sync>;
 
 /// The room's compositor and encoders. Cheap to clone; the pipeline stops when the last clone drops
 /// or [`RoomVideo::stop`] is called.
@@ -84,28 +103,53 @@ struct Inner {
     pipeline: gst::Pipeline,
     compositor: gst::Element,
     tee: gst::Element,
+    /// Top, bottom, left, right bars of the speaker highlight.
+    bars: [gst::Pad; 4],
     format: OutputFormat,
     backends: Backends,
     state: Mutex<State>,
     stats: Arc<VideoStats>,
+    stopped: AtomicBool,
 }
 
-#[derive(Default)]
 struct State {
-    /// Inputs in join order (= grid order).
+    /// Tiles in join order.
     inputs: Vec<InputState>,
     outputs: HashMap<VideoCodec, Output>,
+    layout: Layout,
+    cap: usize,
+    speaker: Option<String>,
+    /// Tick of each participant's last speech (for last-N and featured tiles).
+    last_spoke: HashMap<String, u64>,
+    placements: Vec<Placement>,
 }
 
 struct InputState {
     id: String,
+    name: String,
+    screen: bool,
+    appsrc: gst_app::AppSrc,
     elements: Vec<gst::Element>,
     filter: gst::Element,
+    label: gst::Element,
     pad: gst::Pad,
-    /// Decoded size of the source, 0x0 until the first frame.
+    /// Size of the frames arriving now (picture or placeholder), 0x0 before the first.
     src: (u32, u32),
     /// Where it is drawn now.
     rect: Option<Rect>,
+    visible: bool,
+    on_visible: Option<VisibilityListener>,
+    shared: Arc<InputShared>,
+    audio_muted: bool,
+}
+
+/// What the push path and the placeholder thread share with the layout.
+struct InputShared {
+    video_muted: AtomicBool,
+    last_frame: Mutex<Option<Instant>>,
+    showing_placeholder: AtomicBool,
+    placeholder: Option<gst::Sample>,
+    size: Mutex<(u32, u32)>,
 }
 
 struct Output {
@@ -128,31 +172,68 @@ impl Drop for Inner {
     }
 }
 
+fn make(factory: &str) -> Result<gst::Element, VideoError> {
+    gst::ElementFactory::make(factory).build().map_err(gst_err)
+}
+
+/// Renders the placeholder of a participant: initials, centred on a dark 640x360 I420 tile.
+fn render_placeholder(name: &str) -> Option<gst::Sample> {
+    let initials: String = name
+        .split(|c: char| c.is_whitespace() || c == '-' || c == '_' || c == '.')
+        .filter_map(|w| w.chars().next())
+        .take(2)
+        .flat_map(char::to_uppercase)
+        .collect();
+    let initials = if initials.is_empty() { "?".to_string() } else { initials };
+    let (w, h) = PLACEHOLDER_SIZE;
+    let desc = format!(
+        "videotestsrc num-buffers=1 pattern=solid-color foreground-color=0xff262b36 \
+         ! video/x-raw,format=I420,width={w},height={h},framerate=1/1 \
+         ! textoverlay name=t valignment=center halignment=center font-desc=\"Sans Bold 96\" color=0xffd8dee9 \
+         ! appsink name=s sync=false"
+    );
+    let p = gst::parse::launch(&desc).ok()?.downcast::<gst::Pipeline>().ok()?;
+    p.by_name("t")?.set_property("text", &initials);
+    let sink = p.by_name("s")?.downcast::<gst_app::AppSink>().ok()?;
+    p.set_state(gst::State::Playing).ok()?;
+    let sample = sink.pull_sample().ok();
+    let _ = p.set_state(gst::State::Null);
+    sample
+}
+
 impl RoomVideo {
-    /// Builds and starts the room's compositor (no encoder runs until [`RoomVideo::subscribe`]).
+    /// Builds and starts the room's compositor (no encoder runs until [`RoomVideo::subscribe`]),
+    /// with `layout` and at most `cap` visible tiles.
     ///
     /// # Errors
     /// [`VideoError::Gst`] when an element is missing or the pipeline cannot start.
-    pub fn new(room: &str, format: OutputFormat, backends: Backends) -> Result<Self, VideoError> {
+    pub fn new(room: &str, format: OutputFormat, backends: Backends, layout: Layout, cap: usize) -> Result<Self, VideoError> {
         gst::init().map_err(gst_err)?;
         let pipeline = gst::Pipeline::with_name(&format!("room-{room}"));
-        let clock_src = gst::ElementFactory::make("videotestsrc")
-            .property("is-live", true)
-            .property_from_str("pattern", "black")
-            .build()
-            .map_err(gst_err)?;
-        let clock_caps = gst::ElementFactory::make("capsfilter")
-            .property(
-                "caps",
-                gst::Caps::builder("video/x-raw")
-                    .field("format", "I420")
-                    .field("width", 16)
-                    .field("height", 16)
-                    .field("framerate", gst::Fraction::new(format.fps as i32, 1))
-                    .build(),
-            )
-            .build()
-            .map_err(gst_err)?;
+        let small_live = |colour: u32, fps: i32| -> Result<(gst::Element, gst::Element), VideoError> {
+            let src = gst::ElementFactory::make("videotestsrc")
+                .property("is-live", true)
+                .property_from_str("pattern", "solid-color")
+                .property("foreground-color", colour)
+                .build()
+                .map_err(gst_err)?;
+            let caps = gst::ElementFactory::make("capsfilter")
+                .property(
+                    "caps",
+                    gst::Caps::builder("video/x-raw")
+                        .field("format", "I420")
+                        .field("width", 16)
+                        .field("height", 16)
+                        .field("framerate", gst::Fraction::new(fps, 1))
+                        .build(),
+                )
+                .build()
+                .map_err(gst_err)?;
+            Ok((src, caps))
+        };
+        let (clock_src, clock_caps) = small_live(0xff000000, format.fps as i32)?;
+        let (bar_src, bar_caps) = small_live(0xffffc800, 5)?;
+        let bar_tee = make("tee")?;
         let compositor = gst::ElementFactory::make("compositor")
             .property_from_str("background", "black")
             .build()
@@ -171,18 +252,32 @@ impl RoomVideo {
             .build()
             .map_err(gst_err)?;
         let tee = gst::ElementFactory::make("tee").property("allow-not-linked", true).build().map_err(gst_err)?;
-        // Without any encoder yet the tee needs a sink so the compositor runs and prerolls.
+        // Without any encoder yet the tee needs a sink so the compositor runs.
         let idle = gst::ElementFactory::make("fakesink")
             .property("sync", false)
             .property("async", false)
             .build()
             .map_err(gst_err)?;
-        pipeline.add_many([&clock_src, &clock_caps, &compositor, &out_caps, &tee, &idle]).map_err(gst_err)?;
+        pipeline
+            .add_many([&clock_src, &clock_caps, &bar_src, &bar_caps, &bar_tee, &compositor, &out_caps, &tee, &idle])
+            .map_err(gst_err)?;
         gst::Element::link_many([&clock_src, &clock_caps]).map_err(gst_err)?;
+        gst::Element::link_many([&bar_src, &bar_caps, &bar_tee]).map_err(gst_err)?;
         let clock_pad = compositor.request_pad_simple("sink_%u").ok_or_else(|| gst_err("compositor pad"))?;
         clock_pad.set_property("alpha", 0.0f64);
         clock_pad.set_property("zorder", 0u32);
         clock_caps.static_pad("src").unwrap().link(&clock_pad).map_err(gst_err)?;
+        let mut bars = vec![];
+        for _ in 0..4 {
+            let q = gst::ElementFactory::make("queue").property("max-size-buffers", 1u32).build().map_err(gst_err)?;
+            pipeline.add(&q).map_err(gst_err)?;
+            bar_tee.link(&q).map_err(gst_err)?;
+            let pad = compositor.request_pad_simple("sink_%u").ok_or_else(|| gst_err("compositor pad"))?;
+            pad.set_property("alpha", 0.0f64);
+            pad.set_property("zorder", 1000u32);
+            q.static_pad("src").unwrap().link(&pad).map_err(gst_err)?;
+            bars.push(pad);
+        }
         gst::Element::link_many([&compositor, &out_caps, &tee, &idle]).map_err(gst_err)?;
 
         let stats = Arc::new(VideoStats::default());
@@ -197,13 +292,24 @@ impl RoomVideo {
             pipeline,
             compositor,
             tee,
+            bars: bars.try_into().map_err(|_| gst_err("bars"))?,
             format,
             backends,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                inputs: vec![],
+                outputs: HashMap::new(),
+                layout,
+                cap,
+                speaker: None,
+                last_spoke: HashMap::new(),
+                placements: vec![],
+            }),
             stats,
+            stopped: AtomicBool::new(false),
         });
         watch_bus(&inner.pipeline, room.to_string());
         inner.pipeline.set_state(gst::State::Playing).map_err(gst_err)?;
+        spawn_placeholder_thread(Arc::downgrade(&inner));
         Ok(Self { inner })
     }
 
@@ -217,12 +323,13 @@ impl RoomVideo {
         self.inner.stats.clone()
     }
 
-    /// Adds a tile for participant `id` at the end of the grid and re-lays out every tile.
-    /// Frames pushed into the returned handle are drawn there.
+    /// Adds a tile for participant `id` (label `name`; `screen` for a screen share) at the end of
+    /// the join order and re-lays out. It shows a placeholder until frames are pushed into the
+    /// returned handle.
     ///
     /// # Errors
     /// [`VideoError::Gst`] if the elements cannot be made or linked.
-    pub fn add_input(&self, id: &str) -> Result<VideoInput, VideoError> {
+    pub fn add_input(&self, id: &str, name: &str, screen: bool) -> Result<VideoInput, VideoError> {
         let inner = &self.inner;
         let appsrc = gst_app::AppSrc::builder()
             .name(format!("in-{id}"))
@@ -236,25 +343,55 @@ impl RoomVideo {
             .property("add-borders", false)
             .build()
             .map_err(gst_err)?;
-        let filter = gst::ElementFactory::make("capsfilter").build().map_err(gst_err)?;
-        let elements: Vec<gst::Element> = vec![appsrc.clone().upcast(), scale, filter.clone()];
+        let filter = make("capsfilter")?;
+        let label = gst::ElementFactory::make("textoverlay")
+            .property("text", name)
+            .property_from_str("valignment", "bottom")
+            .property_from_str("halignment", "left")
+            .property("shaded-background", true)
+            .property("font-desc", "Sans Bold 14")
+            .build()
+            .map_err(gst_err)?;
+        let elements: Vec<gst::Element> = vec![appsrc.clone().upcast(), scale, filter.clone(), label.clone()];
         inner.pipeline.add_many(&elements).map_err(gst_err)?;
         gst::Element::link_many(&elements).map_err(gst_err)?;
         let pad = inner.compositor.request_pad_simple("sink_%u").ok_or_else(|| gst_err("compositor pad"))?;
-        pad.set_property("zorder", 1u32);
-        // Not drawn until the first frame tells us its size.
         pad.set_property("alpha", 0.0f64);
-        filter.static_pad("src").unwrap().link(&pad).map_err(gst_err)?;
+        label.static_pad("src").unwrap().link(&pad).map_err(gst_err)?;
         for e in &elements {
             e.sync_state_with_parent().map_err(gst_err)?;
         }
+        let shared = Arc::new(InputShared {
+            video_muted: AtomicBool::new(false),
+            last_frame: Mutex::new(None),
+            showing_placeholder: AtomicBool::new(false),
+            placeholder: render_placeholder(name),
+            size: Mutex::new((0, 0)),
+        });
         {
             let mut st = inner.state.lock().unwrap();
-            st.inputs.push(InputState { id: id.to_string(), elements, filter, pad, src: (0, 0), rect: None });
-            relayout(&inner.format, &mut st.inputs);
+            st.inputs.push(InputState {
+                id: id.to_string(),
+                name: name.to_string(),
+                screen,
+                appsrc: appsrc.clone(),
+                elements,
+                filter,
+                label,
+                pad,
+                src: (0, 0),
+                rect: None,
+                visible: false,
+                on_visible: None,
+                shared: shared.clone(),
+                audio_muted: false,
+            });
+            relayout(inner, &mut st);
         }
-        tracing::info!(room = %inner.room, participant = id, "video tile added");
-        Ok(VideoInput { id: id.to_string(), appsrc, video: Arc::downgrade(inner), size: Mutex::new((0, 0)) })
+        // Show the placeholder at once rather than an empty cell.
+        push_placeholder(inner, id, &appsrc, &shared);
+        tracing::info!(room = %inner.room, participant = id, "tile added");
+        Ok(VideoInput { id: id.to_string(), appsrc, video: Arc::downgrade(inner), shared })
     }
 
     /// Removes participant `id`'s tile and re-lays out the others. Unknown ids are ignored.
@@ -264,7 +401,11 @@ impl RoomVideo {
             let mut st = inner.state.lock().unwrap();
             let Some(i) = st.inputs.iter().position(|x| x.id == id) else { return };
             let input = st.inputs.remove(i);
-            relayout(&inner.format, &mut st.inputs);
+            st.last_spoke.remove(id);
+            if st.speaker.as_deref() == Some(id) {
+                st.speaker = None;
+            }
+            relayout(inner, &mut st);
             input
         };
         for e in &removed.elements {
@@ -272,14 +413,79 @@ impl RoomVideo {
         }
         let _ = inner.pipeline.remove_many(&removed.elements);
         inner.compositor.release_request_pad(&removed.pad);
-        tracing::info!(room = %inner.room, participant = id, "video tile removed");
+        tracing::info!(room = %inner.room, participant = id, "tile removed");
     }
 
-    /// Where each input is drawn now, in join order: `(participant id, rect)`; `None` until the
-    /// input's first frame.
+    /// Calls `listener` now and whenever tile `id` is shown or hidden by the layout (a hidden
+    /// tile's publisher need not be decoded).
+    pub fn set_visibility_listener(&self, id: &str, listener: VisibilityListener) {
+        let mut st = self.inner.state.lock().unwrap();
+        if let Some(i) = st.inputs.iter_mut().find(|i| i.id == id) {
+            listener(i.visible);
+            i.on_visible = Some(listener);
+        }
+    }
+
+    /// Sets the layout; takes effect with the next composite frame.
+    pub fn set_layout(&self, layout: Layout) {
+        let mut st = self.inner.state.lock().unwrap();
+        st.layout = layout;
+        relayout(&self.inner, &mut st);
+    }
+
+    /// The current layout.
+    pub fn layout(&self) -> Layout {
+        self.inner.state.lock().unwrap().layout.clone()
+    }
+
+    /// Sets the active speaker (highlighted in the grid, large in speaker layouts) and the
+    /// participants talking now (`tick` orders them for last-N).
+    pub fn set_speaking(&self, speaker: Option<&str>, talking: &[String], tick: u64) {
+        let mut st = self.inner.state.lock().unwrap();
+        for t in talking {
+            st.last_spoke.insert(t.clone(), tick);
+        }
+        let changed_speaker = st.speaker.as_deref() != speaker;
+        st.speaker = speaker.map(str::to_string);
+        // Last-N only changes the picture when someone hidden starts talking.
+        let hidden_talker = talking.iter().any(|t| st.inputs.iter().any(|i| &i.id == t && !i.visible));
+        if changed_speaker || hidden_talker {
+            relayout(&self.inner, &mut st);
+        }
+    }
+
+    /// Server- or self-mute: a video-muted tile shows its placeholder; an audio-muted tile's label
+    /// says so. Unknown ids are ignored.
+    pub fn set_muted(&self, id: &str, audio: bool, video: bool) {
+        let mut st = self.inner.state.lock().unwrap();
+        if let Some(i) = st.inputs.iter_mut().find(|i| i.id == id) {
+            i.shared.video_muted.store(video, Ordering::Relaxed);
+            i.audio_muted = audio;
+            let text = if audio { format!("{}  [mic off]", i.name) } else { i.name.clone() };
+            i.label.set_property("text", text);
+        }
+    }
+
+    /// Where each tile is drawn now: the layout's placements (cells) in drawing order.
+    pub fn placements(&self) -> Vec<Placement> {
+        self.inner.state.lock().unwrap().placements.clone()
+    }
+
+    /// Where each input is drawn now, in join order: `(participant id, letterboxed rect)`;
+    /// `None` while hidden.
     pub fn tiles(&self) -> Vec<(String, Option<Rect>)> {
         let st = self.inner.state.lock().unwrap();
         st.inputs.iter().map(|i| (i.id.clone(), i.rect)).collect()
+    }
+
+    /// The active speaker, if any.
+    pub fn speaker(&self) -> Option<String> {
+        self.inner.state.lock().unwrap().speaker.clone()
+    }
+
+    /// Number of encoder branches running.
+    pub fn encoders(&self) -> usize {
+        self.inner.state.lock().unwrap().outputs.len()
     }
 
     /// A receiver of the room's packets in `codec`, building that encoder branch on first use.
@@ -317,6 +523,7 @@ impl RoomVideo {
 
     /// Stops the pipeline; later calls do nothing.
     pub fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::Relaxed);
         let _ = self.inner.pipeline.set_state(gst::State::Null);
     }
 
@@ -392,33 +599,151 @@ impl RoomVideo {
     }
 }
 
-/// Recomputes every input's tile: grid cell in join order, letterboxed to the source's aspect.
-fn relayout(format: &OutputFormat, inputs: &mut [InputState]) {
-    let cells = layout::grid(inputs.len(), format.width, format.height);
-    for (input, cell) in inputs.iter_mut().zip(cells) {
+/// Recomputes the placements and applies them: each placed tile letterboxed in its cell (inset
+/// for the speaker highlight in the grid), hidden tiles transparent, listeners told.
+fn relayout(inner: &Inner, st: &mut State) {
+    let f = inner.format;
+    let sources: Vec<TileSource> = st
+        .inputs
+        .iter()
+        .map(|i| TileSource { id: i.id.clone(), screen: i.screen, last_spoke: st.last_spoke.get(&i.id).copied() })
+        .collect();
+    let placements = layout::place(&st.layout, &sources, st.speaker.as_deref(), f.width, f.height, st.cap);
+    let highlight_grid = matches!(st.layout, Layout::Grid) && st.inputs.len() > 1;
+    let mut highlight: Option<Rect> = None;
+    for input in st.inputs.iter_mut() {
+        let placed = placements.iter().find(|p| p.participant == input.id);
+        let visible = placed.is_some();
+        if visible != input.visible {
+            input.visible = visible;
+            if let Some(l) = &input.on_visible {
+                l(visible);
+            }
+        }
+        let Some(p) = placed else {
+            input.rect = None;
+            input.pad.set_property("alpha", 0.0f64);
+            continue;
+        };
+        let mut cell = p.cell;
+        if highlight_grid && st.speaker.as_deref() == Some(input.id.as_str()) {
+            highlight = Some(cell);
+            let inset = HIGHLIGHT.min(cell.w / 4).min(cell.h / 4) & !1;
+            cell = Rect { x: cell.x + inset, y: cell.y + inset, w: cell.w - 2 * inset, h: cell.h - 2 * inset };
+        }
         let rect = (input.src.0 > 0).then(|| layout::letterbox(cell, input.src.0, input.src.1));
+        input.pad.set_property("zorder", 10 + p.z);
         if rect == input.rect {
             continue;
         }
         input.rect = rect;
-        if let Some(r) = rect {
-            input.filter.set_property(
-                "caps",
-                gst::Caps::builder("video/x-raw")
-                    .field("width", r.w as i32)
-                    .field("height", r.h as i32)
-                    .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
-                    .build(),
-            );
-            input.pad.set_property("xpos", r.x as i32);
-            input.pad.set_property("ypos", r.y as i32);
-            input.pad.set_property("width", r.w as i32);
-            input.pad.set_property("height", r.h as i32);
-            input.pad.set_property("alpha", 1.0f64);
-        } else {
-            input.pad.set_property("alpha", 0.0f64);
+        match rect {
+            Some(r) => {
+                input.filter.set_property(
+                    "caps",
+                    gst::Caps::builder("video/x-raw")
+                        .field("width", r.w as i32)
+                        .field("height", r.h as i32)
+                        .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+                        .build(),
+                );
+                input.pad.set_property("xpos", r.x as i32);
+                input.pad.set_property("ypos", r.y as i32);
+                input.pad.set_property("width", r.w as i32);
+                input.pad.set_property("height", r.h as i32);
+                input.pad.set_property("alpha", 1.0f64);
+            }
+            None => input.pad.set_property("alpha", 0.0f64),
         }
     }
+    // The speaker highlight: four bars around the speaker's cell.
+    let bars = highlight.map(|c| {
+        let t = HIGHLIGHT.min(c.w / 4).min(c.h / 4) & !1;
+        [
+            Rect { x: c.x, y: c.y, w: c.w, h: t },
+            Rect { x: c.x, y: c.y + c.h - t, w: c.w, h: t },
+            Rect { x: c.x, y: c.y, w: t, h: c.h },
+            Rect { x: c.x + c.w - t, y: c.y, w: t, h: c.h },
+        ]
+    });
+    for (i, pad) in inner.bars.iter().enumerate() {
+        match bars.map(|b| b[i]) {
+            Some(r) if r.w > 0 && r.h > 0 => {
+                pad.set_property("xpos", r.x as i32);
+                pad.set_property("ypos", r.y as i32);
+                pad.set_property("width", r.w as i32);
+                pad.set_property("height", r.h as i32);
+                pad.set_property("alpha", 1.0f64);
+            }
+            _ => pad.set_property("alpha", 0.0f64),
+        }
+    }
+    st.placements = placements;
+}
+
+/// Pushes `shared`'s placeholder into a tile's `appsrc`.
+fn push_placeholder(inner: &Inner, id: &str, appsrc: &gst_app::AppSrc, shared: &InputShared) {
+    let Some(sample) = &shared.placeholder else { return };
+    shared.showing_placeholder.store(true, Ordering::Relaxed);
+    push_frame(inner, id, appsrc, shared, sample);
+}
+
+/// Pushes one frame into a tile, stamped with the room's running time; re-lays out when its size
+/// changed (a new source resolution, or placeholder ↔ picture).
+fn push_frame(inner: &Inner, id: &str, appsrc: &gst_app::AppSrc, shared: &InputShared, sample: &gst::Sample) {
+    let (Some(buf), Some(caps)) = (sample.buffer(), sample.caps()) else { return };
+    if let Ok(info) = gstreamer_video::VideoInfo::from_caps(caps) {
+        let dims = (info.width(), info.height());
+        let mut size = shared.size.lock().unwrap();
+        if *size != dims {
+            *size = dims;
+            appsrc.set_caps(Some(&caps.to_owned()));
+            let mut st = inner.state.lock().unwrap();
+            if let Some(input) = st.inputs.iter_mut().find(|i| i.id == id) {
+                input.src = dims;
+            }
+            relayout(inner, &mut st);
+        }
+    }
+    let mut buf = buf.copy();
+    {
+        let b = buf.make_mut();
+        b.set_pts(inner.pipeline.current_running_time());
+        b.set_dts(gst::ClockTime::NONE);
+        b.set_duration(gst::ClockTime::NONE);
+    }
+    if appsrc.current_level_buffers() >= 2 {
+        inner.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+    let _ = appsrc.push_buffer(buf);
+}
+
+/// Refreshes the placeholders of muted, audio-only and stale tiles, every [`PLACEHOLDER_PERIOD`].
+fn spawn_placeholder_thread(video: Weak<Inner>) {
+    let _ = std::thread::Builder::new().name("placeholders".into()).spawn(move || {
+        loop {
+            std::thread::sleep(PLACEHOLDER_PERIOD);
+            let Some(inner) = video.upgrade() else { return };
+            if inner.stopped.load(Ordering::Relaxed) {
+                return;
+            }
+            let due: Vec<(String, gst_app::AppSrc, Arc<InputShared>)> = {
+                let st = inner.state.lock().unwrap();
+                st.inputs
+                    .iter()
+                    .filter(|i| i.visible)
+                    .filter(|i| {
+                        i.shared.video_muted.load(Ordering::Relaxed)
+                            || i.shared.last_frame.lock().unwrap().is_none_or(|t| t.elapsed() > STALE)
+                    })
+                    .map(|i| (i.id.clone(), i.appsrc.clone(), i.shared.clone()))
+                    .collect()
+            };
+            for (id, appsrc, shared) in due {
+                push_placeholder(&inner, &id, &appsrc, &shared);
+            }
+        }
+    });
 }
 
 /// A decoded video source feeding one tile. Dropping it does not remove the tile; call
@@ -427,36 +752,21 @@ pub struct VideoInput {
     id: String,
     appsrc: gst_app::AppSrc,
     video: Weak<Inner>,
-    size: Mutex<(u32, u32)>,
+    shared: Arc<InputShared>,
 }
 
 impl VideoInput {
     /// Queues one decoded frame (any raw format and size) for the next composite. The frame is
     /// stamped with the room pipeline's running time on arrival, so it shows as soon as it comes.
+    /// Ignored while the tile is video-muted (its placeholder shows).
     pub fn push(&self, sample: &gst::Sample) {
-        let (Some(buf), Some(caps)) = (sample.buffer(), sample.caps()) else { return };
+        if self.shared.video_muted.load(Ordering::Relaxed) {
+            return;
+        }
         let Some(video) = self.video.upgrade() else { return };
-        if let Ok(info) = gstreamer_video::VideoInfo::from_caps(caps) {
-            let dims = (info.width(), info.height());
-            let mut size = self.size.lock().unwrap();
-            if *size != dims {
-                *size = dims;
-                self.appsrc.set_caps(Some(&caps.to_owned()));
-                let mut st = video.state.lock().unwrap();
-                if let Some(input) = st.inputs.iter_mut().find(|i| i.id == self.id) {
-                    input.src = dims;
-                }
-                relayout(&video.format, &mut st.inputs);
-            }
-        }
-        let mut buf = buf.copy();
-        {
-            let b = buf.make_mut();
-            b.set_pts(video.pipeline.current_running_time());
-            b.set_dts(gst::ClockTime::NONE);
-            b.set_duration(gst::ClockTime::NONE);
-        }
-        let _ = self.appsrc.push_buffer(buf);
+        *self.shared.last_frame.lock().unwrap() = Some(Instant::now());
+        self.shared.showing_placeholder.store(false, Ordering::Relaxed);
+        push_frame(&video, &self.id, &self.appsrc, &self.shared, sample);
     }
 }
 

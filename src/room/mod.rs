@@ -232,7 +232,7 @@ pub struct RoomInfo {
 
 impl Room {
     fn new(name: &str, deps: Arc<RoomDeps>, registry: Weak<Rooms>) -> Result<Arc<Self>, RoomError> {
-        let video = RoomVideo::new(name, deps.format, deps.backends.clone())?;
+        let video = RoomVideo::new(name, deps.format, deps.backends.clone(), layout::Layout::Grid, 16)?;
         let audio = AudioMixer::start(name, deps.audio_kbps)?;
         Ok(Arc::new(Self {
             name: name.to_string(),
@@ -444,7 +444,7 @@ impl Room {
         let owner = p.clone();
         let handle = match track.kind.clone() {
             RemoteKind::Video(codec) if p.plan.publish_video => {
-                let tile = match self.video.add_input(id) {
+                let tile = match self.video.add_input(id, &p.name, false) {
                     Ok(t) => t,
                     Err(e) => {
                         span.in_scope(|| tracing::error!("cannot add a tile: {e}"));
