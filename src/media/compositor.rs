@@ -433,6 +433,13 @@ impl RoomVideo {
         relayout(&self.inner, &mut st);
     }
 
+    /// Sets the cap of visible tiles (at least 1).
+    pub fn set_max_visible(&self, cap: usize) {
+        let mut st = self.inner.state.lock().unwrap();
+        st.cap = cap.max(1);
+        relayout(&self.inner, &mut st);
+    }
+
     /// The current layout.
     pub fn layout(&self) -> Layout {
         self.inner.state.lock().unwrap().layout.clone()

@@ -23,6 +23,7 @@ pub type KeyframeNeeded = Arc<dyn Fn() + Send + Sync>;
 pub struct VideoIngest {
     pipeline: gst::Pipeline,
     appsrc: gst_app::AppSrc,
+    valve: gst::Element,
 }
 
 impl Drop for VideoIngest {
@@ -68,6 +69,8 @@ impl VideoIngest {
             .property_from_str("mode", "none")
             .build()
             .map_err(|e| err(&e))?;
+        // Closed while the layout hides this publisher: nothing is depayloaded or decoded.
+        let valve = gst::ElementFactory::make("valve").property("drop", false).build().map_err(|e| err(&e))?;
         let (depay_name, role) = match codec {
             VideoCodec::Vp8 => ("rtpvp8depay", Role::Vp8Decode),
             VideoCodec::H264 => ("rtph264depay", Role::H264Decode),
@@ -92,7 +95,7 @@ impl VideoIngest {
         }
         let sink = gst_app::AppSink::builder().sync(false).max_buffers(2).drop(true).build();
         let elements: Vec<gst::Element> =
-            vec![appsrc.clone().upcast(), jitter, depay, dec.upcast(), sink.clone().upcast()];
+            vec![appsrc.clone().upcast(), jitter, valve.clone(), depay, dec.upcast(), sink.clone().upcast()];
         pipeline.add_many(&elements).map_err(|e| err(&e))?;
         gst::Element::link_many(&elements).map_err(|e| err(&e))?;
 
@@ -115,7 +118,20 @@ impl VideoIngest {
         });
         watch_bus(&pipeline, label.to_string());
         pipeline.set_state(gst::State::Playing).map_err(|e| err(&e))?;
-        Ok(Self { pipeline, appsrc })
+        Ok(Self { pipeline, appsrc, valve })
+    }
+
+    /// A switch for the room's layout: `false` stops depayloading and decoding (the tile is not
+    /// shown), `true` resumes and asks the publisher for a keyframe so the picture starts clean.
+    pub fn activity_switch(&self, request_keyframe: KeyframeNeeded) -> Arc<dyn Fn(bool) + Send + Sync> {
+        let valve = self.valve.clone();
+        Arc::new(move |visible: bool| {
+            let was_dropping: bool = valve.property("drop");
+            valve.set_property("drop", !visible);
+            if visible && was_dropping {
+                request_keyframe();
+            }
+        })
     }
 
     /// Queues one RTP packet (a whole datagram: header and payload); no copy is made.

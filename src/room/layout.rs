@@ -154,7 +154,7 @@ pub struct CustomTile {
 }
 
 /// The wire form of [`Layout`].
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct LayoutSpec {
     /// `grid`, `speaker`, `B+K` or `1+N`, `presentation`, `pinned`, `custom`.
     pub layout: String,

@@ -1,9 +1,12 @@
-//! Rooms and participants: join, leave, and the wiring between a participant's transport session
-//! and the room's media (its tile and audio source in, the composite and mix out).
+//! Rooms and participants: join, leave, layout, mute, active speaker and events, and the wiring
+//! between a participant's transport session and the room's media (its tile and audio source in,
+//! the composite and mix out).
 //!
-//! A [`Room`] is self-contained — its own compositor pipeline, mixer thread and participants — so
-//! rooms can later be spread across machines behind a shared registry without touching this code.
+//! A [`Room`] is self-contained — its own compositor pipeline, mixer thread, participants and
+//! event bus — so rooms can later be spread across machines behind a shared registry without
+//! touching this code.
 
+pub mod events;
 pub mod layout;
 
 use std::collections::HashMap;
@@ -12,18 +15,28 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use rtc::shared::marshal::Marshal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::RTCPeerConnectionState;
 
+use crate::media::audio::speaker::SpeakerUpdate;
 use crate::media::audio::{AudioError, AudioMixer};
-use crate::media::compositor::{OutputFormat, RoomVideo, VideoError};
+use crate::media::compositor::{OutputFormat, RoomVideo, VideoError, VideoInput};
 use crate::media::fanout::{RtpRewriter, VideoCodec};
 use crate::media::ingest::VideoIngest;
 use crate::pipelines::Backends;
 use crate::transport::{RemoteKind, RemoteTrack, Session, SessionEvents, SessionPlan, Transport, TransportError};
+use events::{ClientMessage, RateLimit, RoomEvent, Who, check_chat, now_ms};
+use layout::{Layout, LayoutSpec};
+
+/// Events buffered per room for slow data channels.
+const EVENTS_CAPACITY: usize = 256;
+/// Default cap of visible tiles.
+pub const DEFAULT_MAX_VISIBLE: usize = 16;
 
 /// How a participant joined (shown in the room JSON).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -37,7 +50,71 @@ pub enum JoinKind {
     Whep,
 }
 
-/// Errors of joining a room.
+/// What a publisher's video is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// A camera (or any ordinary video).
+    #[default]
+    Camera,
+    /// A screen share: shown large by the `presentation` layout.
+    Screen,
+}
+
+/// Room settings, given by `PUT /v1/rooms/{room}`; unset fields take the server's defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomOptions {
+    /// Most participants at once (viewers included); further joins get 409.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_participants: Option<usize>,
+    /// Composite width, pixels (even, 64..=3840).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    /// Composite height, pixels (even, 64..=2160).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// Composite frame rate, 1..=60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fps: Option<u32>,
+    /// Composite bitrate, kbit/s (100..=20000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kbps: Option<u32>,
+    /// Layout name (`grid`, `speaker`, `1+7`, `presentation`, ...); `pinned` and `custom` are set
+    /// with `PUT /v1/rooms/{room}/layout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
+    /// Most tiles shown at once (default 16); past it the most recent speakers are shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_visible: Option<usize>,
+}
+
+impl RoomOptions {
+    fn format(&self, default: OutputFormat) -> Result<OutputFormat, String> {
+        let f = OutputFormat {
+            width: self.width.unwrap_or(default.width),
+            height: self.height.unwrap_or(default.height),
+            fps: self.fps.unwrap_or(default.fps),
+            kbps: self.kbps.unwrap_or(default.kbps),
+        };
+        if !(64..=3840).contains(&f.width) || !(64..=2160).contains(&f.height) || f.width % 2 != 0 || f.height % 2 != 0 {
+            return Err(format!("output {}x{}: need even sizes within 64x64..3840x2160", f.width, f.height));
+        }
+        if !(1..=60).contains(&f.fps) || !(100..=20000).contains(&f.kbps) {
+            return Err("fps must be 1..=60 and kbps 100..=20000".into());
+        }
+        Ok(f)
+    }
+
+    fn parsed_layout(&self) -> Result<Option<Layout>, String> {
+        self.layout
+            .as_ref()
+            .map(|l| Layout::try_from(LayoutSpec { layout: l.clone(), participant: None, tiles: None }))
+            .transpose()
+    }
+}
+
+/// Errors of the room engine, each with the reason a client is told.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RoomError {
@@ -50,15 +127,27 @@ pub enum RoomError {
     /// The room's mixer could not start.
     #[error(transparent)]
     Audio(#[from] AudioError),
+    /// The room has `max_participants` already.
+    #[error("room is full ({0} participants)")]
+    Full(usize),
+    /// Bad room options or layout.
+    #[error("{0}")]
+    Invalid(String),
+    /// A setting that cannot change while the room runs.
+    #[error("{0}")]
+    Conflict(String),
+    /// No such participant.
+    #[error("participant {0:?} not found")]
+    NoParticipant(String),
 }
 
-/// What every room shares: transport settings and media settings.
+/// What every room shares: transport settings and media defaults.
 pub struct RoomDeps {
     /// Builds peer connections.
     pub transport: Transport,
     /// Encoder/decoder fragments.
     pub backends: Backends,
-    /// Composite format.
+    /// Default composite format.
     pub format: OutputFormat,
     /// Opus mix bitrate, kbit/s.
     pub audio_kbps: u32,
@@ -66,7 +155,23 @@ pub struct RoomDeps {
     pub jitter_ms: u32,
 }
 
-/// Every room of this server, by name. The first join creates a room; the last leave ends it.
+/// A join request, decided by signaling.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    /// Display name.
+    pub name: String,
+    /// Endpoint used.
+    pub kind: JoinKind,
+    /// Camera or screen share.
+    pub source: Source,
+    /// The SDP offer.
+    pub offer: String,
+    /// What the session sends and receives.
+    pub plan: SessionPlan,
+}
+
+/// Every room of this server, by name. The first join creates a room (unless created with
+/// options by `PUT`); the last leave ends a room that was created by a join.
 pub struct Rooms {
     deps: Arc<RoomDeps>,
     rooms: Mutex<HashMap<String, Arc<Room>>>,
@@ -88,56 +193,98 @@ impl Rooms {
         self.rooms.lock().unwrap().get(name).cloned()
     }
 
-    /// Names of every room.
-    pub fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.rooms.lock().unwrap().keys().cloned().collect();
-        v.sort();
+    /// Every room, by name.
+    pub fn all(&self) -> Vec<Arc<Room>> {
+        let mut v: Vec<Arc<Room>> = self.rooms.lock().unwrap().values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 
-    /// Joins room `room` (creating it) with an SDP `offer`; returns the participant id and the answer.
+    /// Creates room `name` with `options`, or updates the settings that can change live (layout,
+    /// visible-tile cap, participant cap) of an existing one. Returns the room and whether it
+    /// was created. A room created this way stays until `DELETE`, even when empty.
     ///
     /// # Errors
-    /// [`RoomError`] when the room's media cannot start or the transport refuses the offer; then no
-    /// participant is created and an otherwise empty new room is ended again.
-    pub async fn join(
-        self: &Arc<Self>,
-        room: &str,
-        name: &str,
-        kind: JoinKind,
-        offer: &str,
-        plan: SessionPlan,
-    ) -> Result<(String, String), RoomError> {
+    /// [`RoomError::Invalid`] for bad options, [`RoomError::Conflict`] for an output format change
+    /// on a running room, media errors when the room cannot start.
+    pub fn create_or_update(self: &Arc<Self>, name: &str, options: RoomOptions) -> Result<(Arc<Room>, bool), RoomError> {
+        let format = options.format(self.deps.format).map_err(RoomError::Invalid)?;
+        let layout = options.parsed_layout().map_err(RoomError::Invalid)?;
+        let mut rooms = self.rooms.lock().unwrap();
+        if let Some(r) = rooms.get(name).cloned() {
+            drop(rooms);
+            let cur = r.video.format();
+            if (cur.width, cur.height, cur.fps, cur.kbps) != (format.width, format.height, format.fps, format.kbps)
+                && (options.width.is_some() || options.height.is_some() || options.fps.is_some() || options.kbps.is_some())
+            {
+                return Err(RoomError::Conflict("the output format cannot change while the room runs".into()));
+            }
+            r.update(options, layout);
+            return Ok((r, false));
+        }
+        let r = Room::new(name, self.deps.clone(), Arc::downgrade(self), format, layout.unwrap_or(Layout::Grid), options, true)?;
+        rooms.insert(name.to_string(), r.clone());
+        tracing::info!(room = name, "room created by the API");
+        Ok((r, true))
+    }
+
+    /// Joins room `room` (creating it with the defaults); returns the participant id and the answer.
+    ///
+    /// # Errors
+    /// [`RoomError`] when the room is full, its media cannot start or the transport refuses the
+    /// offer; then no participant is created and an otherwise empty new room is ended again.
+    pub async fn join(self: &Arc<Self>, room: &str, req: JoinRequest) -> Result<(String, String), RoomError> {
         let r = {
             let mut rooms = self.rooms.lock().unwrap();
             match rooms.get(room) {
                 Some(r) => r.clone(),
                 None => {
-                    let r = Room::new(room, self.deps.clone(), Arc::downgrade(self))?;
+                    let r = Room::new(
+                        room,
+                        self.deps.clone(),
+                        Arc::downgrade(self),
+                        self.deps.format,
+                        Layout::Grid,
+                        RoomOptions::default(),
+                        false,
+                    )?;
                     rooms.insert(room.to_string(), r.clone());
                     tracing::info!(room, "room created");
                     r
                 }
             }
         };
-        let res = r.join(name, kind, offer, plan).await;
+        let res = r.join(req).await;
         if res.is_err() {
             self.end_if_empty(&r);
         }
         res
     }
 
-    /// Removes participant `id` from room `room`. Returns `false` if either is unknown.
-    pub async fn leave(&self, room: &str, id: &str) -> bool {
+    /// Removes participant `id` from room `room` with `reason` (`left`, `kicked`, ...). Returns
+    /// `false` if either is unknown.
+    pub async fn leave(&self, room: &str, id: &str, reason: &str) -> bool {
         let Some(r) = self.get(room) else { return false };
-        let ok = r.leave(id).await;
+        let ok = r.leave(id, reason).await;
         self.end_if_empty(&r);
         ok
     }
 
+    /// Ends room `room`: every participant leaves (reason `room ended`) and its media stops.
+    pub async fn end(&self, room: &str) -> bool {
+        let Some(r) = self.rooms.lock().unwrap().remove(room) else { return false };
+        let ids: Vec<String> = r.participants.lock().unwrap().iter().map(|p| p.id.clone()).collect();
+        for id in ids {
+            r.leave(&id, "room ended").await;
+        }
+        r.video.stop();
+        tracing::info!(room, "room ended by the API");
+        true
+    }
+
     fn end_if_empty(&self, r: &Arc<Room>) {
         let mut rooms = self.rooms.lock().unwrap();
-        if r.is_empty() && rooms.get(&r.name).is_some_and(|x| Arc::ptr_eq(x, r)) {
+        if r.is_empty() && !r.persistent && rooms.get(&r.name).is_some_and(|x| Arc::ptr_eq(x, r)) {
             rooms.remove(&r.name);
             r.video.stop();
             tracing::info!(room = %r.name, "room ended");
@@ -145,7 +292,7 @@ impl Rooms {
     }
 }
 
-/// One room: participants, its compositor and its mixer.
+/// One room: participants, its compositor, its mixer and its event bus.
 pub struct Room {
     name: String,
     deps: Arc<RoomDeps>,
@@ -153,19 +300,35 @@ pub struct Room {
     video: RoomVideo,
     audio: AudioMixer,
     participants: Mutex<Vec<Arc<Participant>>>,
+    options: Mutex<RoomOptions>,
+    events: broadcast::Sender<Arc<RoomEvent>>,
     next_id: AtomicU64,
+    /// Created by `PUT`: stays when empty.
+    persistent: bool,
+    created: Instant,
 }
 
 struct Participant {
     id: String,
     name: String,
     kind: JoinKind,
+    source: Source,
     plan: SessionPlan,
     session: Session,
     joined: Instant,
     publishing_video: AtomicBool,
     publishing_audio: AtomicBool,
+    muted_audio: AtomicBool,
+    muted_video: AtomicBool,
+    /// The tile, until the video track arrives and takes it.
+    tile: Mutex<Option<VideoInput>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Participant {
+    fn who(&self) -> Who {
+        Who { id: self.id.clone(), name: self.name.clone() }
+    }
 }
 
 /// A participant as the rooms API shows it.
@@ -177,10 +340,14 @@ pub struct ParticipantInfo {
     pub name: String,
     /// How it joined.
     pub kind: JoinKind,
+    /// Camera or screen share.
+    pub source: Source,
     /// What it publishes now (a track has arrived).
     pub publishes: Media,
     /// Whether it receives the composite and the mix.
     pub receives: Media,
+    /// Muted (by itself or the server).
+    pub muted: Media,
     /// The codec it receives the composite in.
     pub video_codec: Option<VideoCodec>,
     /// Seconds since it joined.
@@ -205,7 +372,7 @@ pub struct Media {
 pub struct TileInfo {
     /// Whose video it is.
     pub participant: String,
-    /// Where it is drawn (letterboxed), absent until the first frame arrives.
+    /// Where the picture is drawn (letterboxed in its cell); `null` while not shown.
     pub rect: Option<layout::Rect>,
 }
 
@@ -218,30 +385,67 @@ pub struct RoomInfo {
     pub participants: Vec<ParticipantInfo>,
     /// Composite format.
     pub output: OutputFormat,
-    /// Layout name.
-    pub layout: &'static str,
-    /// Tiles in grid order.
+    /// Layout.
+    pub layout: LayoutSpec,
+    /// The active speaker's id.
+    pub active_speaker: Option<String>,
+    /// Most tiles shown at once.
+    pub max_visible: usize,
+    /// Most participants at once, if capped.
+    pub max_participants: Option<usize>,
+    /// Tiles in join order.
     pub tiles: Vec<TileInfo>,
+    /// The layout's cells in drawing order.
+    pub placements: Vec<layout::Placement>,
     /// Composite frames produced so far.
     pub frames_out: u64,
+    /// Input frames dropped before the compositor.
+    pub frames_dropped: u64,
     /// Keyframes forced on the room's encoders (coalesced: receivers joining together share one).
     pub keyframes_forced: u64,
+    /// Video encoder branches running (one per codec in use).
+    pub encoders: usize,
     /// Opus encodes in the last 20 ms tick (≤ talkers + 1).
     pub audio_encodes_last_tick: u64,
+    /// Seconds since the room started.
+    pub age_s: f64,
 }
 
 impl Room {
-    fn new(name: &str, deps: Arc<RoomDeps>, registry: Weak<Rooms>) -> Result<Arc<Self>, RoomError> {
-        let video = RoomVideo::new(name, deps.format, deps.backends.clone(), layout::Layout::Grid, 16)?;
-        let audio = AudioMixer::start(name, deps.audio_kbps)?;
-        Ok(Arc::new(Self {
-            name: name.to_string(),
-            deps,
-            registry,
-            video,
-            audio,
-            participants: Mutex::new(vec![]),
-            next_id: AtomicU64::new(1),
+    fn new(
+        name: &str,
+        deps: Arc<RoomDeps>,
+        registry: Weak<Rooms>,
+        format: OutputFormat,
+        layout: Layout,
+        options: RoomOptions,
+        persistent: bool,
+    ) -> Result<Arc<Self>, RoomError> {
+        let cap = options.max_visible.unwrap_or(DEFAULT_MAX_VISIBLE).max(1);
+        let video = RoomVideo::new(name, format, deps.backends.clone(), layout, cap)?;
+        let (events, _) = broadcast::channel(EVENTS_CAPACITY);
+        Ok(Arc::new_cyclic(|weak: &Weak<Room>| {
+            let w = weak.clone();
+            let on_speaker: crate::media::audio::SpeakerListener =
+                Arc::new(move |u: &SpeakerUpdate, tick: u64| {
+                    if let Some(room) = w.upgrade() {
+                        room.on_speaker(u, tick);
+                    }
+                });
+            let audio = AudioMixer::start(name, deps.audio_kbps, Some(on_speaker)).expect("opus mixer starts");
+            Self {
+                name: name.to_string(),
+                deps,
+                registry,
+                video,
+                audio,
+                participants: Mutex::new(vec![]),
+                options: Mutex::new(options),
+                events,
+                next_id: AtomicU64::new(1),
+                persistent,
+                created: Instant::now(),
+            }
         }))
     }
 
@@ -260,12 +464,31 @@ impl Room {
         &self.audio
     }
 
-    fn is_empty(&self) -> bool {
+    /// Events of this room (what data channels carry).
+    pub fn subscribe_events(&self) -> broadcast::Receiver<Arc<RoomEvent>> {
+        self.events.subscribe()
+    }
+
+    /// Number of participants.
+    pub fn len(&self) -> usize {
+        self.participants.lock().unwrap().len()
+    }
+
+    /// No participants.
+    pub fn is_empty(&self) -> bool {
         self.participants.lock().unwrap().is_empty()
+    }
+
+    fn emit(&self, e: RoomEvent) {
+        let _ = self.events.send(Arc::new(e));
     }
 
     fn participant(&self, id: &str) -> Option<Arc<Participant>> {
         self.participants.lock().unwrap().iter().find(|p| p.id == id).cloned()
+    }
+
+    fn who(&self, id: &str) -> Option<Who> {
+        self.participant(id).map(|p| p.who())
     }
 
     fn new_id(&self) -> String {
@@ -274,13 +497,81 @@ impl Room {
         format!("p{n}-{:06x}", salt & 0xff_ffff)
     }
 
-    async fn join(
-        self: &Arc<Self>,
-        name: &str,
-        kind: JoinKind,
-        offer: &str,
-        plan: SessionPlan,
-    ) -> Result<(String, String), RoomError> {
+    fn update(&self, options: RoomOptions, layout: Option<Layout>) {
+        if let Some(l) = layout {
+            self.set_layout(l);
+        }
+        let mut o = self.options.lock().unwrap();
+        if options.max_participants.is_some() {
+            o.max_participants = options.max_participants;
+        }
+        if let Some(cap) = options.max_visible {
+            o.max_visible = Some(cap);
+            self.video.set_max_visible(cap.max(1));
+        }
+    }
+
+    /// Sets the layout and tells everyone. A `pinned` layout naming nobody here is refused.
+    ///
+    /// # Errors
+    /// [`RoomError::NoParticipant`] for a pinned layout naming an unknown participant.
+    pub fn try_set_layout(&self, layout: Layout) -> Result<(), RoomError> {
+        if let Layout::Pinned { participant } = &layout
+            && self.participant(participant).is_none()
+        {
+            return Err(RoomError::NoParticipant(participant.clone()));
+        }
+        self.set_layout(layout);
+        Ok(())
+    }
+
+    fn set_layout(&self, layout: Layout) {
+        self.video.set_layout(layout.clone());
+        self.emit(RoomEvent::LayoutChanged { ts: now_ms(), layout: layout.into() });
+    }
+
+    /// The current layout.
+    pub fn layout(&self) -> Layout {
+        self.video.layout()
+    }
+
+    /// Mutes or unmutes a participant's audio and/or video (`None`: unchanged). A muted audio
+    /// source is left out of every mix; a muted video shows the placeholder.
+    ///
+    /// # Errors
+    /// [`RoomError::NoParticipant`] for an unknown id.
+    pub fn mute(&self, id: &str, audio: Option<bool>, video: Option<bool>, by: &str) -> Result<(), RoomError> {
+        let p = self.participant(id).ok_or_else(|| RoomError::NoParticipant(id.into()))?;
+        if let Some(a) = audio {
+            p.muted_audio.store(a, Ordering::Relaxed);
+            self.audio.set_muted(id, a);
+        }
+        if let Some(v) = video {
+            p.muted_video.store(v, Ordering::Relaxed);
+        }
+        let (a, v) = (p.muted_audio.load(Ordering::Relaxed), p.muted_video.load(Ordering::Relaxed));
+        self.video.set_muted(id, a, v);
+        self.emit(RoomEvent::MuteChanged { ts: now_ms(), participant: p.who(), audio: a, video: v, by: by.into() });
+        tracing::info!(room = %self.name, participant = id, audio = a, video = v, by, "mute");
+        Ok(())
+    }
+
+    fn on_speaker(&self, u: &SpeakerUpdate, tick: u64) {
+        let before = self.video.speaker();
+        self.video.set_speaking(u.speaker.as_deref(), &u.talking, tick);
+        if before != u.speaker {
+            let who = u.speaker.as_deref().and_then(|id| self.who(id));
+            self.emit(RoomEvent::ActiveSpeaker { ts: now_ms(), participant: who });
+        }
+    }
+
+    async fn join(self: &Arc<Self>, req: JoinRequest) -> Result<(String, String), RoomError> {
+        if let Some(max) = self.options.lock().unwrap().max_participants
+            && self.len() >= max
+        {
+            return Err(RoomError::Full(max));
+        }
+        let JoinRequest { name, kind, source, offer, plan } = req;
         let id = self.new_id();
         let span = tracing::info_span!("participant", room = %self.name, participant = %id);
         let events = Arc::new(Events {
@@ -294,100 +585,54 @@ impl Room {
             Some(codec) => Some(self.video.subscribe(codec)?),
             None => None,
         };
-        let (session, answer) =
-            self.deps.transport.answer(&id, offer, plan, events.clone()).instrument(span.clone()).await?;
+        let (session, answer) = self.deps.transport.answer(&id, &offer, plan, events.clone()).instrument(span.clone()).await?;
+        // Publishers get a tile now: a placeholder until (unless) video arrives.
+        let tile = if plan.publish_video || plan.publish_audio {
+            match self.video.add_input(&id, &name, source == Source::Screen) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    session.close().await;
+                    return Err(e.into());
+                }
+            }
+        } else {
+            None
+        };
         let p = Arc::new(Participant {
             id: id.clone(),
-            name: name.to_string(),
+            name: name.clone(),
             kind,
+            source,
             plan,
             session,
             joined: Instant::now(),
             publishing_video: AtomicBool::new(false),
             publishing_audio: AtomicBool::new(false),
+            muted_audio: AtomicBool::new(false),
+            muted_video: AtomicBool::new(false),
+            tile: Mutex::new(tile),
             tasks: Mutex::new(vec![]),
         });
         let mut tasks = vec![];
-        if let (Some(track), Some(mut rx), Some(codec)) = (p.session.video.clone(), video_rx, plan.receive_video) {
-            let (video, p2) = (self.video.clone(), p.clone());
-            tasks.push(tokio::spawn(
-                async move {
-                    if !p2.session.connected().await {
-                        return;
-                    }
-                    let mut rw = RtpRewriter::new(track.ssrc, track.payload_type(), (track.ssrc >> 16) as u16);
-                    video.request_keyframe(codec);
-                    let mut keyframe_requests = true;
-                    loop {
-                        tokio::select! {
-                            r = rx.recv() => match r {
-                                Ok(pkt) => {
-                                    if let Some(out) = rw.rewrite(&pkt) {
-                                        let _ = track.write(out).await;
-                                    }
-                                }
-                                Err(RecvError::Lagged(n)) => {
-                                    tracing::debug!(skipped = n, "receiver fell behind; waiting for a keyframe");
-                                    rw.resync();
-                                    video.request_keyframe(codec);
-                                }
-                                Err(RecvError::Closed) => break,
-                            },
-                            k = track.keyframe_request(), if keyframe_requests => match k {
-                                Some(()) => {
-                                    p2.session.counters.keyframe_requests_received.fetch_add(1, Ordering::Relaxed);
-                                    video.request_keyframe(codec);
-                                }
-                                None => keyframe_requests = false,
-                            },
-                        }
-                    }
-                }
-                .instrument(span.clone()),
-            ));
+        if let (Some(track), Some(rx), Some(codec)) = (p.session.video.clone(), video_rx, plan.receive_video) {
+            tasks.push(tokio::spawn(send_video(self.video.clone(), p.clone(), track, rx, codec).instrument(span.clone())));
         }
         if let Some(track) = p.session.audio.clone() {
-            let (mut rx, p2) = (self.audio.subscribe(), p.clone());
-            tasks.push(tokio::spawn(
-                async move {
-                    if !p2.session.connected().await {
-                        return;
-                    }
-                    let mut seq: u16 = (track.ssrc >> 8) as u16;
-                    let ts_base = track.ssrc.rotate_left(7);
-                    loop {
-                        match rx.recv().await {
-                            Ok(f) => {
-                                let payload = f.for_participant(&p2.id).clone();
-                                if payload.is_empty() {
-                                    continue;
-                                }
-                                let mut pkt = rtc::rtp::Packet::default();
-                                pkt.header.version = 2;
-                                pkt.header.payload_type = track.payload_type();
-                                pkt.header.sequence_number = seq;
-                                pkt.header.timestamp = ts_base.wrapping_add((f.tick as u32).wrapping_mul(960));
-                                pkt.header.ssrc = track.ssrc;
-                                pkt.payload = payload;
-                                seq = seq.wrapping_add(1);
-                                let _ = track.write(pkt).await;
-                            }
-                            Err(RecvError::Lagged(_)) => {}
-                            Err(RecvError::Closed) => break,
-                        }
-                    }
-                }
-                .instrument(span.clone()),
-            ));
+            tasks.push(tokio::spawn(send_audio(self.audio.subscribe(), p.clone(), track).instrument(span.clone())));
         }
         *p.tasks.lock().unwrap() = tasks;
-        self.participants.lock().unwrap().push(p);
-        span.in_scope(|| tracing::info!(name, ?kind, ?plan, "joined"));
+        self.participants.lock().unwrap().push(p.clone());
+        span.in_scope(|| tracing::info!(name, ?kind, ?source, ?plan, "joined"));
+        self.emit(RoomEvent::Joined {
+            ts: now_ms(),
+            participant: p.who(),
+            source: if source == Source::Screen { "screen".into() } else { "camera".into() },
+        });
         events.ready();
         Ok((id, answer))
     }
 
-    async fn leave(&self, id: &str) -> bool {
+    async fn leave(&self, id: &str, reason: &str) -> bool {
         let p = {
             let mut ps = self.participants.lock().unwrap();
             let Some(i) = ps.iter().position(|p| p.id == id) else { return false };
@@ -398,8 +643,9 @@ impl Room {
         }
         self.video.remove_input(id);
         self.audio.remove_source(id);
+        self.emit(RoomEvent::Left { ts: now_ms(), participant: p.who(), reason: reason.into() });
         p.session.close().await;
-        tracing::info!(room = %self.name, participant = id, "left");
+        tracing::info!(room = %self.name, participant = id, reason, "left");
         true
     }
 
@@ -414,26 +660,37 @@ impl Room {
                 id: p.id.clone(),
                 name: p.name.clone(),
                 kind: p.kind,
+                source: p.source,
                 publishes: Media {
                     audio: p.publishing_audio.load(Ordering::Relaxed),
                     video: p.publishing_video.load(Ordering::Relaxed),
                 },
                 receives: Media { audio: p.plan.receive_audio, video: p.plan.receive_video.is_some() },
+                muted: Media { audio: p.muted_audio.load(Ordering::Relaxed), video: p.muted_video.load(Ordering::Relaxed) },
                 video_codec: p.plan.receive_video,
                 joined_s: p.joined.elapsed().as_secs_f64(),
                 plis_sent: p.session.counters.plis_sent.load(Ordering::Relaxed),
                 keyframe_requests: p.session.counters.keyframe_requests_received.load(Ordering::Relaxed),
             })
             .collect();
+        let stats = self.video.stats();
+        let options = self.options.lock().unwrap().clone();
         RoomInfo {
             room: self.name.clone(),
             participants,
             output: self.video.format(),
-            layout: "grid",
+            layout: self.video.layout().into(),
+            active_speaker: self.video.speaker(),
+            max_visible: options.max_visible.unwrap_or(DEFAULT_MAX_VISIBLE),
+            max_participants: options.max_participants,
             tiles: self.video.tiles().into_iter().map(|(participant, rect)| TileInfo { participant, rect }).collect(),
-            frames_out: self.video.stats().frames_out.load(Ordering::Relaxed),
-            keyframes_forced: self.video.stats().keyframes_forced.load(Ordering::Relaxed),
+            placements: self.video.placements(),
+            frames_out: stats.frames_out.load(Ordering::Relaxed),
+            frames_dropped: stats.frames_dropped.load(Ordering::Relaxed),
+            keyframes_forced: stats.keyframes_forced.load(Ordering::Relaxed),
+            encoders: self.video.encoders(),
             audio_encodes_last_tick: self.audio.stats().encodes_last_tick.load(Ordering::Relaxed),
+            age_s: self.created.elapsed().as_secs_f64(),
         }
     }
 
@@ -444,58 +701,25 @@ impl Room {
         let owner = p.clone();
         let handle = match track.kind.clone() {
             RemoteKind::Video(codec) if p.plan.publish_video => {
-                let tile = match self.video.add_input(id, &p.name, false) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        span.in_scope(|| tracing::error!("cannot add a tile: {e}"));
-                        return;
-                    }
-                };
-                tokio::spawn(
-                    async move {
-                        // The payload type is the publisher's; learn it from the first packet.
-                        let Some(first) = track.next_rtp().await else { return };
-                        let requester = track.keyframe_requester();
-                        let ingest = match VideoIngest::start(
-                            &format!("{}-{}", room.name, p.id),
-                            codec,
-                            first.header.payload_type,
-                            room.deps.jitter_ms,
-                            &room.deps.backends,
-                            tile,
-                            requester.clone(),
-                        ) {
-                            Ok(i) => i,
-                            Err(e) => {
-                                tracing::error!("cannot decode video: {e}");
-                                return;
-                            }
-                        };
-                        p.publishing_video.store(true, Ordering::Relaxed);
-                        requester();
-                        tracing::info!(?codec, "publishing video");
-                        let mut next = Some(first);
-                        while let Some(pkt) = match next.take() {
-                            Some(p) => Some(p),
-                            None => track.next_rtp().await,
-                        } {
-                            if let Ok(bytes) = pkt.marshal() {
-                                ingest.push_rtp(bytes.freeze());
-                            }
-                        }
-                        // `ingest` drops here (or when the task is aborted on leave): its pipeline stops.
-                    }
-                    .instrument(span),
-                )
+                let Some(tile) = p.tile.lock().unwrap().take() else { return };
+                tokio::spawn(receive_video(room, p, track, tile, codec).instrument(span))
             }
             RemoteKind::Audio if p.plan.publish_audio => {
                 self.audio.add_source(id, listens);
+                if p.muted_audio.load(Ordering::Relaxed) {
+                    self.audio.set_muted(id, true);
+                }
                 p.publishing_audio.store(true, Ordering::Relaxed);
                 span.in_scope(|| tracing::info!("publishing audio"));
+                let level_ext = p.plan.audio_level_ext;
                 tokio::spawn(
                     async move {
                         while let Some(pkt) = track.next_rtp().await {
-                            room.audio.push(&p.id, pkt.header.sequence_number, pkt.payload);
+                            // RFC 6464: one byte, V bit + level in -dBov.
+                            let level = level_ext
+                                .and_then(|id| pkt.header.get_extension(id))
+                                .and_then(|b| b.first().map(|l| l & 0x7f));
+                            room.audio.push(&p.id, pkt.header.sequence_number, pkt.payload, level);
                         }
                     }
                     .instrument(span),
@@ -509,23 +733,228 @@ impl Room {
         };
         owner.tasks.lock().unwrap().push(handle);
     }
+
+    fn on_data_channel(self: &Arc<Self>, id: &str, dc: Arc<dyn DataChannel>) {
+        let Some(p) = self.participant(id) else { return };
+        let room = self.clone();
+        let span = tracing::info_span!("participant", room = %self.name, participant = %id);
+        let handle = tokio::spawn(async move { data_channel(room, p, dc).await }.instrument(span));
+        if let Some(p) = self.participant(id) {
+            p.tasks.lock().unwrap().push(handle);
+        }
+    }
 }
 
-/// Transport events of one participant. Tracks that arrive before the participant is in the room
-/// (the answer is still on its way back) wait in `pending` until [`Events::ready`].
+/// Decodes a publisher's video into its tile; hidden tiles are not decoded.
+async fn receive_video(room: Arc<Room>, p: Arc<Participant>, track: RemoteTrack, tile: VideoInput, codec: VideoCodec) {
+    // The payload type is the publisher's; learn it from the first packet.
+    let Some(first) = track.next_rtp().await else { return };
+    let requester = track.keyframe_requester();
+    let ingest = match VideoIngest::start(
+        &format!("{}-{}", room.name, p.id),
+        codec,
+        first.header.payload_type,
+        room.deps.jitter_ms,
+        &room.deps.backends,
+        tile,
+        requester.clone(),
+    ) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::error!("cannot decode video: {e}");
+            return;
+        }
+    };
+    p.publishing_video.store(true, Ordering::Relaxed);
+    room.video.set_visibility_listener(&p.id, ingest.activity_switch(requester.clone()));
+    requester();
+    tracing::info!(?codec, "publishing video");
+    let mut next = Some(first);
+    while let Some(pkt) = match next.take() {
+        Some(p) => Some(p),
+        None => track.next_rtp().await,
+    } {
+        if let Ok(bytes) = pkt.marshal() {
+            ingest.push_rtp(bytes.freeze());
+        }
+    }
+    // `ingest` drops here (or when the task is aborted on leave): its pipeline stops.
+}
+
+/// Sends the room's composite to one receiver: own SSRC, payload type and sequence numbers,
+/// starting at a keyframe; PLI/FIR from the receiver ask the encoder for a keyframe.
+async fn send_video(
+    video: RoomVideo,
+    p: Arc<Participant>,
+    track: Arc<crate::transport::LocalTrack>,
+    mut rx: broadcast::Receiver<Arc<crate::media::fanout::OutPacket>>,
+    codec: VideoCodec,
+) {
+    if !p.session.connected().await {
+        return;
+    }
+    let mut rw = RtpRewriter::new(track.ssrc, track.payload_type(), (track.ssrc >> 16) as u16);
+    video.request_keyframe(codec);
+    let mut keyframe_requests = true;
+    loop {
+        tokio::select! {
+            r = rx.recv() => match r {
+                Ok(pkt) => {
+                    if let Some(out) = rw.rewrite(&pkt) {
+                        let _ = track.write(out).await;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    tracing::debug!(skipped = n, "receiver fell behind; waiting for a keyframe");
+                    rw.resync();
+                    video.request_keyframe(codec);
+                }
+                Err(RecvError::Closed) => break,
+            },
+            k = track.keyframe_request(), if keyframe_requests => match k {
+                Some(()) => {
+                    p.session.counters.keyframe_requests_received.fetch_add(1, Ordering::Relaxed);
+                    video.request_keyframe(codec);
+                }
+                None => keyframe_requests = false,
+            },
+        }
+    }
+}
+
+/// Sends the mix to one receiver: its mix-minus payload when it talks, else the shared one.
+async fn send_audio(mut rx: broadcast::Receiver<Arc<crate::media::audio::MixFrame>>, p: Arc<Participant>, track: Arc<crate::transport::LocalTrack>) {
+    if !p.session.connected().await {
+        return;
+    }
+    let mut seq: u16 = (track.ssrc >> 8) as u16;
+    let ts_base = track.ssrc.rotate_left(7);
+    loop {
+        match rx.recv().await {
+            Ok(f) => {
+                let payload = f.for_participant(&p.id).clone();
+                if payload.is_empty() {
+                    continue;
+                }
+                let mut pkt = rtc::rtp::Packet::default();
+                pkt.header.version = 2;
+                pkt.header.payload_type = track.payload_type();
+                pkt.header.sequence_number = seq;
+                pkt.header.timestamp = ts_base.wrapping_add((f.tick as u32).wrapping_mul(960));
+                pkt.header.ssrc = track.ssrc;
+                pkt.payload = payload;
+                seq = seq.wrapping_add(1);
+                let _ = track.write(pkt).await;
+            }
+            Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => break,
+        }
+    }
+}
+
+/// One participant's data channel: room events out (a `welcome` first), chat and self-mute in.
+async fn data_channel(room: Arc<Room>, p: Arc<Participant>, dc: Arc<dyn DataChannel>) {
+    let mut events = room.subscribe_events();
+    let mut limit = RateLimit::new(events::CHAT_PER_SECOND);
+    let mut open = false;
+    let send = |e: &RoomEvent| serde_json::to_string(e).unwrap_or_default();
+    let welcome = || {
+        let participants = room.participants.lock().unwrap().iter().map(|x| x.who()).collect();
+        let speaker = room.video.speaker().and_then(|id| room.who(&id));
+        RoomEvent::Welcome { ts: now_ms(), you: p.who(), participants, layout: room.layout().into(), speaker }
+    };
+    // The channel may already be open when it is announced.
+    if matches!(dc.ready_state().await, Ok(webrtc::data_channel::RTCDataChannelState::Open)) {
+        open = true;
+        let _ = dc.send_text(&send(&welcome())).await;
+    }
+    loop {
+        tokio::select! {
+            ev = dc.poll() => match ev {
+                Some(DataChannelEvent::OnOpen) => {
+                    if !open {
+                        open = true;
+                        let _ = dc.send_text(&send(&welcome())).await;
+                    }
+                }
+                Some(DataChannelEvent::OnMessage(m)) => {
+                    let reply = match serde_json::from_slice::<ClientMessage>(&m.data) {
+                        Ok(ClientMessage::Chat { text }) => {
+                            if !limit.allow() {
+                                Some(format!("chat rate limit: at most {} messages per second", events::CHAT_PER_SECOND))
+                            } else {
+                                match check_chat(&text) {
+                                    Ok(text) => {
+                                        room.emit(RoomEvent::Chat { ts: now_ms(), from: p.who(), text });
+                                        None
+                                    }
+                                    Err(e) => Some(e),
+                                }
+                            }
+                        }
+                        Ok(ClientMessage::Mute { audio, video }) => room.mute(&p.id, audio, video, "self").err().map(|e| e.to_string()),
+                        Err(e) => Some(format!("unknown message: {e}")),
+                    };
+                    if let Some(reason) = reply {
+                        tracing::info!(%reason, "data channel message refused");
+                        let _ = dc.send_text(&send(&RoomEvent::Error { ts: now_ms(), reason })).await;
+                    }
+                }
+                Some(DataChannelEvent::OnClose) | None => break,
+                Some(_) => {}
+            },
+            e = events.recv() => match e {
+                Ok(e) => {
+                    if open {
+                        let _ = dc.send_text(&send(&e)).await;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => tracing::warn!(skipped = n, "data channel fell behind; events dropped"),
+                Err(RecvError::Closed) => break,
+            },
+        }
+    }
+}
+
+/// Transport events of one participant. Tracks and channels that arrive before the participant
+/// is in the room (the answer is still on its way back) wait in `pending` until [`Events::ready`].
 struct Events {
     room: Weak<Room>,
     id: String,
     listens: bool,
-    pending: Mutex<Option<Vec<RemoteTrack>>>,
+    pending: Mutex<Option<Vec<Pending>>>,
+}
+
+enum Pending {
+    Track(RemoteTrack),
+    Channel(Arc<dyn DataChannel>),
 }
 
 impl Events {
     fn ready(&self) {
         let pending = self.pending.lock().unwrap().take().unwrap_or_default();
         if let Some(room) = self.room.upgrade() {
-            for t in pending {
-                room.on_remote_track(&self.id, self.listens, t);
+            for p in pending {
+                match p {
+                    Pending::Track(t) => room.on_remote_track(&self.id, self.listens, t),
+                    Pending::Channel(c) => room.on_data_channel(&self.id, c),
+                }
+            }
+        }
+    }
+
+    fn deliver(&self, p: Pending) {
+        {
+            let mut pending = self.pending.lock().unwrap();
+            if let Some(v) = pending.as_mut() {
+                v.push(p);
+                return;
+            }
+        }
+        if let Some(room) = self.room.upgrade() {
+            match p {
+                Pending::Track(t) => room.on_remote_track(&self.id, self.listens, t),
+                Pending::Channel(c) => room.on_data_channel(&self.id, c),
             }
         }
     }
@@ -533,17 +962,13 @@ impl Events {
 
 impl SessionEvents for Events {
     fn on_remote_track(&self, track: RemoteTrack) {
-        {
-            let mut pending = self.pending.lock().unwrap();
-            if let Some(v) = pending.as_mut() {
-                v.push(track);
-                return;
-            }
-        }
-        if let Some(room) = self.room.upgrade() {
-            room.on_remote_track(&self.id, self.listens, track);
-        }
+        self.deliver(Pending::Track(track));
     }
+
+    fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
+        self.deliver(Pending::Channel(channel));
+    }
+
     fn on_state(&self, state: RTCPeerConnectionState) {
         tracing::debug!(participant = %self.id, %state, "connection state");
         if matches!(state, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed)
@@ -551,10 +976,10 @@ impl SessionEvents for Events {
         {
             let id = self.id.clone();
             tokio::spawn(async move {
-                if let Some(reg) = room.registry.upgrade() {
-                    if reg.leave(&room.name, &id).await {
-                        tracing::info!(room = %room.name, participant = %id, %state, "removed after connection ended");
-                    }
+                if let Some(reg) = room.registry.upgrade()
+                    && reg.leave(&room.name, &id, "disconnected").await
+                {
+                    tracing::info!(room = %room.name, participant = %id, %state, "removed after connection ended");
                 }
             });
         }

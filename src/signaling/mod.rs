@@ -16,7 +16,7 @@ use rust_embed::RustEmbed;
 use serde::Deserialize;
 use tower_http::cors::{Any, CorsLayer};
 
-use crate::room::{JoinKind, RoomError, Rooms};
+use crate::room::{JoinKind, JoinRequest, RoomError, Rooms, Source};
 use crate::transport::TransportError;
 use sdp::{Endpoint, OfferError};
 
@@ -140,7 +140,7 @@ async fn client_config(State(st): State<AppState>) -> impl IntoResponse {
 }
 
 async fn list_rooms(State(st): State<AppState>) -> impl IntoResponse {
-    let rooms: Vec<_> = st.rooms.names().into_iter().filter_map(|n| st.rooms.get(&n)).map(|r| r.info()).collect();
+    let rooms: Vec<_> = st.rooms.all().iter().map(|r| r.info()).collect();
     axum::Json(serde_json::json!({ "rooms": rooms }))
 }
 
@@ -219,7 +219,8 @@ async fn join(
     }
     let offer = std::str::from_utf8(&body).map_err(|_| OfferError::Malformed("body is not UTF-8".into()))?;
     let plan = sdp::plan(offer, endpoint)?;
-    let (id, answer) = st.rooms.join(&room, &name, kind, offer, plan).await?;
+    let req = JoinRequest { name, kind, source: Source::Camera, offer: offer.to_string(), plan };
+    let (id, answer) = st.rooms.join(&room, req).await?;
     let location = format!("/v1/rooms/{room}/participants/{id}");
     Ok((
         StatusCode::CREATED,
@@ -234,7 +235,7 @@ async fn join(
 }
 
 async fn leave(State(st): State<AppState>, Path((room, id)): Path<(String, String)>) -> Result<Response, ApiError> {
-    if st.rooms.leave(&room, &id).await {
+    if st.rooms.leave(&room, &id, "left").await {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::NotFound(format!("participant {id:?} in room {room:?}")))

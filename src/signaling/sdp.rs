@@ -57,6 +57,10 @@ pub struct OfferSummary {
     pub audio: Option<(Direction, bool)>,
     /// Direction, VP8 offered, H264 (packetization-mode=1, baseline family) offered, for the first `m=video`.
     pub video: Option<(Direction, bool, bool)>,
+    /// The RFC 6464 audio-level extension id of the first `m=audio`.
+    pub audio_level_ext: Option<u8>,
+    /// The offer has an `m=application` (SCTP data channel) section.
+    pub data_channel: bool,
 }
 
 /// Parses an offer and summarizes its audio and video sections.
@@ -72,8 +76,14 @@ pub fn summarize(sdp: &str) -> Result<OfferSummary, OfferError> {
         .map_err(|e| OfferError::Malformed(e.to_string()))?;
     let mut audio = None;
     let mut video = None;
+    let mut audio_level_ext = None;
+    let mut data_channel = false;
     for m in &desc.media_descriptions {
         if m.media_name.port.value == 0 {
+            continue;
+        }
+        if m.media_name.media == "application" {
+            data_channel = true;
             continue;
         }
         let dir = if m.has_attribute("sendonly") {
@@ -88,6 +98,13 @@ pub fn summarize(sdp: &str) -> Result<OfferSummary, OfferError> {
         let codecs = m.codecs();
         match m.media_name.media.as_str() {
             "audio" if audio.is_none() => {
+                audio_level_ext = m
+                    .attributes
+                    .iter()
+                    .filter(|a| a.key == "extmap")
+                    .filter_map(|a| a.value.as_deref())
+                    .find(|v| v.split_whitespace().nth(1) == Some(crate::transport::AUDIO_LEVEL_URI))
+                    .and_then(|v| v.split(|c: char| c == ' ' || c == '/').next()?.parse().ok());
                 let opus = codecs.values().any(|c| c.name.eq_ignore_ascii_case("opus") && c.clock_rate == 48000);
                 audio = Some((dir, opus));
             }
@@ -106,7 +123,7 @@ pub fn summarize(sdp: &str) -> Result<OfferSummary, OfferError> {
     if audio.is_none() && video.is_none() {
         return Err(OfferError::NoMedia);
     }
-    Ok(OfferSummary { audio, video })
+    Ok(OfferSummary { audio, video, audio_level_ext, data_channel })
 }
 
 fn fmtp_value<'a>(fmtp: &'a str, key: &str) -> Option<&'a str> {
@@ -132,7 +149,13 @@ pub enum Endpoint {
 /// [`OfferError`] with the reason the offer cannot be served.
 pub fn plan(sdp: &str, endpoint: Endpoint) -> Result<SessionPlan, OfferError> {
     let s = summarize(sdp)?;
-    let mut plan = SessionPlan { publish_video: false, publish_audio: false, receive_video: None, receive_audio: false };
+    let mut plan = SessionPlan {
+        publish_video: false,
+        publish_audio: false,
+        receive_video: None,
+        receive_audio: false,
+        audio_level_ext: s.audio_level_ext,
+    };
     if let Some((dir, vp8, h264)) = s.video {
         if (dir.sends() || dir.receives()) && !vp8 && !h264 {
             return Err(OfferError::NoCommonCodec("video"));

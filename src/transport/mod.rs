@@ -61,6 +61,8 @@ pub struct SessionPlan {
     pub receive_video: Option<VideoCodec>,
     /// Send the mix.
     pub receive_audio: bool,
+    /// The offer's id for the RFC 6464 audio-level header extension, when it has one.
+    pub audio_level_ext: Option<u8>,
 }
 
 /// Events of one session, delivered by the transport to whoever owns the participant.
@@ -69,7 +71,12 @@ pub trait SessionEvents: Send + Sync + 'static {
     fn on_remote_track(&self, track: RemoteTrack);
     /// The peer connection changed state (`Failed` and `Closed` mean the participant is gone).
     fn on_state(&self, state: RTCPeerConnectionState);
+    /// The peer opened a data channel (room events and chat travel on it).
+    fn on_data_channel(&self, _channel: Arc<dyn webrtc::data_channel::DataChannel>) {}
 }
+
+/// RFC 6464 client-to-mixer audio level header extension.
+pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 
 /// RTCP counters of one session, shown in the rooms API.
 #[derive(Debug, Default)]
@@ -139,6 +146,12 @@ impl Transport {
         };
         m.register_codec(codec(MIME_TYPE_OPUS, 48000, 2, "minptime=10;useinbandfec=1", vec![], 111), RtpCodecKind::Audio)
             .map_err(rtc_err)?;
+        m.register_header_extension(
+            rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability { uri: AUDIO_LEVEL_URI.into() },
+            RtpCodecKind::Audio,
+            None,
+        )
+        .map_err(rtc_err)?;
         for c in [
             codec(MIME_TYPE_VP8, 90000, 0, "", video_fb.clone(), 96),
             codec(MIME_TYPE_RTX, 90000, 0, "apt=96", vec![], 97),
@@ -303,6 +316,10 @@ impl PeerConnectionEventHandler for Handler {
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         let _ = self.state_tx.send(state);
         self.events.on_state(state);
+    }
+
+    async fn on_data_channel(&self, channel: Arc<dyn webrtc::data_channel::DataChannel>) {
+        self.events.on_data_channel(channel);
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {

@@ -12,6 +12,7 @@
 
 pub mod jitter;
 pub mod mix;
+pub mod speaker;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,11 @@ use tokio::sync::broadcast;
 
 use jitter::{JitterBuffer, Pop};
 use mix::{FRAME_SAMPLES, Limiter};
+use speaker::{SpeakerDetector, SpeakerUpdate};
+
+/// Called from the mixer thread when the active speaker or the set of talkers changes, with the
+/// tick (20 ms units) it happened at.
+pub type SpeakerListener = Arc<dyn Fn(&SpeakerUpdate, u64) + Send + Sync>;
 
 /// Own audio above this mean level (dBFS) makes a participant a talker.
 const TALK_DBFS: f32 = -55.0;
@@ -66,7 +72,7 @@ pub struct AudioStats {
 enum Cmd {
     AddSource { id: String, listens: bool },
     RemoveSource { id: String },
-    Packet { id: String, seq: u16, payload: Bytes },
+    Packet { id: String, seq: u16, payload: Bytes, level: Option<u8> },
     Mute { id: String, muted: bool },
 }
 
@@ -91,15 +97,17 @@ pub enum AudioError {
 }
 
 impl AudioMixer {
-    /// Starts the mixer thread for `room`, encoding at `kbps` kbit/s.
+    /// Starts the mixer thread for `room`, encoding at `kbps` kbit/s; `on_speaker` hears about
+    /// active speaker changes.
     ///
     /// # Errors
     /// [`AudioError`] if libopus rejects the settings or the thread cannot start.
-    pub fn start(room: &str, kbps: u32) -> Result<Self, AudioError> {
+    pub fn start(room: &str, kbps: u32, on_speaker: Option<SpeakerListener>) -> Result<Self, AudioError> {
         let (tx, rx) = mpsc::channel();
         let (out, _) = broadcast::channel(FANOUT_CAPACITY);
         let stats = Arc::new(AudioStats::default());
         let mut m = Mixer::new(kbps, out.clone(), stats.clone())?;
+        m.on_speaker = on_speaker;
         let room = room.to_string();
         std::thread::Builder::new().name(format!("mix-{room}")).spawn(move || m.run(rx, &room))?;
         Ok(Self { tx: Arc::new(Mutex::new(tx)), out, stats })
@@ -124,9 +132,10 @@ impl AudioMixer {
         self.send(Cmd::Mute { id: id.into(), muted });
     }
 
-    /// Queues one Opus packet (RTP payload) of publisher `id` with RTP sequence number `seq`.
-    pub fn push(&self, id: &str, seq: u16, payload: Bytes) {
-        self.send(Cmd::Packet { id: id.into(), seq, payload });
+    /// Queues one Opus packet (RTP payload) of publisher `id` with RTP sequence number `seq` and,
+    /// when the publisher sends the RFC 6464 extension, its level (`-dBov`, 0..=127).
+    pub fn push(&self, id: &str, seq: u16, payload: Bytes, level: Option<u8>) {
+        self.send(Cmd::Packet { id: id.into(), seq, payload, level });
     }
 
     /// A receiver of the mixed frames.
@@ -147,6 +156,8 @@ struct Source {
     decoder: opus::Decoder,
     pcm: Vec<i16>,
     last_voice_tick: Option<u64>,
+    /// Level from the last RFC 6464 extension, dBFS.
+    ext_level: Option<f32>,
     /// Present while talking and listening.
     encoder: Option<(opus::Encoder, Limiter)>,
 }
@@ -160,6 +171,8 @@ struct Mixer {
     out_pcm: Vec<i16>,
     out: broadcast::Sender<Arc<MixFrame>>,
     stats: Arc<AudioStats>,
+    detector: SpeakerDetector,
+    on_speaker: Option<SpeakerListener>,
 }
 
 fn encoder(kbps: u32) -> Result<opus::Encoder, opus::Error> {
@@ -180,6 +193,8 @@ impl Mixer {
             out_pcm: vec![0; FRAME_SAMPLES],
             out,
             stats,
+            detector: SpeakerDetector::default(),
+            on_speaker: None,
         })
     }
 
@@ -231,6 +246,7 @@ impl Mixer {
                             decoder,
                             pcm: vec![0; FRAME_SAMPLES],
                             last_voice_tick: None,
+                            ext_level: None,
                             encoder: None,
                         },
                     );
@@ -239,15 +255,19 @@ impl Mixer {
             },
             Cmd::RemoveSource { id } => {
                 self.sources.remove(&id);
+                self.detector.remove(&id);
             }
             Cmd::Mute { id, muted } => {
                 if let Some(s) = self.sources.get_mut(&id) {
                     s.muted = muted;
                 }
             }
-            Cmd::Packet { id, seq, payload } => {
+            Cmd::Packet { id, seq, payload, level } => {
                 if let Some(s) = self.sources.get_mut(&id) {
                     s.jitter.push(seq, payload);
+                    if let Some(l) = level {
+                        s.ext_level = Some(-(l.min(127) as f32));
+                    }
                 }
             }
         }
@@ -269,6 +289,20 @@ impl Mixer {
             }
             if mix::level_dbfs(&s.pcm) > TALK_DBFS {
                 s.last_voice_tick = Some(tick);
+            }
+        }
+        // Active speaker: from the RFC 6464 level when sent, else the decoded frame.
+        if self.on_speaker.is_some() {
+            let levels: Vec<(&str, f32)> = self
+                .sources
+                .iter()
+                .map(|(id, s)| {
+                    let l = if s.muted { -100.0 } else { s.ext_level.unwrap_or_else(|| mix::level_dbfs(&s.pcm)) };
+                    (id.as_str(), l)
+                })
+                .collect();
+            if let (Some(u), Some(cb)) = (self.detector.tick(&levels), &self.on_speaker) {
+                cb(&u, tick);
             }
         }
         // 2. The total, once.
