@@ -70,6 +70,15 @@ pub struct Config {
     /// Minimum interval between two PLIs sent to one publisher, ms.
     #[arg(long, env = "TESSERA_PLI_INTERVAL_MS", default_value_t = 500)]
     pub pli_interval_ms: u64,
+
+    /// Secret for HS256 access tokens. When set, joins need `Authorization: Bearer <JWT>` with the
+    /// right grants and control calls need the admin grant (`tessera token` makes tokens).
+    #[arg(long, env = "TESSERA_API_SECRET", hide_env_values = true)]
+    pub api_secret: Option<String>,
+
+    /// Allow listening on a non-loopback address without `--api-secret`.
+    #[arg(long, env = "TESSERA_INSECURE")]
+    pub insecure: bool,
 }
 
 impl Default for Config {
@@ -89,6 +98,8 @@ impl Default for Config {
             pipelines_dir: None,
             jitter_ms: 50,
             pli_interval_ms: 500,
+            api_secret: None,
+            insecure: false,
         }
     }
 }
@@ -100,6 +111,9 @@ pub enum ConfigError {
     /// Output size or rate out of range (width/height must be even, 64..=3840 x 64..=2160, fps 1..=60).
     #[error("invalid output format: {0}")]
     Output(String),
+    /// A non-loopback listen address with no `--api-secret` and no `--insecure`.
+    #[error("refusing to listen on {0} without --api-secret: anyone could join and control rooms (pass --insecure to allow)")]
+    Insecure(SocketAddr),
 }
 
 impl Config {
@@ -114,6 +128,9 @@ impl Config {
         }
         if !(1..=60).contains(&self.fps) {
             return Err(ConfigError::Output(format!("fps {}: need 1..=60", self.fps)));
+        }
+        if self.api_secret.as_deref().is_none_or(str::is_empty) && !self.listen.ip().is_loopback() && !self.insecure {
+            return Err(ConfigError::Insecure(self.listen));
         }
         Ok(())
     }
@@ -161,6 +178,14 @@ mod tests {
         assert_eq!(parse_port_range("0").unwrap(), PortRange { low: 0, high: 0 });
         assert!(parse_port_range("5-4").is_err());
         assert!(parse_port_range("x").is_err());
+    }
+
+    #[test]
+    fn open_addresses_need_a_secret() {
+        let open = Config { listen: "0.0.0.0:8080".parse().unwrap(), ..Config::default() };
+        assert!(matches!(open.validate(), Err(ConfigError::Insecure(_))));
+        assert!(Config { insecure: true, ..open.clone() }.validate().is_ok());
+        assert!(Config { api_secret: Some("x".into()), ..open }.validate().is_ok());
     }
 
     #[test]

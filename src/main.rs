@@ -18,6 +18,49 @@ enum Command {
     /// Join a running server with N publishers and M viewers (real WebRTC peers) and report
     /// frame rate, freezes and join time per receiver.
     Loadgen(tessera::loadgen::cli::LoadgenArgs),
+    /// Print an access token (HS256 JWT) signed with the server's secret.
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// Room the token is for (`*`: every room).
+    #[arg(long)]
+    room: String,
+    /// Identity of the holder (the JWT `sub`).
+    #[arg(long)]
+    identity: String,
+    /// Display name shown in the room (default: the identity's `?name=`).
+    #[arg(long)]
+    name: Option<String>,
+    /// Grant control of the room (layout, mute, kick, end, recordings).
+    #[arg(long)]
+    admin: bool,
+    /// Do not grant publishing.
+    #[arg(long)]
+    no_publish: bool,
+    /// Do not grant receiving.
+    #[arg(long)]
+    no_subscribe: bool,
+    /// Lifetime, e.g. `30m`, `1h`, `7d`, `3600s`.
+    #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+    ttl: std::time::Duration,
+    /// The secret the server uses.
+    #[arg(long, env = "TESSERA_API_SECRET", hide_env_values = true)]
+    api_secret: String,
+}
+
+fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse().map_err(|_| format!("{s:?}: expected a number and a unit (s, m, h, d)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 #[tokio::main]
@@ -38,6 +81,12 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Loadgen(args) => tessera::loadgen::cli::run(args).await,
+        Command::Token(t) => {
+            let auth = tessera::signaling::auth::Auth::new(Some(&t.api_secret));
+            let grants = tessera::signaling::auth::Grants { publish: !t.no_publish, subscribe: !t.no_subscribe, admin: t.admin };
+            println!("{}", auth.mint(&t.room, &t.identity, t.name.as_deref(), grants, t.ttl));
+            Ok(())
+        }
     }
 }
 

@@ -36,7 +36,8 @@ impl Server {
             jitter_ms: cfg.jitter_ms,
         };
         let rooms = Arc::new(Rooms::new(deps));
-        let app = router(AppState { rooms: rooms.clone() });
+        let auth = crate::signaling::auth::Auth::new(cfg.api_secret.as_deref().filter(|s| !s.is_empty()));
+        let app = router(AppState::new(rooms.clone(), auth));
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

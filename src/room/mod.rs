@@ -168,6 +168,8 @@ pub struct JoinRequest {
     pub offer: String,
     /// What the session sends and receives.
     pub plan: SessionPlan,
+    /// The token's identity, when tokens are in use.
+    pub identity: Option<String>,
 }
 
 /// Every room of this server, by name. The first join creates a room (unless created with
@@ -311,6 +313,7 @@ pub struct Room {
 struct Participant {
     id: String,
     name: String,
+    identity: Option<String>,
     kind: JoinKind,
     source: Source,
     plan: SessionPlan,
@@ -487,6 +490,12 @@ impl Room {
         self.participants.lock().unwrap().iter().find(|p| p.id == id).cloned()
     }
 
+    /// The token identity participant `id` joined with: `None` if unknown, `Some(None)` when it
+    /// joined without a token.
+    pub fn identity_of(&self, id: &str) -> Option<Option<String>> {
+        self.participant(id).map(|p| p.identity.clone())
+    }
+
     fn who(&self, id: &str) -> Option<Who> {
         self.participant(id).map(|p| p.who())
     }
@@ -571,7 +580,7 @@ impl Room {
         {
             return Err(RoomError::Full(max));
         }
-        let JoinRequest { name, kind, source, offer, plan } = req;
+        let JoinRequest { name, kind, source, offer, plan, identity } = req;
         let id = self.new_id();
         let span = tracing::info_span!("participant", room = %self.name, participant = %id);
         let events = Arc::new(Events {
@@ -601,6 +610,7 @@ impl Room {
         let p = Arc::new(Participant {
             id: id.clone(),
             name: name.clone(),
+            identity,
             kind,
             source,
             plan,

@@ -1,7 +1,10 @@
-//! Signaling over HTTP (axum): participants (offer/answer, non-trickle), WHIP (RFC 9725) ingest,
-//! WHEP viewers, the rooms API, and the embedded web client. Every refusal is an HTTP status with
-//! a one-line reason in the body; none of them touches a room.
+//! Signaling and control over HTTP (axum): participants (offer/answer, non-trickle), WHIP
+//! (RFC 9725) ingest, WHEP viewers, the rooms control API, Prometheus metrics, the OpenAPI
+//! document and the embedded web client. Every refusal is an HTTP status with a one-line reason
+//! in the body; none of them touches a room.
 
+pub mod auth;
+mod metrics;
 pub mod sdp;
 
 use std::sync::Arc;
@@ -11,16 +14,18 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post, put};
 use rust_embed::RustEmbed;
 use serde::Deserialize;
 use tower_http::cors::{Any, CorsLayer};
 
-use crate::room::{JoinKind, JoinRequest, RoomError, Rooms, Source};
+use crate::room::layout::{Layout, LayoutSpec};
+use crate::room::{JoinKind, JoinRequest, RoomError, RoomOptions, Rooms, Source};
 use crate::transport::TransportError;
+use auth::{Auth, AuthError, Need};
 use sdp::{Endpoint, OfferError};
 
-/// Largest accepted SDP body, bytes (64 KiB).
+/// Largest accepted request body, bytes (64 KiB).
 pub const MAX_SDP_BYTES: usize = 64 * 1024;
 
 #[derive(RustEmbed)]
@@ -31,43 +36,55 @@ struct Assets;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApiError {
-    /// 415: the body must be `application/sdp`.
-    #[error("Content-Type must be application/sdp")]
-    UnsupportedMediaType,
-    /// 400: the room or participant name is not acceptable.
+    /// 415: the body must be `application/sdp` (or JSON for control calls).
+    #[error("Content-Type must be {0}")]
+    UnsupportedMediaType(&'static str),
+    /// 400: a bad name, body or parameter.
     #[error("{0}")]
-    BadName(String),
+    BadRequest(String),
     /// 400 or 422: the offer was refused.
     #[error(transparent)]
     Offer(#[from] OfferError),
     /// 404: no such room or participant.
     #[error("{0} not found")]
     NotFound(String),
-    /// 400/503/500 from joining.
+    /// 401/403.
     #[error(transparent)]
-    Join(#[from] RoomError),
+    Auth(#[from] AuthError),
+    /// From the room engine.
+    #[error(transparent)]
+    Room(#[from] RoomError),
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::BadName(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Offer(OfferError::NoCommonCodec(_)) | ApiError::Offer(OfferError::NothingToDo) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::Offer(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Join(RoomError::Transport(TransportError::Offer(_))) => StatusCode::BAD_REQUEST,
-            ApiError::Join(RoomError::Transport(TransportError::NoPort(_))) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Join(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Auth(AuthError::WrongRoom { .. } | AuthError::Forbidden(_)) => StatusCode::FORBIDDEN,
+            ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Room(RoomError::Transport(TransportError::Offer(_))) => StatusCode::BAD_REQUEST,
+            ApiError::Room(RoomError::Transport(TransportError::NoPort(_))) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Room(RoomError::Full(_) | RoomError::Conflict(_)) => StatusCode::CONFLICT,
+            ApiError::Room(RoomError::Invalid(_)) => StatusCode::BAD_REQUEST,
+            ApiError::Room(RoomError::NoParticipant(_)) => StatusCode::NOT_FOUND,
+            ApiError::Room(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
             tracing::error!(%status, "{self}");
         } else {
             tracing::info!(%status, "refused: {self}");
         }
-        (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{self}\n")).into_response()
+        let mut r = (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{self}\n")).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
     }
 }
 
@@ -76,42 +93,57 @@ impl IntoResponse for ApiError {
 pub struct AppState {
     /// Every room.
     pub rooms: Arc<Rooms>,
+    /// Token checks.
+    pub auth: Auth,
+    metrics: Arc<metrics::Metrics>,
+}
+
+impl AppState {
+    /// State for `rooms` with `auth`.
+    pub fn new(rooms: Arc<Rooms>, auth: Auth) -> Self {
+        Self { rooms, auth, metrics: Arc::default() }
+    }
 }
 
 /// The HTTP routes.
 pub fn router(state: AppState) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
-        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::PATCH, Method::OPTIONS])
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS])
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::IF_MATCH])
         .expose_headers([header::LOCATION, header::LINK, header::ETAG]);
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics::handler))
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/config", get(client_config))
         .route("/v1/rooms", get(list_rooms))
-        .route("/v1/rooms/{room}", get(get_room))
+        .route("/v1/rooms/{room}", get(get_room).put(put_room).delete(delete_room))
+        .route("/v1/rooms/{room}/layout", get(get_layout).put(put_layout))
         .route("/v1/rooms/{room}/participants", post(join_participant).options(sdp_options))
         .route(
             "/v1/rooms/{room}/participants/{id}",
-            delete(leave).patch(|| async { (StatusCode::METHOD_NOT_ALLOWED, "trickle ICE is not supported: send a complete offer\n") }),
+            axum::routing::delete(leave)
+                .patch(|| async { (StatusCode::METHOD_NOT_ALLOWED, "trickle ICE is not supported: send a complete offer\n") }),
         )
+        .route("/v1/rooms/{room}/participants/{id}/mute", put(mute))
         .route("/whip/{room}", post(join_whip).options(sdp_options))
         .route("/whep/{room}", post(join_whep).options(sdp_options))
-        .route("/", get(|| asset("index.html")))
+        .route("/", get(|| asset("index.html".to_string())))
         .route("/{file}", get(|Path(file): Path<String>| asset(file)))
         .layer(DefaultBodyLimit::max(MAX_SDP_BYTES))
         .layer(cors)
         .with_state(state)
 }
 
-async fn asset(file: impl AsRef<str>) -> Response {
-    let file = file.as_ref();
-    match Assets::get(file) {
+async fn asset(file: String) -> Response {
+    match Assets::get(&file) {
         Some(f) => {
             let mime = match file.rsplit('.').next() {
                 Some("html") => "text/html; charset=utf-8",
                 Some("js") => "text/javascript; charset=utf-8",
                 Some("css") => "text/css; charset=utf-8",
+                Some("json") => "application/json",
                 Some("svg") => "image/svg+xml",
                 Some("png") => "image/png",
                 _ => "application/octet-stream",
@@ -120,6 +152,10 @@ async fn asset(file: impl AsRef<str>) -> Response {
         }
         None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
     }
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
 }
 
 /// `OPTIONS` on an SDP endpoint (RFC 9725 §4.2): what may be posted.
@@ -136,22 +172,105 @@ async fn client_config(State(st): State<AppState>) -> impl IntoResponse {
         .iter()
         .map(|s| serde_json::json!({"urls": s.urls, "username": s.username, "credential": s.credential}))
         .collect();
-    axum::Json(serde_json::json!({ "ice_servers": servers }))
+    axum::Json(serde_json::json!({ "ice_servers": servers, "auth": st.auth.enabled() }))
 }
 
-async fn list_rooms(State(st): State<AppState>) -> impl IntoResponse {
+fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType("application/json"));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("bad JSON: {e}")))
+}
+
+/// Room names: 1–64 of `A-Z a-z 0-9 _ - .`.
+fn check_room_name(room: &str) -> Result<(), ApiError> {
+    let ok = !room.is_empty()
+        && room.len() <= 64
+        && room.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok { Ok(()) } else { Err(ApiError::BadRequest(format!("room name {room:?}: use 1-64 of A-Z a-z 0-9 _ - ."))) }
+}
+
+fn room_of(st: &AppState, room: &str) -> Result<Arc<crate::room::Room>, ApiError> {
+    st.rooms.get(room).ok_or_else(|| ApiError::NotFound(format!("room {room:?}")))
+}
+
+async fn list_rooms(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    st.auth.check(&headers, None, Need::Admin)?;
     let rooms: Vec<_> = st.rooms.all().iter().map(|r| r.info()).collect();
-    axum::Json(serde_json::json!({ "rooms": rooms }))
+    Ok(axum::Json(serde_json::json!({ "rooms": rooms })).into_response())
 }
 
-async fn get_room(State(st): State<AppState>, Path(room): Path<String>) -> Result<Response, ApiError> {
-    let r = st.rooms.get(&room).ok_or_else(|| ApiError::NotFound(format!("room {room:?}")))?;
-    Ok(axum::Json(r.info()).into_response())
+async fn get_room(State(st): State<AppState>, Path(room): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+    st.auth.check(&headers, Some(&room), Need::Member)?;
+    Ok(axum::Json(room_of(&st, &room)?.info()).into_response())
+}
+
+async fn put_room(State(st): State<AppState>, Path(room): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    check_room_name(&room)?;
+    st.auth.check(&headers, Some(&room), Need::Admin)?;
+    let options: RoomOptions = if body.is_empty() { RoomOptions::default() } else { json_body(&headers, &body)? };
+    let (r, created) = st.rooms.create_or_update(&room, options)?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, axum::Json(r.info())).into_response())
+}
+
+async fn delete_room(State(st): State<AppState>, Path(room): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+    st.auth.check(&headers, Some(&room), Need::Admin)?;
+    if st.rooms.end(&room).await {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::NotFound(format!("room {room:?}")))
+    }
+}
+
+async fn get_layout(State(st): State<AppState>, Path(room): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+    st.auth.check(&headers, Some(&room), Need::Member)?;
+    let spec: LayoutSpec = room_of(&st, &room)?.layout().into();
+    Ok(axum::Json(spec).into_response())
+}
+
+async fn put_layout(State(st): State<AppState>, Path(room): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    st.auth.check(&headers, Some(&room), Need::Admin)?;
+    let r = room_of(&st, &room)?;
+    let spec: LayoutSpec = json_body(&headers, &body)?;
+    let layout = Layout::try_from(spec).map_err(ApiError::BadRequest)?;
+    r.try_set_layout(layout)?;
+    let spec: LayoutSpec = r.layout().into();
+    Ok(axum::Json(spec).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MuteBody {
+    audio: Option<bool>,
+    video: Option<bool>,
+}
+
+async fn mute(
+    State(st): State<AppState>,
+    Path((room, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    st.auth.check(&headers, Some(&room), Need::Admin)?;
+    let r = room_of(&st, &room)?;
+    let m: MuteBody = json_body(&headers, &body)?;
+    if m.audio.is_none() && m.video.is_none() {
+        return Err(ApiError::BadRequest("give \"audio\" and/or \"video\" (true = muted)".into()));
+    }
+    r.mute(&id, m.audio, m.video, "server")?;
+    let p = r.info().participants.into_iter().find(|p| p.id == id);
+    Ok(axum::Json(p).into_response())
 }
 
 #[derive(Deserialize)]
 struct JoinQuery {
     name: Option<String>,
+    source: Option<String>,
 }
 
 async fn join_participant(
@@ -161,7 +280,7 @@ async fn join_participant(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    join(st, room, q.name, headers, body, Endpoint::Participant, JoinKind::Participant).await
+    join(st, room, q, headers, body, Endpoint::Participant, JoinKind::Participant).await
 }
 
 async fn join_whip(
@@ -171,7 +290,7 @@ async fn join_whip(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    join(st, room, q.name, headers, body, Endpoint::Whip, JoinKind::Whip).await
+    join(st, room, q, headers, body, Endpoint::Whip, JoinKind::Whip).await
 }
 
 async fn join_whep(
@@ -181,45 +300,64 @@ async fn join_whep(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    join(st, room, q.name, headers, body, Endpoint::Whep, JoinKind::Whep).await
-}
-
-/// Room names: 1–64 of `A-Z a-z 0-9 _ - .`.
-fn check_room_name(room: &str) -> Result<(), ApiError> {
-    let ok = !room.is_empty()
-        && room.len() <= 64
-        && room.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok { Ok(()) } else { Err(ApiError::BadName(format!("room name {room:?}: use 1-64 of A-Z a-z 0-9 _ - ."))) }
+    join(st, room, q, headers, body, Endpoint::Whep, JoinKind::Whep).await
 }
 
 async fn join(
     st: AppState,
     room: String,
-    name: Option<String>,
+    q: JoinQuery,
     headers: HeaderMap,
     body: Bytes,
     endpoint: Endpoint,
     kind: JoinKind,
 ) -> Result<Response, ApiError> {
     check_room_name(&room)?;
+    let claims = st.auth.check(&headers, Some(&room), Need::Member)?;
     let is_sdp = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/sdp"));
     if !is_sdp {
-        return Err(ApiError::UnsupportedMediaType);
+        return Err(ApiError::UnsupportedMediaType("application/sdp"));
     }
-    let name = name.unwrap_or_else(|| match kind {
-        JoinKind::Whep => "viewer".into(),
-        _ => "guest".into(),
-    });
+    let source = match q.source.as_deref() {
+        None | Some("camera") => Source::Camera,
+        Some("screen") => Source::Screen,
+        Some(s) => return Err(ApiError::BadRequest(format!("source {s:?}: use camera or screen"))),
+    };
+    let name = claims
+        .as_ref()
+        .and_then(|c| c.name.clone())
+        .or(q.name)
+        .unwrap_or_else(|| match kind {
+            JoinKind::Whep => "viewer".into(),
+            _ => "guest".into(),
+        });
     if name.chars().count() > 64 || name.chars().any(char::is_control) {
-        return Err(ApiError::BadName("name: at most 64 printable characters".into()));
+        return Err(ApiError::BadRequest("name: at most 64 printable characters".into()));
     }
     let offer = std::str::from_utf8(&body).map_err(|_| OfferError::Malformed("body is not UTF-8".into()))?;
-    let plan = sdp::plan(offer, endpoint)?;
-    let req = JoinRequest { name, kind, source: Source::Camera, offer: offer.to_string(), plan };
+    let mut plan = sdp::plan(offer, endpoint)?;
+    if source == Source::Screen {
+        if !(plan.publish_video) {
+            return Err(ApiError::BadRequest("a screen share must send video".into()));
+        }
+        // A screen share is a second, send-only session: it neither hears nor sees the room.
+        plan.receive_audio = false;
+        plan.receive_video = None;
+    }
+    if let Some(c) = &claims {
+        if (plan.publish_audio || plan.publish_video) && !(c.grants.publish || c.grants.admin) {
+            return Err(AuthError::Forbidden("publish").into());
+        }
+        if (plan.receive_audio || plan.receive_video.is_some()) && !(c.grants.subscribe || c.grants.admin) {
+            return Err(AuthError::Forbidden("subscribe").into());
+        }
+    }
+    let identity = claims.map(|c| c.sub);
+    let req = JoinRequest { name, kind, source, offer: offer.to_string(), plan, identity };
     let (id, answer) = st.rooms.join(&room, req).await?;
     let location = format!("/v1/rooms/{room}/participants/{id}");
     Ok((
@@ -234,8 +372,19 @@ async fn join(
         .into_response())
 }
 
-async fn leave(State(st): State<AppState>, Path((room, id)): Path<(String, String)>) -> Result<Response, ApiError> {
-    if st.rooms.leave(&room, &id, "left").await {
+/// `DELETE` a participant: the participant itself (a token with its identity) leaves; an admin
+/// kicks.
+async fn leave(State(st): State<AppState>, Path((room, id)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let claims = st.auth.check(&headers, Some(&room), Need::Member)?;
+    let r = room_of(&st, &room)?;
+    let owner = r.identity_of(&id).ok_or_else(|| ApiError::NotFound(format!("participant {id:?} in room {room:?}")))?;
+    let reason = match &claims {
+        None => "left",
+        Some(c) if owner.as_deref() == Some(c.sub.as_str()) => "left",
+        Some(c) if c.grants.admin => "kicked",
+        Some(_) => return Err(AuthError::Forbidden("admin").into()),
+    };
+    if st.rooms.leave(&room, &id, reason).await {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::NotFound(format!("participant {id:?} in room {room:?}")))

@@ -7,6 +7,7 @@
 //! client (on blocking threads). `chromium` and `chromium-driver` must be installed: the test
 //! fails, rather than skips, without them.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -279,8 +280,8 @@ struct Page {
 }
 
 /// Waits on `page` for the condition of [`WAIT_STATS`]; on failure, panics with the page's state,
-/// status line, last stats and console.
-async fn wait_stats(d: &Driver, page: &Page, after: u64, rise: u64, audio_after: u64, what: &str) -> Value {
+/// status line, ICE pair, inbound RTP counters, last stats, console and the server's room counters.
+async fn wait_stats(d: &Driver, srv: SocketAddr, page: &Page, after: u64, rise: u64, audio_after: u64, what: &str) -> Value {
     d.switch_to(&page.handle).await;
     let t = Instant::now();
     let r = d.execute_async(WAIT_STATS, json!([after, rise, audio_after, PAGE_WAIT_MS])).await;
@@ -291,8 +292,14 @@ async fn wait_stats(d: &Driver, page: &Page, after: u64, rise: u64, audio_after:
             Ok(()) => shot,
             Err(e) => format!("(none: {e})"),
         };
+        // The server's side: frames_out not advancing means the room's compositor is stalled.
+        let room = common::room_json(srv, ROOM).await;
+        let room = format!(
+            "frames_out {} audio_encodes_last_tick {} participants {}",
+            room["frames_out"], room["audio_encodes_last_tick"], room["participants"]
+        );
         panic!(
-            "{}: {what}: not reached after {:?}\n  state: {} error: {}\n  status line: {}\n  pc: connection {} ice {} pair {}\n  transceivers: {}\n  inbound RTP: {}\n  last stats: {}\n  stats line: {}\n  participants: {}\n  screenshot: {shot}\n  chromedriver log: {}/chromedriver.log\n  console:\n{}",
+            "{}: {what}: not reached after {:?}\n  state: {} error: {}\n  status line: {}\n  pc: connection {} ice {} pair {}\n  transceivers: {}\n  inbound RTP: {}\n  last stats: {}\n  stats line: {}\n  participants: {}\n  server room: {room}\n  screenshot: {shot}\n  chromedriver log: {}/chromedriver.log\n  console:\n{}",
             page.name,
             t.elapsed(),
             r["state"],
@@ -333,13 +340,13 @@ async fn two_chromium_pages_decode_the_composite_and_hear_the_mix() {
     // Each page decodes 1280x720 video and receives audio...
     let mut first = vec![];
     for p in &pages {
-        first.push(wait_stats(&d, p, 0, 1, 0, "first 1280x720 frames and audio").await);
+        first.push(wait_stats(&d, srv.addr, p, 0, 1, 0, "first 1280x720 frames and audio").await);
     }
     // ...and keeps decoding: framesDecoded rises (by at least 15 frames, half a second of the
     // 30 fps composite) and audio keeps arriving.
     for (p, s) in pages.iter().zip(&first) {
         let (frames, audio) = (s["framesDecoded"].as_u64().unwrap(), s["audioPackets"].as_u64().unwrap());
-        let s2 = wait_stats(&d, p, frames, 15, audio, "framesDecoded and audioPackets rising").await;
+        let s2 = wait_stats(&d, srv.addr, p, frames, 15, audio, "framesDecoded and audioPackets rising").await;
         assert!(s2["framesDecoded"].as_u64().unwrap() > frames, "{}: {s2}", p.name);
         assert_eq!((s2["frameWidth"].as_u64(), s2["frameHeight"].as_u64()), (Some(1280), Some(720)), "{}: {s2}", p.name);
         assert!(s2["audioPackets"].as_u64().unwrap() > 0, "{}: {s2}", p.name);
