@@ -806,8 +806,13 @@ async fn send_video(
     let mut rw = RtpRewriter::new(track.ssrc, track.payload_type(), (track.ssrc >> 16) as u16);
     video.request_keyframe(codec);
     let mut keyframe_requests = true;
+    // Until this receiver has its keyframe, ask again every half second (a request can be lost,
+    // e.g. sent while the encoder was still starting); the gate coalesces repeats.
+    let mut retry = tokio::time::interval(std::time::Duration::from_millis(500));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = retry.tick(), if !rw.is_started() => video.request_keyframe(codec),
             r = rx.recv() => match r {
                 Ok(pkt) => {
                     if let Some(out) = rw.rewrite(&pkt) {

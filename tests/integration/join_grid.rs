@@ -24,7 +24,7 @@ async fn three_publishers_fill_their_grid_cells() {
                     && COLOURS.iter().zip(CENTRES).all(|(c, (x, y))| close(f.colour_at(x, y, 40), *c, 45))
             })
             .await
-            .unwrap_or_else(|| panic!("{} decoded no composite", p.opts.name));
+            .unwrap_or_else(|| panic!("{} decoded no composite: {:?}", p.opts.name, p.stats()));
         let seen: Vec<_> = CENTRES.iter().map(|(x, y)| f.colour_at(*x, *y, 40)).collect();
         common::save(&f, &format!("join_grid-{}", p.opts.name));
         assert_eq!((f.width, f.height), (1280, 720), "{}", p.opts.name);
