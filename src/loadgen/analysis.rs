@@ -39,6 +39,34 @@ impl Frame {
         ((s[0] / n) as u8, (s[1] / n) as u8, (s[2] / n) as u8)
     }
 
+    /// Writes the frame as a PNG file (GStreamer `pngenc`).
+    ///
+    /// # Errors
+    /// The pipeline or the file fails.
+    pub fn save_png(&self, path: &std::path::Path) -> Result<(), String> {
+        use gstreamer as gst;
+        use gstreamer::prelude::*;
+        gst::init().map_err(|e| e.to_string())?;
+        let desc = format!(
+            "appsrc name=src caps=video/x-raw,format=RGB,width={},height={},framerate=1/1 ! videoconvert ! pngenc ! filesink name=out",
+            self.width, self.height
+        );
+        let p = gst::parse::launch(&desc).map_err(|e| e.to_string())?.downcast::<gst::Pipeline>().map_err(|_| "pipeline")?;
+        p.by_name("out").ok_or("filesink")?.set_property("location", path.to_string_lossy().to_string());
+        let src = p.by_name("src").ok_or("appsrc")?.downcast::<gstreamer_app::AppSrc>().map_err(|_| "appsrc")?;
+        p.set_state(gst::State::Playing).map_err(|e| e.to_string())?;
+        src.push_buffer(gst::Buffer::from_slice(self.rgb.as_ref().clone())).map_err(|e| e.to_string())?;
+        src.end_of_stream().map_err(|e| e.to_string())?;
+        let bus = p.bus().ok_or("bus")?;
+        let r = match bus.timed_pop_filtered(gst::ClockTime::from_seconds(10), &[gst::MessageType::Eos, gst::MessageType::Error]) {
+            Some(m) if m.type_() == gst::MessageType::Eos => Ok(()),
+            Some(m) => Err(format!("{m:?}")),
+            None => Err("timed out".into()),
+        };
+        let _ = p.set_state(gst::State::Null);
+        r
+    }
+
     /// Writes the frame as a binary PPM (P6) file.
     ///
     /// # Errors

@@ -86,12 +86,30 @@ pub struct HttpResponse {
 /// # Errors
 /// [`LoadgenError::Http`] when the connection fails.
 pub async fn http(method: &str, url: &str, content_type: Option<&str>, body: Vec<u8>) -> Result<HttpResponse, LoadgenError> {
+    http_auth(method, url, content_type, body, None).await
+}
+
+/// [`http`] with an `Authorization: Bearer` token.
+///
+/// # Errors
+/// [`LoadgenError::Http`] when the connection fails.
+pub async fn http_auth(
+    method: &str,
+    url: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+    token: Option<&str>,
+) -> Result<HttpResponse, LoadgenError> {
     let (method, url, ct) = (method.to_string(), url.to_string(), content_type.map(str::to_string));
+    let token = token.map(str::to_string);
     tokio::task::spawn_blocking(move || {
         let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
         let mut req = ureq::http::Request::builder().method(method.as_str()).uri(&url);
         if let Some(c) = &ct {
             req = req.header("content-type", c);
+        }
+        if let Some(t) = &token {
+            req = req.header("authorization", format!("Bearer {t}"));
         }
         let req = req.body(body).map_err(|e| LoadgenError::Http(e.to_string()))?;
         let mut resp = agent.run(req).map_err(|e| LoadgenError::Http(e.to_string()))?;
@@ -135,6 +153,14 @@ pub struct PeerOpts {
     pub video: VideoSource,
     /// Publishes an Opus sine tone of this frequency, Hz.
     pub tone_hz: Option<f64>,
+    /// Amplitude of the tone, 0..=1 (default 0.25, about -15 dBFS).
+    pub tone_volume: f64,
+    /// Opens a data channel (`tessera`) for room events and chat.
+    pub data_channel: bool,
+    /// Access token sent as `Authorization: Bearer`.
+    pub token: Option<String>,
+    /// `camera` (default) or `screen`: joins with `?source=`.
+    pub source: Option<&'static str>,
     /// Receives the composite and the mix.
     pub receive: bool,
     /// Video codecs offered (MIME types); the default offers VP8 and H264.
@@ -157,6 +183,10 @@ impl PeerOpts {
             video_codecs: vec![MIME_TYPE_VP8, MIME_TYPE_H264],
             via: Via::Participant,
             keyframe_interval: 0,
+            tone_volume: 0.25,
+            data_channel: false,
+            token: None,
+            source: None,
         }
     }
 
@@ -170,6 +200,10 @@ impl PeerOpts {
             video_codecs: vec![MIME_TYPE_VP8, MIME_TYPE_H264],
             via: Via::Whep,
             keyframe_interval: 0,
+            tone_volume: 0.25,
+            data_channel: false,
+            token: None,
+            source: None,
         }
     }
 }
@@ -200,6 +234,8 @@ struct Received {
     audio: Mutex<VecDeque<i16>>,
     audio_samples: AtomicU64,
     video_codec: Mutex<Option<String>>,
+    /// JSON messages received on the data channel.
+    events: Mutex<Vec<serde_json::Value>>,
     /// Keep decoded RGB (tests); load runs only count frames.
     keep_pixels: bool,
 }
@@ -219,6 +255,7 @@ pub struct Peer {
     received: Arc<Received>,
     tick: watch::Receiver<u64>,
     pipelines: Arc<Mutex<Vec<gst::Pipeline>>>,
+    channel: Option<Arc<dyn webrtc::data_channel::DataChannel>>,
 }
 
 impl Drop for Peer {
@@ -458,11 +495,17 @@ impl Peer {
         let (tick_tx, tick) = watch::channel(0u64);
         let received = Arc::new(Received { keep_pixels, ..Default::default() });
         let pipelines = Arc::new(Mutex::new(vec![]));
-        let handler = Arc::new(Handler { gather_tx, state_tx, received: received.clone(), tick_tx: Arc::new(tick_tx), pipelines: pipelines.clone() });
+        let handler_tick = Arc::new(tick_tx);
+        let handler = Arc::new(Handler { gather_tx, state_tx, received: received.clone(), tick_tx: handler_tick.clone(), pipelines: pipelines.clone() });
         let pc = PeerConnectionBuilder::new()
             .with_media_engine(me)
             .with_interceptor_registry(registry)
-            .with_setting_engine(SettingEngineBuilder::new().with_include_loopback_candidate(true).build())
+            .with_setting_engine(
+                SettingEngineBuilder::new()
+                    .with_include_loopback_candidate(true)
+                    .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+                    .build(),
+            )
             .with_handler(handler)
             .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
             .build()
@@ -493,6 +536,23 @@ impl Peer {
         } else if opts.receive {
             pc.add_transceiver_from_kind(RtpCodecKind::Audio, init(false)).await.map_err(w)?;
         }
+        let channel = if opts.data_channel {
+            let dc = pc.create_data_channel("tessera", None).await.map_err(w)?;
+            let (dc2, received2, tick2) = (dc.clone(), received.clone(), handler_tick.clone());
+            tokio::spawn(async move {
+                while let Some(ev) = dc2.poll().await {
+                    if let webrtc::data_channel::DataChannelEvent::OnMessage(m) = ev
+                        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.data)
+                    {
+                        received2.events.lock().unwrap().push(v);
+                        tick2.send_modify(|t| *t += 1);
+                    }
+                }
+            });
+            Some(dc)
+        } else {
+            None
+        };
         let offer = pc.create_offer(None).await.map_err(w)?;
         pc.set_local_description(offer).await.map_err(w)?;
         let _ = tokio::time::timeout(Duration::from_secs(5), gather_rx.recv()).await;
@@ -501,13 +561,14 @@ impl Peer {
             sdp = keep_only_video_codec(&sdp, opts.video_codecs[0]);
         }
         let name: String = opts.name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
+        let source = opts.source.map(|s| format!("&source={s}")).unwrap_or_default();
         let path = match opts.via {
-            Via::Participant => format!("/v1/rooms/{room}/participants?name={name}"),
+            Via::Participant => format!("/v1/rooms/{room}/participants?name={name}{source}"),
             Via::Whip => format!("/whip/{room}?name={name}"),
             Via::Whep => format!("/whep/{room}?name={name}"),
         };
         let posted_at = Instant::now();
-        let resp = http("POST", &format!("{base}{path}"), Some("application/sdp"), sdp.into_bytes()).await?;
+        let resp = http_auth("POST", &format!("{base}{path}"), Some("application/sdp"), sdp.into_bytes(), opts.token.as_deref()).await?;
         if resp.status != 201 || resp.content_type.as_deref() != Some("application/sdp") {
             return Err(LoadgenError::Refused { status: resp.status, reason: resp.body });
         }
@@ -546,12 +607,13 @@ impl Peer {
         }
         if let (Some(t), Some(f)) = (audio_track, opts.tone_hz) {
             let desc = format!(
-                "audiotestsrc is-live=true wave=sine freq={f} volume=0.25 ! audio/x-raw,rate=48000,channels=1 \
-                 ! opusenc bitrate=48000 frame-size=20 ! rtpopuspay pt=111 ssrc={audio_ssrc} ! appsink name=sink sync=false"
+                "audiotestsrc is-live=true wave=sine freq={f} volume={} ! audio/x-raw,rate=48000,channels=1 \
+                 ! opusenc bitrate=48000 frame-size=20 ! rtpopuspay pt=111 ssrc={audio_ssrc} ! appsink name=sink sync=false",
+                opts.tone_volume
             );
             publish(&desc, t, &pipelines)?;
         }
-        Ok(Peer { opts, location, id, posted_at, base: base.to_string(), pc, received, tick, pipelines })
+        Ok(Peer { opts, location, id, posted_at, base: base.to_string(), pc, received, tick, pipelines, channel })
     }
 
     /// Waits (up to `timeout`) for a decoded frame that satisfies `pred` and returns it; on timeout
@@ -600,6 +662,34 @@ impl Peer {
         a.iter().skip(a.len().saturating_sub(n)).copied().collect()
     }
 
+    /// Waits (up to `timeout`) for a data-channel message satisfying `pred`; returns it.
+    pub async fn wait_event(&self, timeout: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> Option<serde_json::Value> {
+        let mut tick = self.tick.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.received.events.lock().unwrap().iter().find(|v| pred(v)).cloned() {
+                return Some(v);
+            }
+            if tokio::time::timeout_at(deadline, tick.changed()).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Every data-channel message received so far.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.received.events.lock().unwrap().clone()
+    }
+
+    /// Sends a JSON message on the data channel.
+    ///
+    /// # Errors
+    /// No data channel, or it is not open.
+    pub async fn send(&self, msg: &serde_json::Value) -> Result<(), LoadgenError> {
+        let dc = self.channel.as_ref().ok_or_else(|| w("no data channel (PeerOpts::data_channel)"))?;
+        dc.send_text(&msg.to_string()).await.map_err(w)
+    }
+
     /// Frames decoded so far.
     pub fn frames(&self) -> u64 {
         self.received.frames.load(Ordering::Relaxed)
@@ -627,7 +717,7 @@ impl Peer {
     /// # Errors
     /// [`LoadgenError::Http`] when the request fails.
     pub async fn leave(&self) -> Result<u16, LoadgenError> {
-        let r = http("DELETE", &format!("{}{}", self.base, self.location), None, vec![]).await?;
+        let r = http_auth("DELETE", &format!("{}{}", self.base, self.location), None, vec![], self.opts.token.as_deref()).await?;
         let _ = self.pc.close().await;
         Ok(r.status)
     }

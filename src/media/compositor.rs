@@ -337,6 +337,9 @@ impl RoomVideo {
             .format(gst::Format::Time)
             .max_buffers(2)
             .leaky_type(gst_app::AppLeakyType::Downstream)
+            // Frames are stamped on arrival: no latency of their own, and no upper bound.
+            .min_latency(0)
+            .max_latency(-1)
             .build();
         let scale = gst::ElementFactory::make("videoscale")
             .property_from_str("method", "bilinear")
@@ -350,17 +353,19 @@ impl RoomVideo {
             .property_from_str("halignment", "left")
             .property("shaded-background", true)
             .property("font-desc", "Sans Bold 14")
+            // The same size on every tile, whatever its scale.
+            .property("auto-resize", false)
             .build()
             .map_err(gst_err)?;
         let elements: Vec<gst::Element> = vec![appsrc.clone().upcast(), scale, filter.clone(), label.clone()];
         inner.pipeline.add_many(&elements).map_err(gst_err)?;
         gst::Element::link_many(&elements).map_err(gst_err)?;
+        for e in elements.iter().rev() {
+            e.sync_state_with_parent().map_err(gst_err)?;
+        }
         let pad = inner.compositor.request_pad_simple("sink_%u").ok_or_else(|| gst_err("compositor pad"))?;
         pad.set_property("alpha", 0.0f64);
         label.static_pad("src").unwrap().link(&pad).map_err(gst_err)?;
-        for e in &elements {
-            e.sync_state_with_parent().map_err(gst_err)?;
-        }
         let shared = Arc::new(InputShared {
             video_muted: AtomicBool::new(false),
             last_frame: Mutex::new(None),
@@ -565,7 +570,7 @@ impl RoomVideo {
             .build()
             .map_err(gst_err)?;
         let enc = inner.backends.make_bin(role, params)?;
-        let sink = gst_app::AppSink::builder().sync(false).max_buffers(64).drop(false).build();
+        let sink = gst_app::AppSink::builder().sync(false).async_(false).max_buffers(64).drop(false).build();
         let elements: Vec<gst::Element> = vec![queue.clone(), enc.upcast(), pay, sink.clone().upcast()];
         inner.pipeline.add_many(&elements).map_err(gst_err)?;
         gst::Element::link_many(&elements).map_err(gst_err)?;
@@ -596,11 +601,13 @@ impl RoomVideo {
                 })
                 .build(),
         );
-        let src = inner.tee.request_pad_simple("src_%u").ok_or_else(|| gst_err("tee pad"))?;
-        src.link(&queue.static_pad("sink").unwrap()).map_err(gst_err)?;
-        for e in &elements {
+        // Start the branch (sink first) before linking it: a frame pushed into a linked but not
+        // yet running branch returns FLUSHING to the tee, which would stop the compositor.
+        for e in elements.iter().rev() {
             e.sync_state_with_parent().map_err(gst_err)?;
         }
+        let src = inner.tee.request_pad_simple("src_%u").ok_or_else(|| gst_err("tee pad"))?;
+        src.link(&queue.static_pad("sink").unwrap()).map_err(gst_err)?;
         tracing::info!(room = %inner.room, ?codec, "encoder branch started");
         Ok(Output { tx, sink_pad: sink.static_pad("sink").unwrap(), keyframe })
     }

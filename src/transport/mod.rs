@@ -246,7 +246,9 @@ impl Transport {
             let mut media_engine = Self::media_engine()?;
             let registry = register_default_interceptors(Registry::new(), &mut media_engine).map_err(rtc_err)?;
             let registry = registry.with(rtcp::SLOT.into(), rtcp::KeyframeRequestInterceptor::default());
-            let mut settings = SettingEngineBuilder::new();
+            // No mDNS: Tessera announces plain IPs, and joining the multicast group fails on
+            // hosts without a multicast-capable interface (a loopback-only container).
+            let mut settings = SettingEngineBuilder::new().with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
             if self.bind_ip.is_loopback() {
                 settings = settings.with_include_loopback_candidate(true);
             }

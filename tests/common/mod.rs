@@ -62,7 +62,22 @@ pub async fn room_json(addr: SocketAddr, room: &str) -> serde_json::Value {
     serde_json::from_str(&r.body).expect("room JSON")
 }
 
-/// Saves `frame` under the test target's temp dir as `name.ppm`, for a person to look at.
-pub fn save(frame: &Frame, name: &str) {
-    let _ = frame.save_ppm(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.ppm")));
+/// Saves `frame` under the test target's temp dir as `name.png`, for a person to look at;
+/// returns the path.
+pub fn save(frame: &Frame, name: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.png"));
+    if let Err(e) = frame.save_png(&path) {
+        eprintln!("could not save {}: {e}", path.display());
+    }
+    path
+}
+
+/// Sends one HTTP request with a bearer token.
+pub async fn http_auth(method: &str, url: String, content_type: Option<&str>, body: Vec<u8>, token: Option<&str>) -> Resp {
+    tessera::loadgen::http_auth(method, &url, content_type, body, token).await.expect("http request")
+}
+
+/// `PUT`s JSON to the server; returns the response.
+pub async fn put_json(addr: SocketAddr, path: &str, body: serde_json::Value) -> Resp {
+    http("PUT", format!("http://{addr}{path}"), Some("application/json"), body.to_string().into_bytes()).await
 }
