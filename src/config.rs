@@ -155,6 +155,12 @@ pub struct PortRange {
     pub high: u16,
 }
 
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.low == 0 { write!(f, "ephemeral ports") } else { write!(f, "{}-{}", self.low, self.high) }
+    }
+}
+
 fn parse_port_range(s: &str) -> Result<PortRange, String> {
     if s.trim() == "0" {
         return Ok(PortRange { low: 0, high: 0 });

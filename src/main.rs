@@ -30,7 +30,7 @@ struct TokenArgs {
     /// Identity of the holder (the JWT `sub`).
     #[arg(long)]
     identity: String,
-    /// Display name shown in the room (default: the identity's `?name=`).
+    /// Display name shown in the room; overrides the join's `?name=` (default: none, so `?name=` is used).
     #[arg(long)]
     name: Option<String>,
     /// Grant control of the room (layout, mute, kick, end, recordings).

@@ -32,6 +32,9 @@ pub struct LoadgenArgs {
     /// Publishers do not decode what they receive (only viewers do); halves the client's CPU.
     #[arg(long)]
     pub publishers_send_only: bool,
+    /// Access token for a server with `--api-secret` (needs publish and subscribe grants).
+    #[arg(long, env = "TESSERA_TOKEN")]
+    pub token: Option<String>,
 }
 
 fn median(v: &mut [u64]) -> u64 {
@@ -56,11 +59,13 @@ pub async fn run(a: LoadgenArgs) -> anyhow::Result<()> {
         let mut o = PeerOpts::publisher(&format!("pub{i}"), (0, 0, 0), 300.0 + 50.0 * i as f64);
         o.video = video;
         o.receive = !a.publishers_send_only;
+        o.token = a.token.clone();
         peers.push(Peer::join(&a.url, &a.room, o, false).await?);
     }
     for i in 0..a.viewers {
         let mut o = PeerOpts::viewer(&format!("viewer{i}"));
         o.via = Via::Whep;
+        o.token = a.token.clone();
         peers.push(Peer::join(&a.url, &a.room, o, false).await?);
     }
     let start: Vec<ReceiveStats> = peers.iter().map(|p| p.stats()).collect();

@@ -560,7 +560,12 @@ impl Peer {
         if opts.video_codecs.len() == 1 {
             sdp = keep_only_video_codec(&sdp, opts.video_codecs[0]);
         }
-        let name: String = opts.name.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
+        // Percent-encode the name for the query string (RFC 3986 unreserved characters stay).
+        let name: String = opts
+            .name
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect();
         let source = opts.source.map(|s| format!("&source={s}")).unwrap_or_default();
         let path = match opts.via {
             Via::Participant => format!("/v1/rooms/{room}/participants?name={name}{source}"),

@@ -155,6 +155,7 @@ pub struct CustomTile {
 
 /// The wire form of [`Layout`].
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LayoutSpec {
     /// `grid`, `speaker`, `B+K` or `1+N`, `presentation`, `pinned`, `custom`.
     pub layout: String,
@@ -169,6 +170,14 @@ pub struct LayoutSpec {
 impl TryFrom<LayoutSpec> for Layout {
     type Error = String;
     fn try_from(s: LayoutSpec) -> Result<Self, String> {
+        let extra = match s.layout.as_str() {
+            "pinned" => s.tiles.is_some(),
+            "custom" => s.participant.is_some(),
+            _ => s.tiles.is_some() || s.participant.is_some(),
+        };
+        if extra {
+            return Err(format!("layout {:?} takes no {}", s.layout, if s.tiles.is_some() { "\"tiles\"" } else { "\"participant\"" }));
+        }
         Ok(match s.layout.as_str() {
             "grid" => Layout::Grid,
             "speaker" => Layout::Speaker,
@@ -195,6 +204,10 @@ impl TryFrom<LayoutSpec> for Layout {
             }
             other => {
                 let (b, k) = other.split_once('+').ok_or_else(|| format!("unknown layout {other:?}"))?;
+                let digits = |x: &str| !x.is_empty() && x.bytes().all(|c| c.is_ascii_digit());
+                if !digits(b) || !(k == "N" || digits(k)) {
+                    return Err(format!("unknown layout {other:?}"));
+                }
                 let big: usize = b.parse().map_err(|_| format!("unknown layout {other:?}"))?;
                 let small = if k == "N" { None } else { Some(k.parse::<usize>().map_err(|_| format!("unknown layout {other:?}"))?) };
                 if !(1..=4).contains(&big) || small.is_some_and(|k| k > 48) {
@@ -405,7 +418,7 @@ mod layout_tests {
             let l: Layout = serde_json::from_str(j).unwrap();
             assert_eq!(serde_json::to_string(&l).unwrap(), j);
         }
-        for bad in [r#"{"layout":"pinned"}"#, r#"{"layout":"0+3"}"#, r#"{"layout":"mosaic"}"#, r#"{"layout":"custom","tiles":[{"x":0.5,"y":0,"w":0.6,"h":1}]}"#] {
+        for bad in [r#"{"layout":"pinned"}"#, r#"{"layout":"0+3"}"#, r#"{"layout":"mosaic"}"#, r#"{"layout":"1++7"}"#, r#"{"layout":"grid","participant":"p1"}"#, r#"{"layout":"custom","tiles":[{"x":0.5,"y":0,"w":0.6,"h":1}]}"#] {
             assert!(serde_json::from_str::<Layout>(bad).is_err(), "{bad}");
         }
     }

@@ -90,6 +90,16 @@ pub struct RoomOptions {
 }
 
 impl RoomOptions {
+    fn check(&self) -> Result<(), String> {
+        if self.max_visible == Some(0) || self.max_visible.is_some_and(|v| v > 100) {
+            return Err("max_visible must be 1..=100".into());
+        }
+        if self.max_participants == Some(0) {
+            return Err("max_participants must be at least 1".into());
+        }
+        Ok(())
+    }
+
     fn format(&self, default: OutputFormat) -> Result<OutputFormat, String> {
         let f = OutputFormat {
             width: self.width.unwrap_or(default.width),
@@ -210,20 +220,25 @@ impl Rooms {
     /// [`RoomError::Invalid`] for bad options, [`RoomError::Conflict`] for an output format change
     /// on a running room, media errors when the room cannot start.
     pub fn create_or_update(self: &Arc<Self>, name: &str, options: RoomOptions) -> Result<(Arc<Room>, bool), RoomError> {
-        let format = options.format(self.deps.format).map_err(RoomError::Invalid)?;
+        options.check().map_err(RoomError::Invalid)?;
         let layout = options.parsed_layout().map_err(RoomError::Invalid)?;
         let mut rooms = self.rooms.lock().unwrap();
         if let Some(r) = rooms.get(name).cloned() {
             drop(rooms);
+            // Only the fields given are compared with the running format.
             let cur = r.video.format();
-            if (cur.width, cur.height, cur.fps, cur.kbps) != (format.width, format.height, format.fps, format.kbps)
-                && (options.width.is_some() || options.height.is_some() || options.fps.is_some() || options.kbps.is_some())
-            {
+            options.format(cur).map_err(RoomError::Invalid)?;
+            let differs = options.width.is_some_and(|v| v != cur.width)
+                || options.height.is_some_and(|v| v != cur.height)
+                || options.fps.is_some_and(|v| v != cur.fps)
+                || options.kbps.is_some_and(|v| v != cur.kbps);
+            if differs {
                 return Err(RoomError::Conflict("the output format cannot change while the room runs".into()));
             }
             r.update(options, layout);
             return Ok((r, false));
         }
+        let format = options.format(self.deps.format).map_err(RoomError::Invalid)?;
         let r = Room::new(name, self.deps.clone(), Arc::downgrade(self), format, layout.unwrap_or(Layout::Grid), options, true)?;
         rooms.insert(name.to_string(), r.clone());
         tracing::info!(room = name, "room created by the API");
@@ -308,6 +323,8 @@ pub struct Room {
     /// Created by `PUT`: stays when empty.
     persistent: bool,
     created: Instant,
+    /// PLIs sent and keyframe requests received by participants who left (totals stay monotonic).
+    departed: (AtomicU64, AtomicU64),
 }
 
 struct Participant {
@@ -410,6 +427,10 @@ pub struct RoomInfo {
     pub encoders: usize,
     /// Opus encodes in the last 20 ms tick (≤ talkers + 1).
     pub audio_encodes_last_tick: u64,
+    /// PLIs sent to this room's publishers since it started.
+    pub plis_sent_total: u64,
+    /// Keyframe requests received from this room's receivers since it started.
+    pub keyframe_requests_total: u64,
     /// Seconds since the room started.
     pub age_s: f64,
 }
@@ -427,29 +448,31 @@ impl Room {
         let cap = options.max_visible.unwrap_or(DEFAULT_MAX_VISIBLE).max(1);
         let video = RoomVideo::new(name, format, deps.backends.clone(), layout, cap)?;
         let (events, _) = broadcast::channel(EVENTS_CAPACITY);
-        Ok(Arc::new_cyclic(|weak: &Weak<Room>| {
-            let w = weak.clone();
-            let on_speaker: crate::media::audio::SpeakerListener =
-                Arc::new(move |u: &SpeakerUpdate, tick: u64| {
-                    if let Some(room) = w.upgrade() {
-                        room.on_speaker(u, tick);
-                    }
-                });
-            let audio = AudioMixer::start(name, deps.audio_kbps, Some(on_speaker)).expect("opus mixer starts");
-            Self {
-                name: name.to_string(),
-                deps,
-                registry,
-                video,
-                audio,
-                participants: Mutex::new(vec![]),
-                options: Mutex::new(options),
-                events,
-                next_id: AtomicU64::new(1),
-                persistent,
-                created: Instant::now(),
+        // The mixer calls back into the room; the room exists only after the mixer started.
+        let slot: Arc<std::sync::OnceLock<Weak<Room>>> = Arc::default();
+        let s = slot.clone();
+        let on_speaker: crate::media::audio::SpeakerListener = Arc::new(move |u: &SpeakerUpdate, tick: u64| {
+            if let Some(room) = s.get().and_then(Weak::upgrade) {
+                room.on_speaker(u, tick);
             }
-        }))
+        });
+        let audio = AudioMixer::start(name, deps.audio_kbps, Some(on_speaker))?;
+        let room = Arc::new(Self {
+            name: name.to_string(),
+            deps,
+            registry,
+            video,
+            audio,
+            participants: Mutex::new(vec![]),
+            options: Mutex::new(options),
+            events,
+            next_id: AtomicU64::new(1),
+            persistent,
+            created: Instant::now(),
+            departed: Default::default(),
+        });
+        let _ = slot.set(Arc::downgrade(&room));
+        Ok(room)
     }
 
     /// Room name.
@@ -653,6 +676,8 @@ impl Room {
         }
         self.video.remove_input(id);
         self.audio.remove_source(id);
+        self.departed.0.fetch_add(p.session.counters.plis_sent.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.departed.1.fetch_add(p.session.counters.keyframe_requests_received.load(Ordering::Relaxed), Ordering::Relaxed);
         self.emit(RoomEvent::Left { ts: now_ms(), participant: p.who(), reason: reason.into() });
         p.session.close().await;
         tracing::info!(room = %self.name, participant = id, reason, "left");
@@ -661,7 +686,7 @@ impl Room {
 
     /// The room as the API shows it.
     pub fn info(&self) -> RoomInfo {
-        let participants = self
+        let participants: Vec<ParticipantInfo> = self
             .participants
             .lock()
             .unwrap()
@@ -685,6 +710,8 @@ impl Room {
             .collect();
         let stats = self.video.stats();
         let options = self.options.lock().unwrap().clone();
+        let plis_now: u64 = participants.iter().map(|p: &ParticipantInfo| p.plis_sent).sum();
+        let requests_now: u64 = participants.iter().map(|p: &ParticipantInfo| p.keyframe_requests).sum();
         RoomInfo {
             room: self.name.clone(),
             participants,
@@ -700,6 +727,8 @@ impl Room {
             keyframes_forced: stats.keyframes_forced.load(Ordering::Relaxed),
             encoders: self.video.encoders(),
             audio_encodes_last_tick: self.audio.stats().encodes_last_tick.load(Ordering::Relaxed),
+            plis_sent_total: self.departed.0.load(Ordering::Relaxed) + plis_now,
+            keyframe_requests_total: self.departed.1.load(Ordering::Relaxed) + requests_now,
             age_s: self.created.elapsed().as_secs_f64(),
         }
     }

@@ -58,8 +58,8 @@ pub(super) async fn handler(State(st): State<AppState>) -> Response {
         frames.with_label_values(&l).inc_by(info.frames_out);
         dropped.with_label_values(&l).inc_by(info.frames_dropped);
         keyframes.with_label_values(&l).inc_by(info.keyframes_forced);
-        plis.with_label_values(&l).inc_by(info.participants.iter().map(|p| p.plis_sent).sum());
-        requests.with_label_values(&l).inc_by(info.participants.iter().map(|p| p.keyframe_requests).sum());
+        plis.with_label_values(&l).inc_by(info.plis_sent_total);
+        requests.with_label_values(&l).inc_by(info.keyframe_requests_total);
         let rate = match last.insert(info.room.clone(), (now, info.frames_out)) {
             Some((t, n)) if now > t && info.frames_out >= n => (info.frames_out - n) as f64 / now.duration_since(t).as_secs_f64(),
             _ => info.frames_out as f64 / info.age_s.max(1e-3),

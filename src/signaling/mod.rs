@@ -124,7 +124,9 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/rooms/{room}/participants/{id}",
             axum::routing::delete(leave)
-                .patch(|| async { (StatusCode::METHOD_NOT_ALLOWED, "trickle ICE is not supported: send a complete offer\n") }),
+                .patch(|| async {
+                    (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "DELETE")], "trickle ICE is not supported: send a complete offer\n")
+                }),
         )
         .route("/v1/rooms/{room}/participants/{id}/mute", put(mute))
         .route("/whip/{room}", post(join_whip).options(sdp_options))
@@ -263,7 +265,7 @@ async fn mute(
         return Err(ApiError::BadRequest("give \"audio\" and/or \"video\" (true = muted)".into()));
     }
     r.mute(&id, m.audio, m.video, "server")?;
-    let p = r.info().participants.into_iter().find(|p| p.id == id);
+    let p = r.info().participants.into_iter().find(|p| p.id == id).ok_or_else(|| RoomError::NoParticipant(id.clone()))?;
     Ok(axum::Json(p).into_response())
 }
 

@@ -39,7 +39,7 @@ pub enum TransportError {
     #[error("offer rejected: {0}")]
     Offer(String),
     /// No UDP port of the range could be bound.
-    #[error("no free UDP port in {0:?}")]
+    #[error("no free UDP port in {0}")]
     NoPort(PortRange),
     /// Any other failure of the WebRTC stack.
     #[error("webrtc: {0}")]

@@ -6,11 +6,14 @@
 mod common;
 
 mod bad_input;
+mod events;
 mod browser;
 mod join_grid;
 mod layouts;
 mod leave;
 mod mix_minus;
+mod mute;
 mod speaker;
+mod tokens;
 mod whep;
 mod whip;
