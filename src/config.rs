@@ -76,6 +76,10 @@ pub struct Config {
     #[arg(long, env = "TESSERA_API_SECRET", hide_env_values = true)]
     pub api_secret: Option<String>,
 
+    /// Folder recordings are written to.
+    #[arg(long, env = "TESSERA_RECORDINGS_DIR", default_value = "recordings")]
+    pub recordings_dir: PathBuf,
+
     /// Allow listening on a non-loopback address without `--api-secret`.
     #[arg(long, env = "TESSERA_INSECURE")]
     pub insecure: bool,
@@ -100,6 +104,7 @@ impl Default for Config {
             pli_interval_ms: 500,
             api_secret: None,
             insecure: false,
+            recordings_dir: PathBuf::from("recordings"),
         }
     }
 }

@@ -11,6 +11,7 @@
 pub mod config;
 pub mod loadgen;
 pub mod media;
+pub mod outputs;
 pub mod pipelines;
 pub mod room;
 pub mod server;

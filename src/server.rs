@@ -34,6 +34,7 @@ impl Server {
             format: OutputFormat { width: cfg.width, height: cfg.height, fps: cfg.fps, kbps: cfg.video_kbps },
             audio_kbps: cfg.audio_kbps,
             jitter_ms: cfg.jitter_ms,
+            recordings_dir: cfg.recordings_dir.clone(),
         };
         let rooms = Arc::new(Rooms::new(deps));
         let auth = crate::signaling::auth::Auth::new(cfg.api_secret.as_deref().filter(|s| !s.is_empty()));
@@ -52,10 +53,13 @@ impl Server {
         Ok(Self { addr, rooms, shutdown: Some(tx), task })
     }
 
-    /// Stops accepting requests and waits for the HTTP server to finish.
+    /// Stops accepting requests, finalizes every recording, and waits for the HTTP server to finish.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        for room in self.rooms.all() {
+            room.stop_recordings().await;
         }
         let _ = (&mut self.task).await;
     }

@@ -156,6 +156,8 @@ struct Output {
     tx: broadcast::Sender<Arc<OutPacket>>,
     sink_pad: gst::Pad,
     keyframe: Arc<KeyframeGate>,
+    /// Encoded frames before the payloader: recordings and egress attach here.
+    encoded: gst::Element,
 }
 
 /// Coalesces keyframe requests: one force-key-unit per outstanding request, retried after
@@ -533,6 +535,66 @@ impl RoomVideo {
         self.inner.stats.keyframes_forced.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds `branch` (a bin with a `sink` ghost pad taking encoded `codec` frames, e.g. a
+    /// recording) to the room pipeline and feeds it the room's encoded video, building that encoder
+    /// if no receiver uses it yet. Returns the feeding pad for [`RoomVideo::detach_encoded`]. The
+    /// branch starts at the room's running time now: its sink pad is offset so its first buffer is
+    /// at 0.
+    ///
+    /// # Errors
+    /// [`VideoError`] if the encoder or the link fails.
+    pub fn attach_encoded(&self, codec: VideoCodec, branch: &gst::Bin) -> Result<gst::Pad, VideoError> {
+        let inner = &self.inner;
+        let tee = {
+            let mut st = inner.state.lock().unwrap();
+            if !st.outputs.contains_key(&codec) {
+                let out = self.build_output(codec)?;
+                st.outputs.insert(codec, out);
+            }
+            st.outputs[&codec].encoded.clone()
+        };
+        inner.pipeline.add(branch).map_err(gst_err)?;
+        branch.sync_state_with_parent().map_err(gst_err)?;
+        let sink = branch.static_pad("sink").ok_or_else(|| gst_err("branch has no sink pad"))?;
+        if let Some(rt) = inner.pipeline.current_running_time() {
+            sink.set_offset(-(rt.nseconds() as i64));
+        }
+        let src = tee.request_pad_simple("src_%u").ok_or_else(|| gst_err("tee pad"))?;
+        src.link(&sink).map_err(gst_err)?;
+        self.request_keyframe(codec);
+        Ok(src)
+    }
+
+    /// The room pipeline's running time now (what `appsrc do-timestamp` stamps).
+    pub fn running_time(&self) -> Option<gst::ClockTime> {
+        self.inner.pipeline.current_running_time()
+    }
+
+    /// Stops feeding `branch` from `pad` (from [`RoomVideo::attach_encoded`]) and sends it
+    /// end-of-stream, so muxers finalize; the caller waits for the branch's EOS and then calls
+    /// [`RoomVideo::remove_branch`].
+    pub fn detach_encoded(&self, pad: &gst::Pad, branch: &gst::Bin) {
+        let sink = branch.static_pad("sink");
+        let tee = pad.parent_element();
+        let p = pad.clone();
+        pad.add_probe(gst::PadProbeType::IDLE, move |_, _| {
+            if let Some(sink) = &sink {
+                let _ = p.unlink(sink);
+                sink.send_event(gst::event::Eos::new());
+            }
+            if let Some(t) = &tee {
+                t.release_request_pad(&p);
+            }
+            gst::PadProbeReturn::Remove
+        });
+    }
+
+    /// Stops `branch` and takes it out of the room pipeline.
+    pub fn remove_branch(&self, branch: &gst::Bin) {
+        let _ = branch.set_state(gst::State::Null);
+        let _ = self.inner.pipeline.remove(branch);
+    }
+
     /// Stops the pipeline; later calls do nothing.
     pub fn stop(&self) {
         self.inner.stopped.store(true, Ordering::Relaxed);
@@ -562,8 +624,10 @@ impl RoomVideo {
                     .map_err(gst_err)?,
             ),
         };
+        // The compositor can hand over a few frames at once (live aggregation catching up); hold up
+        // to 6 (200 ms) and drop the oldest beyond, so a slow encoder never stalls the grid.
         let queue = gst::ElementFactory::make("queue")
-            .property("max-size-buffers", 2u32)
+            .property("max-size-buffers", 6u32)
             .property("max-size-bytes", 0u32)
             .property("max-size-time", 0u64)
             .property_from_str("leaky", "downstream")
@@ -571,7 +635,8 @@ impl RoomVideo {
             .map_err(gst_err)?;
         let enc = inner.backends.make_bin(role, params)?;
         let sink = gst_app::AppSink::builder().sync(false).async_(false).max_buffers(64).drop(false).build();
-        let elements: Vec<gst::Element> = vec![queue.clone(), enc.upcast(), pay, sink.clone().upcast()];
+        let encoded = gst::ElementFactory::make("tee").property("allow-not-linked", true).build().map_err(gst_err)?;
+        let elements: Vec<gst::Element> = vec![queue.clone(), enc.upcast(), encoded.clone(), pay, sink.clone().upcast()];
         inner.pipeline.add_many(&elements).map_err(gst_err)?;
         gst::Element::link_many(&elements).map_err(gst_err)?;
 
@@ -609,7 +674,7 @@ impl RoomVideo {
         let src = inner.tee.request_pad_simple("src_%u").ok_or_else(|| gst_err("tee pad"))?;
         src.link(&queue.static_pad("sink").unwrap()).map_err(gst_err)?;
         tracing::info!(room = %inner.room, ?codec, "encoder branch started");
-        Ok(Output { tx, sink_pad: sink.static_pad("sink").unwrap(), keyframe })
+        Ok(Output { tx, sink_pad: sink.static_pad("sink").unwrap(), keyframe, encoded })
     }
 }
 

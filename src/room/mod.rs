@@ -28,6 +28,7 @@ use crate::media::audio::{AudioError, AudioMixer};
 use crate::media::compositor::{OutputFormat, RoomVideo, VideoError, VideoInput};
 use crate::media::fanout::{RtpRewriter, VideoCodec};
 use crate::media::ingest::VideoIngest;
+use crate::outputs::recording::{Format, Recording, RecordingError, RecordingInfo};
 use crate::pipelines::Backends;
 use crate::transport::{RemoteKind, RemoteTrack, Session, SessionEvents, SessionPlan, Transport, TransportError};
 use events::{ClientMessage, RateLimit, RoomEvent, Who, check_chat, now_ms};
@@ -87,6 +88,9 @@ pub struct RoomOptions {
     /// Most tiles shown at once (default 16); past it the most recent speakers are shown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_visible: Option<usize>,
+    /// Record automatically from the first join, in this format (`mp4`, `webm`, `mkv`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_record: Option<crate::outputs::recording::Format>,
 }
 
 impl RoomOptions {
@@ -149,6 +153,12 @@ pub enum RoomError {
     /// No such participant.
     #[error("participant {0:?} not found")]
     NoParticipant(String),
+    /// A recording could not start.
+    #[error(transparent)]
+    Recording(#[from] RecordingError),
+    /// No such recording.
+    #[error("recording {0:?} not found")]
+    NoRecording(String),
 }
 
 /// What every room shares: transport settings and media defaults.
@@ -163,6 +173,8 @@ pub struct RoomDeps {
     pub audio_kbps: u32,
     /// Inbound video jitter buffer, ms.
     pub jitter_ms: u32,
+    /// Folder recordings are written to.
+    pub recordings_dir: std::path::PathBuf,
 }
 
 /// A join request, decided by signaling.
@@ -290,6 +302,7 @@ impl Rooms {
     /// Ends room `room`: every participant leaves (reason `room ended`) and its media stops.
     pub async fn end(&self, room: &str) -> bool {
         let Some(r) = self.rooms.lock().unwrap().remove(room) else { return false };
+        r.stop_recordings().await;
         let ids: Vec<String> = r.participants.lock().unwrap().iter().map(|p| p.id.clone()).collect();
         for id in ids {
             r.leave(&id, "room ended").await;
@@ -303,7 +316,12 @@ impl Rooms {
         let mut rooms = self.rooms.lock().unwrap();
         if r.is_empty() && !r.persistent && rooms.get(&r.name).is_some_and(|x| Arc::ptr_eq(x, r)) {
             rooms.remove(&r.name);
-            r.video.stop();
+            // Finalize recordings before the pipeline stops.
+            let room = r.clone();
+            tokio::spawn(async move {
+                room.stop_recordings().await;
+                room.video.stop();
+            });
             tracing::info!(room = %r.name, "room ended");
         }
     }
@@ -325,6 +343,7 @@ pub struct Room {
     created: Instant,
     /// PLIs sent and keyframe requests received by participants who left (totals stay monotonic).
     departed: (AtomicU64, AtomicU64),
+    recordings: Mutex<Vec<Arc<Recording>>>,
 }
 
 struct Participant {
@@ -470,6 +489,7 @@ impl Room {
             persistent,
             created: Instant::now(),
             departed: Default::default(),
+            recordings: Mutex::new(vec![]),
         });
         let _ = slot.set(Arc::downgrade(&room));
         Ok(room)
@@ -567,6 +587,58 @@ impl Room {
         self.video.layout()
     }
 
+    /// Starts recording the composite and the full mix as `format` into `file` (a plain name under
+    /// `--recordings-dir`, default `{room}-{id}.{ext}`).
+    ///
+    /// # Errors
+    /// [`RoomError::Recording`] for a bad name or when the file or the branch cannot be made.
+    pub fn start_recording(&self, format: Format, file: Option<&str>) -> Result<RecordingInfo, RoomError> {
+        let id = format!("rec{}", self.new_id().trim_start_matches('p'));
+        let path = crate::outputs::recording::file_path(&self.deps.recordings_dir, &self.name, &id, format, file)?;
+        if self.recordings.lock().unwrap().iter().any(|r| r.is_recording() && r.path() == path) {
+            return Err(RecordingError::BadName(format!("{} is being recorded already", path.display())).into());
+        }
+        let rec = Recording::start(&id, format, path, &self.video, &self.audio)?;
+        let info = rec.info();
+        self.recordings.lock().unwrap().push(rec);
+        self.emit(RoomEvent::RecordingState { ts: now_ms(), id: id.clone(), state: "recording".into() });
+        Ok(info)
+    }
+
+    /// Stops and finalizes recording `id`.
+    ///
+    /// # Errors
+    /// [`RoomError::NoRecording`] for an unknown id.
+    pub async fn stop_recording(&self, id: &str) -> Result<RecordingInfo, RoomError> {
+        let rec = self.recording(id).ok_or_else(|| RoomError::NoRecording(id.into()))?;
+        let was = rec.is_recording();
+        let info = rec.stop().await;
+        if was {
+            let state = serde_json::to_value(info.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            self.emit(RoomEvent::RecordingState { ts: now_ms(), id: id.into(), state });
+        }
+        Ok(info)
+    }
+
+    /// Finalizes every running recording (room end, server shutdown).
+    pub async fn stop_recordings(&self) {
+        let running: Vec<String> =
+            self.recordings.lock().unwrap().iter().filter(|r| r.is_recording()).map(|r| r.id().to_string()).collect();
+        for id in running {
+            let _ = self.stop_recording(&id).await;
+        }
+    }
+
+    /// A recording by id.
+    pub fn recording(&self, id: &str) -> Option<Arc<Recording>> {
+        self.recordings.lock().unwrap().iter().find(|r| r.id() == id).cloned()
+    }
+
+    /// Every recording of this room, oldest first.
+    pub fn recordings(&self) -> Vec<RecordingInfo> {
+        self.recordings.lock().unwrap().iter().map(|r| r.info()).collect()
+    }
+
     /// Mutes or unmutes a participant's audio and/or video (`None`: unchanged). A muted audio
     /// source is left out of every mix; a muted video shows the placeholder.
     ///
@@ -654,8 +726,19 @@ impl Room {
             tasks.push(tokio::spawn(send_audio(self.audio.subscribe(), p.clone(), track).instrument(span.clone())));
         }
         *p.tasks.lock().unwrap() = tasks;
-        self.participants.lock().unwrap().push(p.clone());
+        let first = {
+            let mut ps = self.participants.lock().unwrap();
+            ps.push(p.clone());
+            ps.len() == 1
+        };
         span.in_scope(|| tracing::info!(name, ?kind, ?source, ?plan, "joined"));
+        let auto = self.options.lock().unwrap().auto_record;
+        if let (true, Some(format)) = (first, auto)
+            && self.recordings.lock().unwrap().iter().all(|r| !r.is_recording())
+            && let Err(e) = self.start_recording(format, None)
+        {
+            tracing::error!(room = %self.name, "automatic recording failed: {e}");
+        }
         self.emit(RoomEvent::Joined {
             ts: now_ms(),
             participant: p.who(),

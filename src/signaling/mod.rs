@@ -72,7 +72,8 @@ impl IntoResponse for ApiError {
             ApiError::Room(RoomError::Transport(TransportError::NoPort(_))) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Room(RoomError::Full(_) | RoomError::Conflict(_)) => StatusCode::CONFLICT,
             ApiError::Room(RoomError::Invalid(_)) => StatusCode::BAD_REQUEST,
-            ApiError::Room(RoomError::NoParticipant(_)) => StatusCode::NOT_FOUND,
+            ApiError::Room(RoomError::NoParticipant(_) | RoomError::NoRecording(_)) => StatusCode::NOT_FOUND,
+            ApiError::Room(RoomError::Recording(crate::outputs::recording::RecordingError::BadName(_))) => StatusCode::BAD_REQUEST,
             ApiError::Room(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
@@ -129,6 +130,9 @@ pub fn router(state: AppState) -> Router {
                 }),
         )
         .route("/v1/rooms/{room}/participants/{id}/mute", put(mute))
+        .route("/v1/rooms/{room}/recordings", post(start_recording).get(list_recordings))
+        .route("/v1/rooms/{room}/recordings/{id}", get(get_recording).delete(stop_recording))
+        .route("/v1/rooms/{room}/recordings/{id}/file", get(recording_file))
         .route("/whip/{room}", post(join_whip).options(sdp_options))
         .route("/whep/{room}", post(join_whep).options(sdp_options))
         .route("/", get(|| asset("index.html".to_string())))
@@ -267,6 +271,53 @@ async fn mute(
     r.mute(&id, m.audio, m.video, "server")?;
     let p = r.info().participants.into_iter().find(|p| p.id == id).ok_or_else(|| RoomError::NoParticipant(id.clone()))?;
     Ok(axum::Json(p).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordingBody {
+    format: crate::outputs::recording::Format,
+    file: Option<String>,
+}
+
+async fn start_recording(State(st): State<AppState>, Path(room): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    st.auth.check(&headers, Some(&room), Need::Admin)?;
+    let r = room_of(&st, &room)?;
+    let b: RecordingBody = json_body(&headers, &body)?;
+    let info = r.start_recording(b.format, b.file.as_deref())?;
+    let location = format!("/v1/rooms/{room}/recordings/{}", info.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, HeaderValue::from_str(&location).expect("ascii"))], axum::Json(info)).into_response())
+}
+
+async fn list_recordings(State(st): State<AppState>, Path(room): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+    st.auth.check(&headers, Some(&room), Need::Admin)?;
+    Ok(axum::Json(serde_json::json!({ "recordings": room_of(&st, &room)?.recordings() })).into_response())
+}
+
+async fn get_recording(State(st): State<AppState>, Path((room, id)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+    st.auth.check(&headers, Some(&room), Need::Admin)?;
+    let rec = room_of(&st, &room)?.recording(&id).ok_or(RoomError::NoRecording(id))?;
+    Ok(axum::Json(rec.info()).into_response())
+}
+
+async fn stop_recording(State(st): State<AppState>, Path((room, id)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+    st.auth.check(&headers, Some(&room), Need::Admin)?;
+    let info = room_of(&st, &room)?.stop_recording(&id).await?;
+    Ok(axum::Json(info).into_response())
+}
+
+/// Downloads a recording's file, with HTTP range support (RFC 9110 §14).
+async fn recording_file(
+    State(st): State<AppState>,
+    Path((room, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    req: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    st.auth.check(&headers, Some(&room), Need::Admin)?;
+    let rec = room_of(&st, &room)?.recording(&id).ok_or(RoomError::NoRecording(id))?;
+    let serve = tower_http::services::ServeFile::new(rec.path());
+    let resp = tower::ServiceExt::oneshot(serve, req).await.unwrap_or_else(|e| match e {});
+    Ok(resp.into_response())
 }
 
 #[derive(Deserialize)]

@@ -13,6 +13,7 @@ mod layouts;
 mod leave;
 mod mix_minus;
 mod mute;
+mod recording;
 mod speaker;
 mod tokens;
 mod whep;

@@ -1,0 +1,139 @@
+//! Composite recordings: a file with the grid and the full mix, probed and decoded with GStreamer.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_pbutils as pbutils;
+use serde_json::json;
+use tessera::config::Config;
+
+use crate::common::{self, PeerOpts, close, tone_db};
+
+const COLOURS: [(u8, u8, u8); 3] = [(220, 40, 40), (40, 200, 60), (40, 60, 220)];
+const TONES: [f64; 3] = [400.0, 700.0, 1100.0];
+
+/// Decodes the video frame at `at` and 1 s of audio from `at` (48 kHz mono) from `path`.
+fn decode_at(path: &Path, at: Duration) -> (common::Frame, Vec<i16>) {
+    let launch = |kind: &str, tail: &str| {
+        let desc = format!("filesrc location=\"{}\" ! decodebin caps={kind}/x-raw ! {tail} ! appsink name=s sync=false", path.display());
+        let p = gst::parse::launch(&desc).unwrap().downcast::<gst::Pipeline>().unwrap();
+        let s = p.by_name("s").unwrap().downcast::<gstreamer_app::AppSink>().unwrap();
+        (p, s)
+    };
+    // Video: seek to `at`, take one frame.
+    let (p, v) = launch("video", "videoconvert ! video/x-raw,format=RGB");
+    p.set_state(gst::State::Paused).unwrap();
+    let _ = p.state(gst::ClockTime::from_seconds(10));
+    p.seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE, gst::ClockTime::from_nseconds(at.as_nanos() as u64)).unwrap();
+    let _ = p.state(gst::ClockTime::from_seconds(10));
+    p.set_state(gst::State::Playing).unwrap();
+    let s = v.try_pull_sample(gst::ClockTime::from_seconds(10)).expect("a video frame");
+    let info = gstreamer_video::VideoInfo::from_caps(s.caps().unwrap()).unwrap();
+    let map = s.buffer().unwrap().map_readable().unwrap();
+    let (w, h, stride) = (info.width(), info.height(), info.stride()[0] as usize);
+    let mut rgb = vec![];
+    for row in 0..h as usize {
+        rgb.extend_from_slice(&map[row * stride..row * stride + w as usize * 3]);
+    }
+    drop(map);
+    p.set_state(gst::State::Null).unwrap();
+    let frame = common::Frame { width: w, height: h, rgb: std::sync::Arc::new(rgb) };
+    // Audio: decode from the start, keep [at, at + 1 s).
+    let (p, a) = launch("audio", "audioconvert ! audioresample ! audio/x-raw,format=S16LE,rate=48000,channels=1");
+    p.set_state(gst::State::Playing).unwrap();
+    let from = (at.as_secs_f64() * 48000.0) as usize;
+    let mut audio = vec![];
+    while audio.len() < from + 48000 {
+        let Some(s) = a.try_pull_sample(gst::ClockTime::from_seconds(5)) else { break };
+        let m = s.buffer().unwrap().map_readable().unwrap();
+        audio.extend(m.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])));
+    }
+    p.set_state(gst::State::Null).unwrap();
+    let audio = audio.get(from..(from + 48000).min(audio.len())).unwrap_or_default().to_vec();
+    (frame, audio)
+}
+
+fn discover(path: &Path) -> pbutils::DiscovererInfo {
+    let d = pbutils::Discoverer::new(gst::ClockTime::from_seconds(15)).unwrap();
+    d.discover_uri(&format!("file://{}", path.canonicalize().unwrap().display())).unwrap()
+}
+
+async fn record(dir: PathBuf, format: &str) {
+    let srv = common::server_with(Config { recordings_dir: dir.clone(), ..Config::default() }).await;
+    let a = srv.addr;
+    let mut peers = vec![];
+    for (i, (c, f)) in COLOURS.iter().zip(TONES).enumerate() {
+        let mut o = PeerOpts::publisher(&format!("r{i}"), *c, f);
+        o.receive = i == 0; // one receiver is the clock of the test
+        peers.push(common::join(a, &format!("rec-{format}"), o).await);
+    }
+    let base = format!("http://{a}/v1/rooms/rec-{format}/recordings");
+    let r = common::http("POST", base.clone(), Some("application/json"), json!({"format": format}).to_string().into_bytes()).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let rec: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let id = rec["id"].as_str().unwrap().to_string();
+    let file = PathBuf::from(rec["file"].as_str().unwrap());
+    assert!(file.starts_with(&dir), "{file:?} not under {dir:?}");
+    // 10 s of media.
+    let (f0, t0) = (peers[0].frames(), std::time::Instant::now());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let fps = (peers[0].frames() - f0) as f64 / t0.elapsed().as_secs_f64();
+    eprintln!("{format}: receiver decoded {fps:.1} fps while recording");
+    assert!(fps > 15.0, "the room stalled: {fps:.1} fps");
+    let r = common::http("DELETE", format!("{base}/{id}"), None, vec![]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let info: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(info["state"], "stopped");
+    let list: serde_json::Value = serde_json::from_str(&common::http("GET", base.clone(), None, vec![]).await.body).unwrap();
+    assert_eq!(list["recordings"][0]["id"], id.as_str());
+    assert!(list["recordings"][0]["size_bytes"].as_u64().unwrap() > 10_000);
+
+    let d = discover(&file);
+    let dur = d.duration().unwrap().mseconds() as f64 / 1000.0;
+    assert!((9.0..=11.0).contains(&dur), "{format}: duration {dur} s");
+    let v = d.video_streams();
+    assert_eq!(v.len(), 1, "{format}: one video stream");
+    assert_eq!((v[0].width(), v[0].height()), (1280, 720));
+    assert_eq!(d.audio_streams().len(), 1, "{format}: one audio stream");
+
+    let (f, audio) = decode_at(&file, Duration::from_secs(5));
+    common::save(&f, &format!("recording-{format}"));
+    for (c, (x, y)) in COLOURS.iter().zip([(320, 180), (960, 180), (320, 540)]) {
+        assert!(close(f.colour_at(x, y, 30), *c, 45), "{format}: {:?} at {x},{y}, expected {c:?}", f.colour_at(x, y, 30));
+    }
+    assert_eq!(audio.len(), 48000, "{format}: 1 s of audio at 5 s");
+    for t in TONES {
+        assert!(tone_db(&audio, t) > -35.0, "{format}: tone {t} Hz at {:.1} dB", tone_db(&audio, t));
+    }
+
+    // Download with a range request.
+    let r = common::http("GET", format!("{base}/{id}/file"), None, vec![]).await;
+    assert_eq!(r.status, 200);
+    let url = format!("{base}/{id}/file");
+    let (status, range_len) = tokio::task::spawn_blocking(move || {
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+        let mut resp = agent.get(&url).header("range", "bytes=0-99").call().unwrap();
+        (resp.status().as_u16(), resp.body_mut().read_to_vec().unwrap().len())
+    })
+    .await
+    .unwrap();
+    assert_eq!((status, range_len), (206, 100));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webm_recording_holds_the_grid_and_the_mix() {
+    let _serial = common::serial();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("recordings-webm");
+    let _ = std::fs::remove_dir_all(&dir);
+    record(dir, "webm").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mp4_recording_holds_the_grid_and_the_mix() {
+    let _serial = common::serial();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("recordings-mp4");
+    let _ = std::fs::remove_dir_all(&dir);
+    record(dir, "mp4").await;
+}
