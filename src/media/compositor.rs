@@ -538,8 +538,7 @@ impl RoomVideo {
     /// Adds `branch` (a bin with a `sink` ghost pad taking encoded `codec` frames, e.g. a
     /// recording) to the room pipeline and feeds it the room's encoded video, building that encoder
     /// if no receiver uses it yet. Returns the feeding pad for [`RoomVideo::detach_encoded`]. The
-    /// branch starts at the room's running time now: its sink pad is offset so its first buffer is
-    /// at 0.
+    /// branch gets the encoder's buffers as they are (room running time); a keyframe is requested.
     ///
     /// # Errors
     /// [`VideoError`] if the encoder or the link fails.
@@ -556,9 +555,6 @@ impl RoomVideo {
         inner.pipeline.add(branch).map_err(gst_err)?;
         branch.sync_state_with_parent().map_err(gst_err)?;
         let sink = branch.static_pad("sink").ok_or_else(|| gst_err("branch has no sink pad"))?;
-        if let Some(rt) = inner.pipeline.current_running_time() {
-            sink.set_offset(-(rt.nseconds() as i64));
-        }
         let src = tee.request_pad_simple("src_%u").ok_or_else(|| gst_err("tee pad"))?;
         src.link(&sink).map_err(gst_err)?;
         self.request_keyframe(codec);

@@ -181,6 +181,8 @@ impl Recording {
             .property("location", path.to_string_lossy().to_string())
             .property("sync", false)
             .property("async", false)
+            // Every write straight to the kernel: a SIGKILL loses no user-space buffer.
+            .property_from_str("buffer-mode", "unbuffered")
             .build()
             .map_err(gst_err)?;
         let audio_src = gst_app::AppSrc::builder()
@@ -192,7 +194,6 @@ impl Recording {
                     .build(),
             )
             .is_live(true)
-            .do_timestamp(true)
             .format(gst::Format::Time)
             .build();
         let aparse = make("opusparse")?;
@@ -211,18 +212,44 @@ impl Recording {
         let ghost = gst::GhostPad::with_target(&vqueue.static_pad("sink").unwrap()).map_err(gst_err)?;
         ghost.set_active(true).map_err(gst_err)?;
         bin.add_pad(&ghost).map_err(gst_err)?;
-        // Start on a keyframe: drop delta frames until the first one.
-        let started_key = Arc::new(AtomicBool::new(false));
-        vqueue.static_pad("sink").unwrap().add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            if started_key.load(Ordering::Relaxed) {
-                return gst::PadProbeReturn::Ok;
-            }
-            match info.buffer() {
-                Some(b) if !b.flags().contains(gst::BufferFlags::DELTA_UNIT) => {
-                    started_key.store(true, Ordering::Relaxed);
+        // The file starts at its first keyframe: delta frames before it are dropped, and every
+        // timestamp (video here, audio when pushed) is made relative to that keyframe's, so the
+        // file starts at 0 with audio and video on the room's one clock.
+        let base = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+        let b0 = base.clone();
+        // Encoders stamp in their own segment (x264enc adds 1000 h to every PTS): convert each
+        // buffer to running time with the upstream segment, and hand the muxer a plain segment.
+        let upstream: Arc<Mutex<Option<gst::FormattedSegment<gst::ClockTime>>>> = Arc::default();
+        vqueue.static_pad("sink").unwrap().add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+            match &mut info.data {
+                Some(gst::PadProbeData::Event(ev)) => {
+                    if let gst::EventView::Segment(seg) = ev.view() {
+                        *upstream.lock().unwrap() = seg.segment().downcast_ref::<gst::ClockTime>().cloned();
+                        *ev = gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new());
+                    }
                     gst::PadProbeReturn::Ok
                 }
-                _ => gst::PadProbeReturn::Drop,
+                Some(gst::PadProbeData::Buffer(buffer)) => {
+                    let seg = upstream.lock().unwrap().clone();
+                    let running = |t: Option<gst::ClockTime>| t.and_then(|t| seg.as_ref().map_or(Some(t), |s| s.to_running_time(t)));
+                    let Some(pts) = running(buffer.pts()) else { return gst::PadProbeReturn::Drop };
+                    let mut start = b0.load(Ordering::Acquire);
+                    if start == u64::MAX {
+                        if buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) {
+                            return gst::PadProbeReturn::Drop;
+                        }
+                        start = pts.nseconds();
+                        b0.store(start, Ordering::Release);
+                    }
+                    let Some(rel) = pts.nseconds().checked_sub(start) else { return gst::PadProbeReturn::Drop };
+                    let dts = running(buffer.dts()).and_then(|d| d.nseconds().checked_sub(start));
+                    let b = buffer.make_mut();
+                    b.set_pts(gst::ClockTime::from_nseconds(rel));
+                    // No B-frames: decode order is presentation order (mp4mux needs a DTS).
+                    b.set_dts(gst::ClockTime::from_nseconds(dts.unwrap_or(rel)));
+                    gst::PadProbeReturn::Ok
+                }
+                _ => gst::PadProbeReturn::Ok,
             }
         });
         // The end: EOS reaching the file.
@@ -238,20 +265,34 @@ impl Recording {
         });
 
         let feed = video.attach_encoded(format.codec(), &bin).map_err(gst_err)?;
-        // Audio buffers are stamped with the room's running time like the video; offset both so
-        // the file starts at 0.
-        if let (Some(rt), Some(p)) = (video.running_time(), audio_src.static_pad("src")) {
-            p.set_offset(-(rt.nseconds() as i64));
-        }
         let mut rx = audio.subscribe();
-        let src = audio_src.clone();
+        let (src, v) = (audio_src.clone(), video.clone());
+        let codec = format.codec();
         let audio_task = tokio::spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
+            // Until the first keyframe, ask for one every half second (a request made while the
+            // encoder was starting can be lost).
+            let mut last_request = Instant::now();
             loop {
                 match rx.recv().await {
                     Ok(f) if !f.shared.is_empty() => {
+                        let start = base.load(Ordering::Acquire);
+                        if start == u64::MAX {
+                            if last_request.elapsed() > Duration::from_millis(500) {
+                                v.request_keyframe(codec);
+                                last_request = Instant::now();
+                            }
+                            continue;
+                        }
+                        // Mixed now: stamped with the room's running time, like composite frames.
+                        let Some(now) = v.running_time() else { continue };
+                        let Some(rel) = now.nseconds().checked_sub(start) else { continue };
                         let mut b = gst::Buffer::from_slice(f.shared.clone());
-                        b.get_mut().unwrap().set_duration(gst::ClockTime::from_mseconds(20));
+                        {
+                            let b = b.get_mut().unwrap();
+                            b.set_pts(gst::ClockTime::from_nseconds(rel));
+                            b.set_duration(gst::ClockTime::from_mseconds(20));
+                        }
                         if src.push_buffer(b).is_err() {
                             break;
                         }

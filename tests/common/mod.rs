@@ -81,3 +81,8 @@ pub async fn http_auth(method: &str, url: String, content_type: Option<&str>, bo
 pub async fn put_json(addr: SocketAddr, path: &str, body: serde_json::Value) -> Resp {
     http("PUT", format!("http://{addr}{path}"), Some("application/json"), body.to_string().into_bytes()).await
 }
+
+/// `GET url`; `Some(status)` when the server answered.
+pub async fn http_ok(url: &str) -> Option<u16> {
+    tessera::loadgen::http("GET", url, None, vec![]).await.ok().map(|r| r.status)
+}
