@@ -20,6 +20,8 @@ enum Command {
     Loadgen(tessera::loadgen::cli::LoadgenArgs),
     /// Print an access token (HS256 JWT) signed with the server's secret.
     Token(TokenArgs),
+    /// Record a room of a running server until Ctrl-C, with a progress line.
+    Record(tessera::outputs::cli::RecordArgs),
 }
 
 #[derive(clap::Args)]
@@ -81,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Loadgen(args) => tessera::loadgen::cli::run(args).await,
+        Command::Record(args) => tessera::outputs::cli::run(args).await,
         Command::Token(t) => {
             let auth = tessera::signaling::auth::Auth::new(Some(&t.api_secret));
             let grants = tessera::signaling::auth::Grants { publish: !t.no_publish, subscribe: !t.no_subscribe, admin: t.admin };
