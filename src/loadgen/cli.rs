@@ -32,6 +32,13 @@ pub struct LoadgenArgs {
     /// Publishers do not decode what they receive (only viewers do); halves the client's CPU.
     #[arg(long)]
     pub publishers_send_only: bool,
+    /// Viewers only count frames and packets instead of decoding (so many viewers cost the load
+    /// generator little).
+    #[arg(long)]
+    pub viewers_count_only: bool,
+    /// Start a recording in this format (`webm`, `mkv`, `mp4`) once everyone joined.
+    #[arg(long)]
+    pub record: Option<String>,
     /// Access token for a server with `--api-secret` (needs publish and subscribe grants).
     #[arg(long, env = "TESSERA_TOKEN")]
     pub token: Option<String>,
@@ -66,7 +73,19 @@ pub async fn run(a: LoadgenArgs) -> anyhow::Result<()> {
         let mut o = PeerOpts::viewer(&format!("viewer{i}"));
         o.via = Via::Whep;
         o.token = a.token.clone();
+        o.decode = !a.viewers_count_only;
         peers.push(Peer::join(&a.url, &a.room, o, false).await?);
+    }
+    if let Some(format) = &a.record {
+        let r = super::http_auth(
+            "POST",
+            &format!("{}/v1/rooms/{}/recordings", a.url, a.room),
+            Some("application/json"),
+            serde_json::json!({ "format": format }).to_string().into_bytes(),
+            a.token.as_deref(),
+        )
+        .await?;
+        anyhow::ensure!(r.status == 201, "recording refused: HTTP {}: {}", r.status, r.body.trim());
     }
     let start: Vec<ReceiveStats> = peers.iter().map(|p| p.stats()).collect();
     tokio::time::sleep(Duration::from_secs(a.duration)).await;

@@ -161,6 +161,8 @@ pub struct PeerOpts {
     pub token: Option<String>,
     /// `camera` (default) or `screen`: joins with `?source=`.
     pub source: Option<&'static str>,
+    /// Decode what it receives (default); `false` only counts frames and packets.
+    pub decode: bool,
     /// Receives the composite and the mix.
     pub receive: bool,
     /// Video codecs offered (MIME types); the default offers VP8 and H264.
@@ -187,6 +189,7 @@ impl PeerOpts {
             data_channel: false,
             token: None,
             source: None,
+            decode: true,
         }
     }
 
@@ -204,6 +207,7 @@ impl PeerOpts {
             data_channel: false,
             token: None,
             source: None,
+            decode: true,
         }
     }
 }
@@ -236,8 +240,26 @@ struct Received {
     video_codec: Mutex<Option<String>>,
     /// JSON messages received on the data channel.
     events: Mutex<Vec<serde_json::Value>>,
+    /// Count frames (RTP marker bits) and audio packets without decoding (cheap load viewers).
+    count_only: bool,
     /// Keep decoded RGB (tests); load runs only count frames.
     keep_pixels: bool,
+}
+
+impl Received {
+    /// Counts one composite frame, its gap from the previous one, and the first one's time.
+    fn note_frame(&self) {
+        let now = Instant::now();
+        if let Some(last) = self.last_frame_at.lock().unwrap().replace(now) {
+            let gap = now.duration_since(last);
+            self.max_gap_ms.fetch_max(gap.as_millis() as u64, Ordering::Relaxed);
+            if gap > FREEZE {
+                self.freezes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.first_frame_at.lock().unwrap().get_or_insert(now);
+        self.frames.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// A WebRTC peer joined to a Tessera room.
@@ -293,6 +315,14 @@ impl PeerConnectionEventHandler for Handler {
             let mut src: Option<gst_app::AppSrc> = None;
             while let Some(ev) = track.poll().await {
                 let TrackRemoteEvent::OnRtpPacket(pkt) = ev else { continue };
+                if received.count_only {
+                    if kind == RtpCodecKind::Audio {
+                        received.audio_samples.fetch_add(960, Ordering::Relaxed);
+                    } else if pkt.header.marker {
+                        received.note_frame();
+                    }
+                    continue;
+                }
                 if src.is_none() {
                     match decode_pipeline(kind, &mime, pkt.header.payload_type, received.clone(), tick.clone()) {
                         Ok((p, s)) => {
@@ -357,15 +387,7 @@ fn decode_pipeline(
                     }
                     received.audio_samples.fetch_add(map.len() as u64 / 2, Ordering::Relaxed);
                 } else {
-                    let now = Instant::now();
-                    if let Some(last) = received.last_frame_at.lock().unwrap().replace(now) {
-                        let gap = now.duration_since(last);
-                        received.max_gap_ms.fetch_max(gap.as_millis() as u64, Ordering::Relaxed);
-                        if gap > FREEZE {
-                            received.freezes.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    received.first_frame_at.lock().unwrap().get_or_insert(now);
+                    received.note_frame();
                     if received.keep_pixels {
                         let caps = sample.caps().ok_or(gst::FlowError::Error)?;
                         let info = gstreamer_video::VideoInfo::from_caps(caps).map_err(|_| gst::FlowError::Error)?;
@@ -377,7 +399,6 @@ fn decode_pipeline(
                         }
                         *received.frame.lock().unwrap() = Some(Frame { width: w, height: h, rgb: Arc::new(rgb) });
                     }
-                    received.frames.fetch_add(1, Ordering::Relaxed);
                 }
                 tick.send_modify(|t| *t += 1);
                 Ok(gst::FlowSuccess::Ok)
@@ -493,7 +514,7 @@ impl Peer {
         let (gather_tx, mut gather_rx) = mpsc::channel(1);
         let (state_tx, mut state_rx) = watch::channel(RTCPeerConnectionState::New);
         let (tick_tx, tick) = watch::channel(0u64);
-        let received = Arc::new(Received { keep_pixels, ..Default::default() });
+        let received = Arc::new(Received { keep_pixels, count_only: !opts.decode, ..Default::default() });
         let pipelines = Arc::new(Mutex::new(vec![]));
         let handler_tick = Arc::new(tick_tx);
         let handler = Arc::new(Handler { gather_tx, state_tx, received: received.clone(), tick_tx: handler_tick.clone(), pipelines: pipelines.clone() });
