@@ -3,4 +3,5 @@
 //! when the container takes the room's codec.
 
 pub mod cli;
+pub mod egress;
 pub mod recording;

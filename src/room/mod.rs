@@ -28,6 +28,7 @@ use crate::media::audio::{AudioError, AudioMixer};
 use crate::media::compositor::{OutputFormat, RoomVideo, VideoError, VideoInput};
 use crate::media::fanout::{RtpRewriter, VideoCodec};
 use crate::media::ingest::VideoIngest;
+use crate::outputs::egress::{Egress, EgressError, EgressInfo};
 use crate::outputs::recording::{Format, Recording, RecordingError, RecordingInfo};
 use crate::pipelines::Backends;
 use crate::transport::{RemoteKind, RemoteTrack, Session, SessionEvents, SessionPlan, Transport, TransportError};
@@ -159,6 +160,9 @@ pub enum RoomError {
     /// No such recording.
     #[error("recording {0:?} not found")]
     NoRecording(String),
+    /// An egress could not start.
+    #[error(transparent)]
+    Egress(#[from] EgressError),
 }
 
 /// What every room shares: transport settings and media defaults.
@@ -344,6 +348,7 @@ pub struct Room {
     /// PLIs sent and keyframe requests received by participants who left (totals stay monotonic).
     departed: (AtomicU64, AtomicU64),
     recordings: Mutex<Vec<Arc<Recording>>>,
+    egresses: Mutex<Vec<Arc<Egress>>>,
 }
 
 struct Participant {
@@ -490,6 +495,7 @@ impl Room {
             created: Instant::now(),
             departed: Default::default(),
             recordings: Mutex::new(vec![]),
+            egresses: Mutex::new(vec![]),
         });
         let _ = slot.set(Arc::downgrade(&room));
         Ok(room)
@@ -620,8 +626,50 @@ impl Room {
         Ok(info)
     }
 
-    /// Finalizes every running recording (room end, server shutdown).
+    /// Starts streaming the composite and the full mix to `url` (`rtmp://`, `rtmps://`,
+    /// `srt://`) or into the HLS folder `hls` under `--recordings-dir`.
+    ///
+    /// # Errors
+    /// [`RoomError::Egress`] for a bad target or when the room's H.264 encode cannot be tapped.
+    pub fn start_egress(self: &Arc<Self>, url: Option<&str>, hls: Option<&str>) -> Result<EgressInfo, RoomError> {
+        let target = crate::outputs::egress::target(url, hls, &self.deps.recordings_dir)?;
+        let id = format!("eg{}", self.new_id().trim_start_matches('p'));
+        let (w, i) = (Arc::downgrade(self), id.clone());
+        let on_state: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |state: &str| {
+            if let Some(room) = w.upgrade() {
+                room.emit(RoomEvent::RecordingState { ts: now_ms(), id: i.clone(), state: state.into() });
+            }
+        });
+        let e = Egress::start(&id, target, &self.video, &self.audio, on_state)?;
+        let info = e.info();
+        self.egresses.lock().unwrap().push(e);
+        Ok(info)
+    }
+
+    /// Stops egress `id`.
+    ///
+    /// # Errors
+    /// [`RoomError::NoRecording`] for an unknown id.
+    pub async fn stop_egress(&self, id: &str) -> Result<EgressInfo, RoomError> {
+        let e = {
+            let mut v = self.egresses.lock().unwrap();
+            let i = v.iter().position(|e| e.id() == id).ok_or_else(|| RoomError::NoRecording(id.into()))?;
+            v.remove(i)
+        };
+        Ok(e.stop().await)
+    }
+
+    /// Every running egress.
+    pub fn egresses(&self) -> Vec<EgressInfo> {
+        self.egresses.lock().unwrap().iter().map(|e| e.info()).collect()
+    }
+
+    /// Finalizes every running recording and stops every egress (room end, server shutdown).
     pub async fn stop_recordings(&self) {
+        let egress: Vec<Arc<Egress>> = self.egresses.lock().unwrap().drain(..).collect();
+        for e in egress {
+            e.stop().await;
+        }
         let running: Vec<String> =
             self.recordings.lock().unwrap().iter().filter(|r| r.is_recording()).map(|r| r.id().to_string()).collect();
         for id in running {

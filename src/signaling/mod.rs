@@ -74,6 +74,7 @@ impl IntoResponse for ApiError {
             ApiError::Room(RoomError::Invalid(_)) => StatusCode::BAD_REQUEST,
             ApiError::Room(RoomError::NoParticipant(_) | RoomError::NoRecording(_)) => StatusCode::NOT_FOUND,
             ApiError::Room(RoomError::Recording(crate::outputs::recording::RecordingError::BadName(_))) => StatusCode::BAD_REQUEST,
+            ApiError::Room(RoomError::Egress(crate::outputs::egress::EgressError::BadTarget(_))) => StatusCode::BAD_REQUEST,
             ApiError::Room(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
@@ -133,6 +134,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/rooms/{room}/recordings", post(start_recording).get(list_recordings))
         .route("/v1/rooms/{room}/recordings/{id}", get(get_recording).delete(stop_recording))
         .route("/v1/rooms/{room}/recordings/{id}/file", get(recording_file))
+        .route("/v1/rooms/{room}/egress", post(start_egress).get(list_egress))
+        .route("/v1/rooms/{room}/egress/{id}", axum::routing::delete(stop_egress))
         .route("/whip/{room}", post(join_whip).options(sdp_options))
         .route("/whep/{room}", post(join_whep).options(sdp_options))
         .route("/", get(|| asset("index.html".to_string())))
@@ -318,6 +321,33 @@ async fn recording_file(
     let serve = tower_http::services::ServeFile::new(rec.path());
     let resp = tower::ServiceExt::oneshot(serve, req).await.unwrap_or_else(|e| match e {});
     Ok(resp.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EgressBody {
+    url: Option<String>,
+    hls: Option<String>,
+}
+
+async fn start_egress(State(st): State<AppState>, Path(room): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    st.auth.check(&headers, Some(&room), Need::Admin)?;
+    let r = room_of(&st, &room)?;
+    let b: EgressBody = json_body(&headers, &body)?;
+    let info = r.start_egress(b.url.as_deref(), b.hls.as_deref())?;
+    let location = format!("/v1/rooms/{room}/egress/{}", info.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, HeaderValue::from_str(&location).expect("ascii"))], axum::Json(info)).into_response())
+}
+
+async fn list_egress(State(st): State<AppState>, Path(room): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+    st.auth.check(&headers, Some(&room), Need::Admin)?;
+    Ok(axum::Json(serde_json::json!({ "egress": room_of(&st, &room)?.egresses() })).into_response())
+}
+
+async fn stop_egress(State(st): State<AppState>, Path((room, id)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+    st.auth.check(&headers, Some(&room), Need::Admin)?;
+    let info = room_of(&st, &room)?.stop_egress(&id).await?;
+    Ok(axum::Json(info).into_response())
 }
 
 #[derive(Deserialize)]

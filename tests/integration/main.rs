@@ -7,6 +7,7 @@ mod common;
 
 mod bad_input;
 mod crash;
+mod egress;
 mod events;
 mod browser;
 mod join_grid;
