@@ -105,10 +105,18 @@ available() { # available PKG: apt has an installation candidate for PKG
 
 # --- System packages --------------------------------------------------------------------------
 
+# The egress tests stream to a local RTMP server (nginx with its RTMP module).
+TEST_PACKAGES=(nginx libnginx-mod-rtmp)
+
 missing=()
 for p in "${BASE_PACKAGES[@]}"; do
   installed "$p" || missing+=("$p")
 done
+if [[ $want_test -eq 1 ]]; then
+  for p in "${TEST_PACKAGES[@]}"; do
+    installed "$p" || missing+=("$p")
+  done
+fi
 
 # The browser test needs a Chromium and a matching chromedriver. Debian: chromium +
 # chromium-driver. Ubuntu: `chromium` if some archive has it, else chromium-browser /
@@ -135,6 +143,7 @@ else
   to_install=("${missing[@]}")
   if [[ $force_update -eq 1 ]]; then
     to_install=("${BASE_PACKAGES[@]}")
+    [[ $want_test -eq 1 ]] && to_install+=("${TEST_PACKAGES[@]}")
   fi
   if [[ ${#to_install[@]} -gt 0 ]]; then
     log "installing: ${to_install[*]}"

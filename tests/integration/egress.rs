@@ -89,3 +89,117 @@ async fn hls_egress_writes_a_playlist_and_segments() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["state"], "stopped");
 }
+
+/// An nginx with the RTMP module on a free loopback port, stopped on drop.
+struct Nginx {
+    child: std::process::Child,
+}
+
+impl Nginx {
+    fn start(dir: PathBuf, port: u16) -> Nginx {
+        std::fs::create_dir_all(&dir).unwrap();
+        let module = ["/usr/lib/nginx/modules/ngx_rtmp_module.so", "/usr/share/nginx/modules/ngx_rtmp_module.so"]
+            .into_iter()
+            .find(|m| std::path::Path::new(m).exists())
+            .expect("nginx RTMP module missing: apt-get install nginx libnginx-mod-rtmp (scripts/setup.sh --test)");
+        let conf = format!(
+            "load_module {module};\ndaemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+             events {{ worker_connections 64; }}\nrtmp {{ server {{ listen 127.0.0.1:{port}; application live {{ live on; record off; wait_key on; wait_video on; }} }} }}\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = std::process::Command::new("nginx")
+            .args(["-p", dir.to_str().unwrap(), "-c", dir.join("nginx.conf").to_str().unwrap()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx (apt-get install nginx libnginx-mod-rtmp)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nginx { child }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Plays `url` and returns the first decoded frame that satisfies `want` (or the last one seen
+/// within 15 s).
+fn play_rtmp(url: &str, want: impl Fn(&common::Frame) -> bool) -> Option<common::Frame> {
+    let desc = format!(
+        "rtmp2src location=\"{url}\" timeout=10 ! flvdemux name=d d.video ! queue ! h264parse ! avdec_h264 ! videoconvert ! video/x-raw,format=RGB ! appsink name=s sync=false"
+    );
+    let p = gst::parse::launch(&desc).ok()?.downcast::<gst::Pipeline>().ok()?;
+    let s = p.by_name("s")?.downcast::<gstreamer_app::AppSink>().ok()?;
+    p.set_state(gst::State::Playing).ok()?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut frame = None;
+    while Instant::now() < deadline {
+        let Some(sample) = s.try_pull_sample(gst::ClockTime::from_seconds(5)) else { break };
+        let info = gstreamer_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();
+        let map = sample.buffer().unwrap().map_readable().unwrap();
+        let (w, h, stride) = (info.width(), info.height(), info.stride()[0] as usize);
+        let mut rgb = vec![];
+        for row in 0..h as usize {
+            rgb.extend_from_slice(&map[row * stride..row * stride + w as usize * 3]);
+        }
+        let f = common::Frame { width: w, height: h, rgb: std::sync::Arc::new(rgb) };
+        let done = want(&f);
+        frame = Some(f);
+        if done {
+            break;
+        }
+    }
+    let _ = p.set_state(gst::State::Null);
+    frame
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmp_egress_is_received_and_reconnects() {
+    let _serial = common::serial();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nginx-rtmp");
+    let nginx = Nginx::start(dir.clone(), port);
+    let srv = common::server().await;
+    let a = srv.addr;
+    let mut o = PeerOpts::publisher("green", (40, 200, 60), 600.0);
+    o.receive = false;
+    o.data_channel = true;
+    let green = common::join(a, "rtmp", o).await;
+    let rtmp = format!("rtmp://127.0.0.1:{port}/live/room");
+    let r = common::http("POST", format!("http://{a}/v1/rooms/rtmp/egress"), Some("application/json"), json!({"url": rtmp}).to_string().into_bytes()).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["id"].as_str().unwrap().to_string();
+    let url = rtmp.clone();
+    let green_centre = |f: &common::Frame| close(f.colour_at(640, 360, 40), (40, 200, 60), 50);
+    let f = tokio::task::spawn_blocking(move || play_rtmp(&url, green_centre)).await.unwrap().expect("the RTMP stream decodes");
+    common::save(&f, "egress-rtmp");
+    assert_eq!((f.width, f.height), (1280, 720));
+    assert!(close(f.colour_at(640, 360, 40), (40, 200, 60), 50), "centre {:?}", f.colour_at(640, 360, 40));
+
+    // The far end drops: the egress says so and comes back when the server does.
+    drop(nginx);
+    green
+        .wait_event(Duration::from_secs(15), |e| e["type"] == "recording_state" && e["id"] == id.as_str() && e["state"] == "reconnecting")
+        .await
+        .expect("reconnecting event");
+    let _nginx = Nginx::start(dir, port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list: serde_json::Value = serde_json::from_str(&common::http("GET", format!("http://{a}/v1/rooms/rtmp/egress"), None, vec![]).await.body).unwrap();
+        if list["egress"][0]["state"] == "streaming" && list["egress"][0]["connects"].as_u64().unwrap() >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not reconnected: {list}");
+        green.wait_event(Duration::from_secs(2), |e| e["type"] == "recording_state" && e["state"] == "streaming" && e["ts"].as_u64() > Some(0)).await;
+    }
+    let url = rtmp.clone();
+    let f = tokio::task::spawn_blocking(move || play_rtmp(&url, green_centre)).await.unwrap().expect("the RTMP stream decodes after reconnecting");
+    assert!(close(f.colour_at(640, 360, 40), (40, 200, 60), 50));
+}
