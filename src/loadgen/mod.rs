@@ -142,6 +142,55 @@ pub enum VideoSource {
     Colour(Rgb),
     /// A VP8 WebM file replayed in real time and looped (no encode: cheap for the client).
     File(PathBuf),
+    /// A sync marker: white for the first [`FLASH_MS`] of every second, black otherwise, and the
+    /// audio (whatever `tone_hz`) a 3 kHz beep exactly then, silence otherwise — both from one
+    /// clock, so a receiver or a recording can measure audio/video skew.
+    Flash,
+}
+
+/// Length of the [`VideoSource::Flash`] flash and beep, ms (every 1000 ms).
+pub const FLASH_MS: u64 = 200;
+/// Frequency of the [`VideoSource::Flash`] beep, Hz.
+pub const FLASH_HZ: f64 = 3000.0;
+
+/// Starts the flash generator of the pipeline published last (its `appsrc name=gen`).
+fn start_generator(pipelines: &Arc<Mutex<Vec<gst::Pipeline>>>, video: bool, start: Instant) {
+    let src = pipelines.lock().unwrap().last().and_then(|p| p.by_name("gen")).and_then(|e| e.downcast::<gst_app::AppSrc>().ok());
+    if let Some(src) = src {
+        spawn_flash(src, video, start);
+    }
+}
+
+/// Pushes flash frames (`video`) or beeps into `src` in real time from `start` until the
+/// pipeline stops.
+fn spawn_flash(src: gst_app::AppSrc, video: bool, start: Instant) {
+    let _ = std::thread::Builder::new().name("flash".into()).spawn(move || {
+        let period = if video { Duration::from_nanos(1_000_000_000 / 30) } else { Duration::from_millis(20) };
+        let on = |t: Duration| (t.as_millis() as u64 % 1000) < FLASH_MS;
+        for n in 0u64.. {
+            let t = period * n as u32;
+            if let Some(wait) = (start + t).checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let data = if video {
+                let (w, h) = (640usize, 360usize);
+                let mut f = vec![128u8; w * h * 3 / 2];
+                f[..w * h].fill(if on(t) { 235 } else { 16 });
+                f
+            } else {
+                (0..960u64)
+                    .flat_map(|i| {
+                        let ts = t + Duration::from_nanos(i * 1_000_000_000 / 48000);
+                        let v = if on(ts) { (0.5 * 32767.0 * (2.0 * std::f64::consts::PI * FLASH_HZ * ts.as_secs_f64()).sin()) as i16 } else { 0 };
+                        v.to_le_bytes()
+                    })
+                    .collect()
+            };
+            if src.push_buffer(gst::Buffer::from_slice(data)).is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// What a peer does.
@@ -321,6 +370,7 @@ impl PeerConnectionEventHandler for Handler {
                     } else if pkt.header.marker {
                         received.note_frame();
                     }
+                    tick.send_modify(|t| *t += 1);
                     continue;
                 }
                 if src.is_none() {
@@ -626,12 +676,28 @@ impl Peer {
                     }
                 ),
                 VideoSource::File(path) => format!("filesrc location=\"{}\" ! matroskademux", path.display()),
+                VideoSource::Flash => "appsrc name=gen is-live=true do-timestamp=true format=time \
+                     caps=video/x-raw,format=I420,width=640,height=360,framerate=30/1 \
+                     ! vp8enc name=enc deadline=1 cpu-used=8 end-usage=cbr target-bitrate=300000 threads=1 keyframe-max-dist=30"
+                    .to_string(),
                 VideoSource::None => unreachable!(),
             };
-            let desc = format!("{src} ! rtpvp8pay pt=96 ssrc={video_ssrc} mtu=1200 picture-id-mode=15-bit ! appsink name=sink sync=true");
+            let sync = opts.video != VideoSource::Flash;
+            let desc = format!("{src} ! rtpvp8pay pt=96 ssrc={video_ssrc} mtu=1200 picture-id-mode=15-bit ! appsink name=sink sync={sync}");
             publish(&desc, t, &pipelines)?;
         }
-        if let (Some(t), Some(f)) = (audio_track, opts.tone_hz) {
+        let flash_start = Instant::now() + Duration::from_millis(50);
+        if opts.video == VideoSource::Flash {
+            start_generator(&pipelines, true, flash_start);
+        }
+        if let (Some(t), true) = (&audio_track, opts.video == VideoSource::Flash) {
+            let desc = format!(
+                "appsrc name=gen is-live=true do-timestamp=true format=time caps=audio/x-raw,format=S16LE,rate=48000,channels=1,layout=interleaved \
+                 ! opusenc bitrate=48000 frame-size=20 ! rtpopuspay pt=111 ssrc={audio_ssrc} ! appsink name=sink sync=false"
+            );
+            publish(&desc, t.clone(), &pipelines)?;
+            start_generator(&pipelines, false, flash_start);
+        } else if let (Some(t), Some(f)) = (audio_track, opts.tone_hz) {
             let desc = format!(
                 "audiotestsrc is-live=true wave=sine freq={f} volume={} ! audio/x-raw,rate=48000,channels=1 \
                  ! opusenc bitrate=48000 frame-size=20 ! rtpopuspay pt=111 ssrc={audio_ssrc} ! appsink name=sink sync=false",

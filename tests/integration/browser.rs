@@ -1,7 +1,10 @@
 //! End to end in a real browser: two headless Chromium pages (one WebDriver session, two tabs)
 //! join one room through the embedded web client (`/?room=..&name=..&autojoin=1`, fake camera and
 //! microphone) and each decodes the 1280x720 composite and receives the audio mix, as reported
-//! by the page's own `window.tessera.stats` (from `getStats`).
+//! by the page's own `window.tessera.stats` (from `getStats`). Then, over the room-events data
+//! channel, a chat message from alice reaches both pages (`window.tessera.chat`), and alice's
+//! switch to the speaker layout (`window.tessera.setLayout`, a `PUT …/layout`) reaches both pages
+//! as a `layout_changed` event and shows in the room JSON.
 //!
 //! Chromium is driven through chromedriver's W3C WebDriver HTTP API with the blocking `ureq`
 //! client (on blocking threads). `chromium` and `chromium-driver` must be installed: the test
@@ -273,6 +276,71 @@ const tick = () => {
 tick();
 "#;
 
+/// Waits (in the page) for the room-events data channel to open, then sends a chat message with
+/// `window.tessera.sendChat`. Returns `{sent, dc, state}`.
+const SEND_CHAT: &str = r#"
+const [text, waitMs, done] = arguments;
+const deadline = Date.now() + waitMs;
+const tick = () => {
+  const t = window.tessera || {};
+  const dc = t.dc ? t.dc.readyState : null;
+  if (dc === 'open') { done({ sent: t.sendChat(text), dc, state: t.state }); return; }
+  if (Date.now() >= deadline || t.state === 'error') { done({ sent: false, dc, state: t.state || null }); return; }
+  setTimeout(tick, 50);
+};
+tick();
+"#;
+
+/// Waits (in the page) until `window.tessera.chat` holds a message `text` from `from` and the chat
+/// panel shows it. Returns `{ok, chat, log, events, dc, state}`.
+const WAIT_CHAT: &str = r#"
+const [text, from, waitMs, done] = arguments;
+const deadline = Date.now() + waitMs;
+const tick = () => {
+  const t = window.tessera || {};
+  const chat = Array.isArray(t.chat) ? t.chat : [];
+  const got = chat.some((c) => c && c.type === 'chat' && c.text === text && c.from && c.from.name === from);
+  const log = (document.getElementById('chatlog') || {}).textContent || '';
+  const ok = got && log.includes(text);
+  if (ok || Date.now() >= deadline || t.state === 'error') {
+    done({ ok, chat, log, events: (t.events || []).map((e) => e.type), dc: t.dc ? t.dc.readyState : null, state: t.state || null });
+    return;
+  }
+  setTimeout(tick, 50);
+};
+tick();
+"#;
+
+/// Calls `window.tessera.setLayout(layout)` and returns `{status, notice}`.
+const SET_LAYOUT: &str = r#"
+const [layout, done] = arguments;
+window.tessera.setLayout(layout).then(
+  (status) => done({ status, notice: document.getElementById('notice').textContent }),
+  (e) => done({ status: null, notice: 'setLayout threw: ' + e }));
+"#;
+
+/// Waits (in the page) until a `layout_changed` event to `name` has arrived, `window.tessera.layout`
+/// is `name`, and the participant list names everyone in `names`, marking `me` as "(you)".
+/// Returns `{ok, layout, changed, participants, events, state}`.
+const WAIT_LAYOUT: &str = r#"
+const [name, me, names, waitMs, done] = arguments;
+const deadline = Date.now() + waitMs;
+const tick = () => {
+  const t = window.tessera || {};
+  const changed = (t.events || []).some((e) => e.type === 'layout_changed' && e.layout && e.layout.layout === name);
+  const participants = Array.from(document.querySelectorAll('#participants li')).map((li) => li.innerText.replace(/\s+/g, ' ').trim());
+  const listed = names.every((n) => participants.some((p) => p.startsWith(n === me ? n + ' (you)' : n + ' ')));
+  const ok = changed && !!t.layout && t.layout.layout === name && listed;
+  if (ok || Date.now() >= deadline || t.state === 'error') {
+    done({ ok, layout: t.layout || null, changed, participants, speaker: t.speaker || null,
+           events: (t.events || []).map((e) => e.type), state: t.state || null });
+    return;
+  }
+  setTimeout(tick, 50);
+};
+tick();
+"#;
+
 /// A page (tab) in the session.
 struct Page {
     name: &'static str,
@@ -318,6 +386,24 @@ async fn wait_stats(d: &Driver, srv: SocketAddr, page: &Page, after: u64, rise: 
         );
     }
     r["stats"].clone()
+}
+
+/// Runs `script` (an async script whose result has `ok`) on `page`; on `ok != true` panics with
+/// the result, a screenshot and the page's console.
+async fn page_check(d: &Driver, page: &Page, script: &str, args: Value, what: &str) -> Value {
+    d.switch_to(&page.handle).await;
+    let t = Instant::now();
+    let r = d.execute_async(script, args).await;
+    eprintln!("{}: {what} after {:?}", page.name, t.elapsed());
+    if r["ok"] != true {
+        let shot = format!("{}/browser-{}-failed.png", env!("CARGO_TARGET_TMPDIR"), page.name);
+        let shot = match d.screenshot(&shot).await {
+            Ok(()) => shot,
+            Err(e) => format!("(none: {e})"),
+        };
+        panic!("{}: {what}: not reached after {:?}: {r}\n  screenshot: {shot}\n  console:\n{}", page.name, t.elapsed(), d.console().await);
+    }
+    r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,6 +457,36 @@ async fn two_chromium_pages_decode_the_composite_and_hear_the_mix() {
         assert!(p["publishes"]["video"] == true && p["publishes"]["audio"] == true, "{} does not publish both: {room}", p["name"]);
     }
     assert_eq!((room["output"]["width"].as_u64(), room["output"]["height"].as_u64()), (Some(1280), Some(720)), "{room}");
+
+    // Chat over the room-events data channel: alice sends, bob (and alice, the sender) receive it.
+    const HELLO: &str = "hello from alice";
+    d.switch_to(&pages[0].handle).await;
+    let r = d.execute_async(SEND_CHAT, json!([HELLO, PAGE_WAIT_MS])).await;
+    assert!(r["sent"] == true, "alice: sendChat: {r}\n  console:\n{}", d.console().await);
+    for p in pages.iter().rev() {
+        page_check(&d, p, WAIT_CHAT, json!([HELLO, "alice", PAGE_WAIT_MS]), "chat from alice received").await;
+    }
+
+    // Alice switches the layout to speaker through the page; both pages get `layout_changed`.
+    d.switch_to(&pages[0].handle).await;
+    let r = d.execute_async(SET_LAYOUT, json!([{ "layout": "speaker" }])).await;
+    assert_eq!(r["status"], 200, "alice: setLayout(speaker): {r}");
+    for p in &pages {
+        let r = page_check(&d, p, WAIT_LAYOUT, json!(["speaker", p.name, ["alice", "bob"], PAGE_WAIT_MS]), "layout_changed to speaker").await;
+        eprintln!("{}: participants {}", p.name, r["participants"]);
+    }
+    let room = common::room_json(srv.addr, ROOM).await;
+    assert_eq!(room["layout"]["layout"], "speaker", "room JSON after the layout switch: {room}");
+
+    // Screenshots once each page has decoded a second of the new layout.
+    for p in &pages {
+        d.switch_to(&p.handle).await;
+        let frames = d.execute_async("arguments[0](window.tessera.stats.framesDecoded)", json!([])).await.as_u64().unwrap_or(0);
+        wait_stats(&d, srv.addr, p, frames, 30, 0, "decoding after the layout switch").await;
+        let shot = format!("{}/browser-{}-speaker.png", env!("CARGO_TARGET_TMPDIR"), p.name);
+        d.screenshot(&shot).await.unwrap_or_else(|e| panic!("{}: screenshot: {e}", p.name));
+        eprintln!("{}: screenshot {shot}", p.name);
+    }
 
     // Both leave through the page (DELETE of their participant resource) and the room empties.
     for p in &pages {

@@ -137,3 +137,77 @@ async fn an_mp4_recording_holds_the_grid_and_the_mix() {
     let _ = std::fs::remove_dir_all(&dir);
     record(dir, "mp4").await;
 }
+
+/// Onsets (ms) of a signal sampled as `(time_ms, on)` pairs: times where it turns on.
+fn onsets(samples: &[(f64, bool)]) -> Vec<f64> {
+    samples.windows(2).filter(|w| !w[0].1 && w[1].1).map(|w| w[1].0).collect()
+}
+
+/// Every frame's (ms, bright centre) and every 5 ms audio window's (ms, beep on) of a file.
+fn flash_timeline(path: &Path) -> (Vec<(f64, bool)>, Vec<(f64, bool)>) {
+    let run = |kind: &str, tail: &str| {
+        let desc = format!("filesrc location=\"{}\" ! decodebin caps={kind}/x-raw ! {tail} ! appsink name=s sync=false", path.display());
+        let p = gst::parse::launch(&desc).unwrap().downcast::<gst::Pipeline>().unwrap();
+        let s = p.by_name("s").unwrap().downcast::<gstreamer_app::AppSink>().unwrap();
+        p.set_state(gst::State::Playing).unwrap();
+        let mut out = vec![];
+        while let Some(sample) = s.try_pull_sample(gst::ClockTime::from_seconds(5)) {
+            let buf = sample.buffer().unwrap();
+            let pts = buf.pts().unwrap().nseconds() as f64 / 1e6;
+            out.push((pts, buf.map_readable().unwrap().to_vec()));
+        }
+        p.set_state(gst::State::Null).unwrap();
+        out
+    };
+    // Video as 1280x720 GRAY8: the centre's brightness.
+    let video = run("video", "videoconvert ! videoscale ! video/x-raw,format=GRAY8,width=64,height=36")
+        .into_iter()
+        .map(|(t, d)| (t, d[18 * 64 + 32] > 128))
+        .collect();
+    let mut audio = vec![];
+    for (t, d) in run("audio", "audioconvert ! audioresample ! audio/x-raw,format=S16LE,rate=48000,channels=1") {
+        let s: Vec<i16> = d.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
+        for (i, w) in s.chunks(240).enumerate() {
+            audio.push((t + i as f64 * 5.0, tone_db(w, tessera::loadgen::FLASH_HZ) > -30.0));
+        }
+    }
+    (video, audio)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_keeps_audio_and_video_in_sync() {
+    let _serial = common::serial();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("recordings-sync");
+    let _ = std::fs::remove_dir_all(&dir);
+    let srv = common::server_with(Config { recordings_dir: dir, ..Config::default() }).await;
+    let a = srv.addr;
+    let mut o = PeerOpts::publisher("flash", (0, 0, 0), 0.0);
+    o.video = tessera::loadgen::VideoSource::Flash;
+    o.receive = false;
+    let _flash = common::join(a, "sync", o).await;
+    let mut viewer = PeerOpts::viewer("clock");
+    viewer.decode = false;
+    let viewer = common::join(a, "sync", viewer).await;
+    let base = format!("http://{a}/v1/rooms/sync/recordings");
+    let r = common::http("POST", base.clone(), Some("application/json"), json!({"format": "webm"}).to_string().into_bytes()).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let rec: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let id = rec["id"].as_str().unwrap();
+    // 8 s of media, counted in composite frames the viewer receives.
+    let n = viewer.frames();
+    assert!(viewer.wait_frames(n + 240, Duration::from_secs(15)).await);
+    let r = common::http("DELETE", format!("{base}/{id}"), None, vec![]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (video, audio) = flash_timeline(Path::new(rec["file"].as_str().unwrap()));
+    let (v, au) = (onsets(&video), onsets(&audio));
+    assert!(v.len() >= 5 && au.len() >= 5, "flashes {v:?} beeps {au:?}");
+    let mut skews: Vec<f64> = v
+        .iter()
+        .filter_map(|t| au.iter().map(|a| a - t).min_by(|x, y| x.abs().total_cmp(&y.abs())))
+        .filter(|s| s.abs() < 500.0)
+        .collect();
+    skews.sort_by(f64::total_cmp);
+    let median = skews[skews.len() / 2];
+    eprintln!("audio - video onset skew: median {median:.0} ms over {} flashes: {skews:?}", skews.len());
+    assert!(median.abs() <= 40.0, "audio/video skew {median:.0} ms: {skews:?}");
+}
