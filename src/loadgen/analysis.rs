@@ -23,6 +23,22 @@ impl std::fmt::Debug for Frame {
 }
 
 impl Frame {
+    /// The frame of a GStreamer sample of packed RGB (`video/x-raw,format=RGB`); `None` for any
+    /// other format.
+    pub fn from_sample(sample: &gstreamer::Sample) -> Option<Frame> {
+        let info = gstreamer_video::VideoInfo::from_caps(sample.caps()?).ok()?;
+        if info.format() != gstreamer_video::VideoFormat::Rgb {
+            return None;
+        }
+        let map = sample.buffer()?.map_readable().ok()?;
+        let (w, h, stride) = (info.width(), info.height(), info.stride()[0] as usize);
+        let mut rgb = Vec::with_capacity((w * h * 3) as usize);
+        for row in 0..h as usize {
+            rgb.extend_from_slice(map.get(row * stride..row * stride + w as usize * 3)?);
+        }
+        Some(Frame { width: w, height: h, rgb: Arc::new(rgb) })
+    }
+
     /// Mean colour of the `2r`×`2r` box centred on (`x`, `y`), clipped to the frame.
     pub fn colour_at(&self, x: u32, y: u32, r: u32) -> Rgb {
         let (mut s, mut n) = ([0u64; 3], 0u64);

@@ -439,15 +439,7 @@ fn decode_pipeline(
                 } else {
                     received.note_frame();
                     if received.keep_pixels {
-                        let caps = sample.caps().ok_or(gst::FlowError::Error)?;
-                        let info = gstreamer_video::VideoInfo::from_caps(caps).map_err(|_| gst::FlowError::Error)?;
-                        let (w, h) = (info.width(), info.height());
-                        let stride = info.stride()[0] as usize;
-                        let mut rgb = Vec::with_capacity((w * h * 3) as usize);
-                        for row in 0..h as usize {
-                            rgb.extend_from_slice(&map.as_slice()[row * stride..row * stride + w as usize * 3]);
-                        }
-                        *received.frame.lock().unwrap() = Some(Frame { width: w, height: h, rgb: Arc::new(rgb) });
+                        *received.frame.lock().unwrap() = Some(Frame::from_sample(&sample).ok_or(gst::FlowError::Error)?);
                     }
                 }
                 tick.send_modify(|t| *t += 1);

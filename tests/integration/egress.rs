@@ -34,16 +34,8 @@ fn decode_segment(path: &std::path::Path) -> common::Frame {
     let s = p.by_name("s").unwrap().downcast::<gstreamer_app::AppSink>().unwrap();
     p.set_state(gst::State::Playing).unwrap();
     let sample = s.try_pull_sample(gst::ClockTime::from_seconds(10)).expect("a frame in the segment");
-    let info = gstreamer_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();
-    let map = sample.buffer().unwrap().map_readable().unwrap();
-    let (w, h, stride) = (info.width(), info.height(), info.stride()[0] as usize);
-    let mut rgb = vec![];
-    for row in 0..h as usize {
-        rgb.extend_from_slice(&map[row * stride..row * stride + w as usize * 3]);
-    }
-    drop(map);
     p.set_state(gst::State::Null).unwrap();
-    common::Frame { width: w, height: h, rgb: std::sync::Arc::new(rgb) }
+    common::Frame::from_sample(&sample).expect("an RGB frame")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,14 +134,7 @@ fn play_rtmp(url: &str, want: impl Fn(&common::Frame) -> bool) -> Option<common:
     let mut frame = None;
     while Instant::now() < deadline {
         let Some(sample) = s.try_pull_sample(gst::ClockTime::from_seconds(5)) else { break };
-        let info = gstreamer_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();
-        let map = sample.buffer().unwrap().map_readable().unwrap();
-        let (w, h, stride) = (info.width(), info.height(), info.stride()[0] as usize);
-        let mut rgb = vec![];
-        for row in 0..h as usize {
-            rgb.extend_from_slice(&map[row * stride..row * stride + w as usize * 3]);
-        }
-        let f = common::Frame { width: w, height: h, rgb: std::sync::Arc::new(rgb) };
+        let Some(f) = common::Frame::from_sample(&sample) else { break };
         let done = want(&f);
         frame = Some(f);
         if done {

@@ -30,16 +30,8 @@ fn decode_at(path: &Path, at: Duration) -> (common::Frame, Vec<i16>) {
     let _ = p.state(gst::ClockTime::from_seconds(10));
     p.set_state(gst::State::Playing).unwrap();
     let s = v.try_pull_sample(gst::ClockTime::from_seconds(10)).expect("a video frame");
-    let info = gstreamer_video::VideoInfo::from_caps(s.caps().unwrap()).unwrap();
-    let map = s.buffer().unwrap().map_readable().unwrap();
-    let (w, h, stride) = (info.width(), info.height(), info.stride()[0] as usize);
-    let mut rgb = vec![];
-    for row in 0..h as usize {
-        rgb.extend_from_slice(&map[row * stride..row * stride + w as usize * 3]);
-    }
-    drop(map);
     p.set_state(gst::State::Null).unwrap();
-    let frame = common::Frame { width: w, height: h, rgb: std::sync::Arc::new(rgb) };
+    let frame = common::Frame::from_sample(&s).expect("an RGB frame");
     // Audio: decode from the start, keep [at, at + 1 s).
     let (p, a) = launch("audio", "audioconvert ! audioresample ! audio/x-raw,format=S16LE,rate=48000,channels=1");
     p.set_state(gst::State::Playing).unwrap();
