@@ -111,6 +111,26 @@ pub struct Egress {
     sources: Arc<Mutex<Option<(gst_app::AppSrc, gst_app::AppSrc)>>>,
 }
 
+/// Sets a pipeline to `NULL` when dropped, so an egress pipeline never outlives its supervisor
+/// (a runtime shutting down drops the task mid-await).
+struct NullOnDrop(gst::Pipeline);
+
+impl Drop for NullOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.set_state(gst::State::Null);
+    }
+}
+
+impl Drop for Egress {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        *self.sources.lock().unwrap() = None;
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
 fn gst_err(e: impl std::fmt::Display) -> EgressError {
     EgressError::Gst(e.to_string())
 }
@@ -231,6 +251,7 @@ impl Egress {
                     break;
                 };
                 let bus = p.bus().expect("pipeline bus");
+                let _null_on_drop = NullOnDrop(p.clone());
                 if p.set_state(gst::State::Playing).is_err() {
                     let _ = p.set_state(gst::State::Null);
                 } else {
