@@ -52,6 +52,8 @@ async fn hls_egress_writes_a_playlist_and_segments() {
     o.receive = false;
     o.data_channel = true;
     let blue = common::join(a, "live", o).await;
+    // Events reach a data channel from when it opened (the welcome tells the state before that).
+    blue.wait_event(Duration::from_secs(10), |e| e["type"] == "welcome").await.expect("welcome");
     let url = format!("http://{a}/v1/rooms/live/egress");
     let r = common::http("POST", url.clone(), Some("application/json"), json!({"url": "http://example.org/x"}).to_string().into_bytes()).await;
     assert_eq!(r.status, 400, "{}", r.body);
@@ -60,10 +62,12 @@ async fn hls_egress_writes_a_playlist_and_segments() {
     let r = common::http("POST", url.clone(), Some("application/json"), json!({"hls": "show"}).to_string().into_bytes()).await;
     assert_eq!(r.status, 201, "{}", r.body);
     let id = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["id"].as_str().unwrap().to_string();
+    let segs = segments(&root.join("show"), 2, Duration::from_secs(30)).await;
     let ev = blue.wait_event(Duration::from_secs(5), |e| e["type"] == "recording_state" && e["id"] == id.as_str() && e["state"] == "streaming").await;
-    assert!(ev.is_some(), "no streaming event: {:?}", blue.events());
-
-    let segs = segments(&root.join("show"), 2, Duration::from_secs(15)).await;
+    if ev.is_none() {
+        let list = common::http("GET", url.clone(), None, vec![]).await.body;
+        panic!("no streaming event: {:?}\negress: {list}", blue.events());
+    }
     if segs.len() < 2 {
         let list = common::http("GET", url.clone(), None, vec![]).await.body;
         panic!("playlist lists {} segments; egress: {list}", segs.len());
@@ -157,6 +161,7 @@ async fn rtmp_egress_is_received_and_reconnects() {
     o.receive = false;
     o.data_channel = true;
     let green = common::join(a, "rtmp", o).await;
+    green.wait_event(Duration::from_secs(10), |e| e["type"] == "welcome").await.expect("welcome");
     let rtmp = format!("rtmp://127.0.0.1:{port}/live/room");
     let r = common::http("POST", format!("http://{a}/v1/rooms/rtmp/egress"), Some("application/json"), json!({"url": rtmp}).to_string().into_bytes()).await;
     assert_eq!(r.status, 201, "{}", r.body);

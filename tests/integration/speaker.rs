@@ -15,6 +15,8 @@ async fn the_loudest_publisher_becomes_the_active_speaker() {
     let mut viewer_opts = PeerOpts::viewer("viewer");
     viewer_opts.data_channel = true;
     let viewer = common::join(a, "talk", viewer_opts).await;
+    // Events reach a data channel from when it opened.
+    viewer.wait_event(Duration::from_secs(10), |e| e["type"] == "welcome").await.expect("welcome");
     let mut quiet = PeerOpts::publisher("quiet", (40, 200, 60), 500.0);
     quiet.tone_volume = 0.05;
     quiet.receive = false;
