@@ -284,9 +284,10 @@ impl Recording {
                             }
                             continue;
                         }
-                        // Mixed now: stamped with the room's running time, like composite frames.
+                        // A mix frame sent at tick T holds the 20 ms before T: stamp its start, on the
+                        // room's running time like the composite frames.
                         let Some(now) = v.running_time() else { continue };
-                        let Some(rel) = now.nseconds().checked_sub(start) else { continue };
+                        let Some(rel) = now.nseconds().checked_sub(start + 20_000_000) else { continue };
                         let mut b = gst::Buffer::from_slice(f.shared.clone());
                         {
                             let b = b.get_mut().unwrap();
