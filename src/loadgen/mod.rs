@@ -242,22 +242,9 @@ impl PeerOpts {
         }
     }
 
-    /// A recvonly WHEP viewer.
+    /// A recvonly WHEP viewer: a publisher that publishes nothing.
     pub fn viewer(name: &str) -> Self {
-        Self {
-            name: name.into(),
-            video: VideoSource::None,
-            tone_hz: None,
-            receive: true,
-            video_codecs: vec![MIME_TYPE_VP8, MIME_TYPE_H264],
-            via: Via::Whep,
-            keyframe_interval: 0,
-            tone_volume: 0.25,
-            data_channel: false,
-            token: None,
-            source: None,
-            decode: true,
-        }
+        Self { video: VideoSource::None, tone_hz: None, via: Via::Whep, ..Self::publisher(name, (0, 0, 0), 0.0) }
     }
 }
 
