@@ -35,6 +35,24 @@ pub fn mix_minus(total: &[i32], own: Option<&[i16]>, limiter: &mut Limiter, out:
     limiter.end_frame();
 }
 
+/// Ramps `frame` linearly from silence up to full level over its length, so a source whose
+/// decoding just (re)started does not click in.
+pub fn fade_in(frame: &mut [i16]) {
+    let n = frame.len() as f32;
+    for (i, s) in frame.iter_mut().enumerate() {
+        *s = (*s as f32 * (i as f32 / n)) as i16;
+    }
+}
+
+/// Ramps `frame` linearly from full level down to silence over its length, so a source whose
+/// decoding stops after this frame does not click out.
+pub fn fade_out(frame: &mut [i16]) {
+    let n = frame.len() as f32;
+    for (i, s) in frame.iter_mut().enumerate() {
+        *s = (*s as f32 * ((n - 1.0 - i as f32) / n)) as i16;
+    }
+}
+
 /// Mean power of a frame in dBFS (0 = full-scale square wave, about −3 for a full-scale sine);
 /// −100 for digital silence.
 pub fn level_dbfs(frame: &[i16]) -> f32 {
@@ -125,6 +143,18 @@ mod tests {
         assert!(lim.gain() < 0.2);
         // The shape is kept: the output is still a 300 Hz tone, not a square wave.
         assert!(level_dbfs(&out) < -3.0);
+    }
+
+    #[test]
+    fn fades_start_and_end_at_silence() {
+        let mut a = vec![20000i16; FRAME_SAMPLES];
+        fade_in(&mut a);
+        assert_eq!(a[0], 0);
+        assert!(a[FRAME_SAMPLES - 1] > 19900 && a.windows(2).all(|w| w[0] <= w[1]));
+        let mut b = vec![20000i16; FRAME_SAMPLES];
+        fade_out(&mut b);
+        assert_eq!(b[FRAME_SAMPLES - 1], 0);
+        assert!(b[0] > 19900 && b.windows(2).all(|w| w[0] >= w[1]));
     }
 
     #[test]

@@ -1,20 +1,34 @@
 //! The room's audio: Opus in → decode → mix-minus by subtraction → Opus out, on one thread per room.
 //!
-//! Every 20 ms the mixer takes one frame from each publisher's jitter buffer, decodes it (mono,
-//! 48 kHz, [`mix::FRAME_SAMPLES`] samples), sums everything once into `total`, and encodes:
-//! - one shared encode of the full mix (`total`), for viewers and for participants whose own
-//!   audio is silent (their share of the total is nothing);
-//! - one encode of `total − own` for each participant who is talking and listening.
+//! Every 20 ms the mixer takes one frame from each publisher's jitter buffer, but decodes (mono,
+//! 48 kHz, [`mix::FRAME_SAMPLES`] samples) only some of them:
+//! - publishers that send the RFC 6464 audio level are ranked by it, and only the K loudest
+//!   talkers (default [`DEFAULT_MIX_TALKERS`], see [`AudioMixer::set_mix_talkers`]) are decoded,
+//!   with hysteresis (a talker keeps its slot until another is louder by 6 dB for 200 ms, or it
+//!   has fallen silent; see [`select`]). The level arrives with the newest packet, about a
+//!   jitter-buffer depth (≈ 40 ms) ahead of the frame played, so a new talker's first words are
+//!   not lost. A newly selected decoder is reset and its first frame faded in; a deselected one
+//!   is decoded once more and faded out. The others' frames are discarded undecoded, so their
+//!   jitter buffers stay in step, and count as silence;
+//! - publishers that do not send the level are decoded every tick (nothing else tells their level);
+//! - muted publishers are never decoded.
 //!
-//! So encodes per tick are at most talkers + 1, whatever the room size. The result goes out on a
-//! broadcast channel as one [`MixFrame`] per tick; each receiver picks its personal payload if it
-//! has one, else the shared one.
+//! Decodes per tick are therefore at most K + the publishers without the extension. The decoded
+//! frames are summed once into `total`, and encoded:
+//! - one shared encode of the full mix (`total`), for viewers and for participants who contribute
+//!   nothing to it (silent, or not among the K decoded): their share of the total is nothing;
+//! - one encode of `total − own` for each participant who is decoded, talking and listening.
+//!
+//! So encodes per tick are at most talkers + 1 (≤ K + 1 when everyone sends the level), whatever
+//! the room size. The result goes out on a broadcast channel as one [`MixFrame`] per tick; each
+//! receiver picks its personal payload if it has one, else the shared one.
 
 pub mod jitter;
 pub mod mix;
+pub mod select;
 pub mod speaker;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -25,6 +39,8 @@ use tokio::sync::broadcast;
 
 use jitter::{JitterBuffer, Pop};
 use mix::{FRAME_SAMPLES, Limiter};
+pub use select::DEFAULT_MIX_TALKERS;
+use select::{Action, Talker};
 use speaker::{SpeakerDetector, SpeakerUpdate};
 
 /// Called from the mixer thread when the active speaker or the set of talkers changes, with the
@@ -65,6 +81,11 @@ pub struct AudioStats {
     pub encodes: AtomicU64,
     /// Opus encodes in the last tick (≤ talkers + 1).
     pub encodes_last_tick: AtomicU64,
+    /// Opus decodes (packets and loss concealments) done, in total.
+    pub decodes: AtomicU64,
+    /// Opus decodes in the last tick (≤ K loudest talkers + publishers without the RFC 6464
+    /// extension).
+    pub decodes_last_tick: AtomicU64,
     /// Ticks that started late by more than one frame (the thread was starved).
     pub late_ticks: AtomicU64,
 }
@@ -74,6 +95,24 @@ enum Cmd {
     RemoveSource { id: String },
     Packet { id: String, seq: u16, payload: Bytes, level: Option<u8> },
     Mute { id: String, muted: bool },
+    MixTalkers(usize),
+}
+
+/// Settings of a room's mixer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MixerConfig {
+    /// Opus bitrate of every encode, kbit/s.
+    pub kbps: u32,
+    /// How many of the loudest RFC 6464 senders are decoded and mixed per tick (≥ 1; default
+    /// [`DEFAULT_MIX_TALKERS`]; `usize::MAX` mixes every talker).
+    pub mix_talkers: usize,
+}
+
+impl MixerConfig {
+    /// `kbps` kbit/s, [`DEFAULT_MIX_TALKERS`] talkers.
+    pub fn new(kbps: u32) -> Self {
+        Self { kbps, mix_talkers: DEFAULT_MIX_TALKERS }
+    }
 }
 
 /// Handle to a room's mixer thread; the thread stops when the last handle drops.
@@ -97,16 +136,26 @@ pub enum AudioError {
 }
 
 impl AudioMixer {
-    /// Starts the mixer thread for `room`, encoding at `kbps` kbit/s; `on_speaker` hears about
-    /// active speaker changes.
+    /// Starts the mixer thread for `room`, encoding at `kbps` kbit/s and mixing the
+    /// [`DEFAULT_MIX_TALKERS`] loudest talkers; `on_speaker` hears about active speaker changes.
     ///
     /// # Errors
     /// [`AudioError`] if libopus rejects the settings or the thread cannot start.
     pub fn start(room: &str, kbps: u32, on_speaker: Option<SpeakerListener>) -> Result<Self, AudioError> {
+        Self::start_with(room, MixerConfig::new(kbps), on_speaker)
+    }
+
+    /// Starts the mixer thread for `room` with `config`; `on_speaker` hears about active speaker
+    /// changes.
+    ///
+    /// # Errors
+    /// [`AudioError`] if libopus rejects the settings or the thread cannot start.
+    pub fn start_with(room: &str, config: MixerConfig, on_speaker: Option<SpeakerListener>) -> Result<Self, AudioError> {
         let (tx, rx) = mpsc::channel();
         let (out, _) = broadcast::channel(FANOUT_CAPACITY);
         let stats = Arc::new(AudioStats::default());
-        let mut m = Mixer::new(kbps, out.clone(), stats.clone())?;
+        let mut m = Mixer::new(config.kbps, out.clone(), stats.clone())?;
+        m.mix_talkers = config.mix_talkers.max(1);
         m.on_speaker = on_speaker;
         let room = room.to_string();
         std::thread::Builder::new().name(format!("mix-{room}")).spawn(move || m.run(rx, &room))?;
@@ -130,6 +179,13 @@ impl AudioMixer {
     /// Server-side mute: the source is left out of every mix while `muted`.
     pub fn set_muted(&self, id: &str, muted: bool) {
         self.send(Cmd::Mute { id: id.into(), muted });
+    }
+
+    /// Sets how many of the loudest RFC 6464 senders are decoded and mixed per tick (`k` < 1
+    /// counts as 1; `usize::MAX` mixes every talker). Takes effect on the next tick; lowering it
+    /// fades out the quietest talkers over one frame.
+    pub fn set_mix_talkers(&self, k: usize) {
+        self.send(Cmd::MixTalkers(k));
     }
 
     /// Queues one Opus packet (RTP payload) of publisher `id` with RTP sequence number `seq` and,
@@ -158,13 +214,24 @@ struct Source {
     last_voice_tick: Option<u64>,
     /// Level from the last RFC 6464 extension, dBFS.
     ext_level: Option<f32>,
-    /// Present while talking and listening.
+    /// Present while decoded, talking and listening.
     encoder: Option<(opus::Encoder, Limiter)>,
+    /// K-loudest selection state (used once `ext_level` is known).
+    talk: Talker,
+    /// This tick's frame from the jitter buffer, between popping and decoding.
+    pending: Pop,
+    /// Decoded this tick (so `pcm` holds its contribution to the total).
+    decoded: bool,
+    /// The decoder was reset and has not produced a frame yet: fade its first one in.
+    fresh: bool,
 }
 
 struct Mixer {
     kbps: u32,
-    sources: HashMap<String, Source>,
+    /// Talkers decoded per tick among the RFC 6464 senders (≥ 1).
+    mix_talkers: usize,
+    /// By id, so that ties in the selection resolve the same way every run.
+    sources: BTreeMap<String, Source>,
     shared: opus::Encoder,
     shared_limiter: Limiter,
     total: Vec<i32>,
@@ -186,7 +253,8 @@ impl Mixer {
     fn new(kbps: u32, out: broadcast::Sender<Arc<MixFrame>>, stats: Arc<AudioStats>) -> Result<Self, opus::Error> {
         Ok(Self {
             kbps,
-            sources: HashMap::new(),
+            mix_talkers: DEFAULT_MIX_TALKERS,
+            sources: BTreeMap::new(),
             shared: encoder(kbps)?,
             shared_limiter: Limiter::default(),
             total: vec![0; FRAME_SAMPLES],
@@ -248,6 +316,10 @@ impl Mixer {
                             last_voice_tick: None,
                             ext_level: None,
                             encoder: None,
+                            talk: Talker::default(),
+                            pending: Pop::Idle,
+                            decoded: false,
+                            fresh: false,
                         },
                     );
                 }
@@ -262,6 +334,7 @@ impl Mixer {
                     s.muted = muted;
                 }
             }
+            Cmd::MixTalkers(k) => self.mix_talkers = k.max(1),
             Cmd::Packet { id, seq, payload, level } => {
                 if let Some(s) = self.sources.get_mut(&id) {
                     s.jitter.push(seq, payload);
@@ -274,20 +347,56 @@ impl Mixer {
     }
 
     fn tick(&mut self, tick: u64) {
-        // 1. One decoded frame per source (silence when idle or muted).
+        // 1. Every jitter buffer gives its frame, decoded or not, so all stay in step; the RFC 6464
+        //    senders are ranked (an idle buffer counts as silence).
         for s in self.sources.values_mut() {
-            let n = match s.jitter.pop() {
-                Pop::Packet(p) => s.decoder.decode(&p, &mut s.pcm, false).unwrap_or(0),
-                Pop::Lost => s.decoder.decode(&[], &mut s.pcm, false).unwrap_or(0),
+            s.pending = s.jitter.pop();
+            match s.ext_level {
+                _ if s.muted => s.talk.reset(),
+                Some(l) => s.talk.feed(if s.pending == Pop::Idle { select::SILENCE_DBOV } else { l }),
+                None => {}
+            }
+        }
+        let mut cands: Vec<&mut Talker> =
+            self.sources.values_mut().filter(|s| !s.muted && s.ext_level.is_some()).map(|s| &mut s.talk).collect();
+        select::select(&mut cands, self.mix_talkers);
+
+        // 2. Decode the selected, the publishers without the level, and nobody muted.
+        let mut decodes = 0u64;
+        for s in self.sources.values_mut() {
+            let pop = std::mem::replace(&mut s.pending, Pop::Idle);
+            let action = match s.ext_level {
+                _ if s.muted => Action::Skip,
+                Some(_) => s.talk.action(),
+                None => Action::Decode,
+            };
+            let decode = action != Action::Skip;
+            if decode && !s.decoded {
+                // (Re)starting: no stale state from frames it never saw.
+                let _ = s.decoder.reset_state();
+                s.fresh = true;
+            }
+            s.decoded = decode;
+            let n = match pop {
+                _ if !decode => 0,
+                Pop::Packet(p) => {
+                    decodes += 1;
+                    s.decoder.decode(&p, &mut s.pcm, false).unwrap_or(0)
+                }
+                Pop::Lost => {
+                    decodes += 1;
+                    s.decoder.decode(&[], &mut s.pcm, false).unwrap_or(0)
+                }
                 Pop::Idle => 0,
             };
-            if n < FRAME_SAMPLES {
-                s.pcm[n..].fill(0);
+            s.pcm[n.min(FRAME_SAMPLES)..].fill(0);
+            if n > 0 && std::mem::take(&mut s.fresh) {
+                mix::fade_in(&mut s.pcm);
             }
-            if s.muted {
-                s.pcm.fill(0);
+            if action == Action::Last {
+                mix::fade_out(&mut s.pcm);
             }
-            if mix::level_dbfs(&s.pcm) > TALK_DBFS {
+            if decode && mix::level_dbfs(&s.pcm) > TALK_DBFS {
                 s.last_voice_tick = Some(tick);
             }
         }
@@ -306,7 +415,7 @@ impl Mixer {
             }
         }
         // 2. The total, once.
-        let frames: Vec<&[i16]> = self.sources.values().map(|s| s.pcm.as_slice()).collect();
+        let frames: Vec<&[i16]> = self.sources.values().filter(|s| s.decoded).map(|s| s.pcm.as_slice()).collect();
         mix::sum_into(&mut self.total, &frames);
 
         // 3. Shared encode of the full mix.
@@ -318,11 +427,11 @@ impl Mixer {
             Err(_) => Bytes::new(),
         };
 
-        // 4. total − own for each talking listener.
+        // 4. total − own for each decoded, talking listener (the others' share of total is nothing).
         let mut personal = HashMap::new();
         for (id, s) in self.sources.iter_mut() {
             let talking = s.last_voice_tick.is_some_and(|t| tick - t < TALK_HANGOVER_TICKS);
-            if !(talking && s.listens) {
+            if !(s.decoded && talking && s.listens) {
                 s.encoder = None;
                 continue;
             }
@@ -342,6 +451,193 @@ impl Mixer {
         self.stats.ticks.fetch_add(1, Ordering::Relaxed);
         self.stats.encodes.fetch_add(encodes, Ordering::Relaxed);
         self.stats.encodes_last_tick.store(encodes, Ordering::Relaxed);
+        self.stats.decodes.fetch_add(decodes, Ordering::Relaxed);
+        self.stats.decodes_last_tick.store(decodes, Ordering::Relaxed);
         let _ = self.out.send(Arc::new(MixFrame { tick, shared, personal }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A publisher in a test: an Opus encoder fed a tone (or silence) and its RTP state.
+    struct Publisher {
+        id: String,
+        enc: opus::Encoder,
+        seq: u16,
+        /// Tone frequency, Hz; `None` for digital silence.
+        freq: Option<f32>,
+        /// RFC 6464 level sent (`-dBov`), or `None` for no extension.
+        level: Option<u8>,
+        sample: usize,
+    }
+
+    impl Publisher {
+        fn new(id: &str, freq: Option<f32>, level: Option<u8>) -> Self {
+            let enc = opus::Encoder::new(48000, opus::Channels::Mono, opus::Application::Voip).unwrap();
+            Self { id: id.into(), enc, seq: 0, freq, level, sample: 0 }
+        }
+
+        fn packet(&mut self) -> Cmd {
+            let pcm: Vec<i16> = (0..FRAME_SAMPLES)
+                .map(|i| {
+                    let t = (self.sample + i) as f32 / 48000.0;
+                    self.freq.map_or(0, |f| (8000.0 * (2.0 * std::f32::consts::PI * f * t).sin()) as i16)
+                })
+                .collect();
+            self.sample += FRAME_SAMPLES;
+            let mut buf = [0u8; 1500];
+            let n = self.enc.encode(&pcm, &mut buf).unwrap();
+            self.seq = self.seq.wrapping_add(1);
+            Cmd::Packet { id: self.id.clone(), seq: self.seq, payload: Bytes::copy_from_slice(&buf[..n]), level: self.level }
+        }
+    }
+
+    struct Room {
+        m: Mixer,
+        rx: broadcast::Receiver<Arc<MixFrame>>,
+        pubs: Vec<Publisher>,
+        tick: u64,
+        /// Decodes the shared stream, to measure what viewers hear.
+        listener: opus::Decoder,
+    }
+
+    impl Room {
+        fn new(k: usize, pubs: Vec<Publisher>) -> Self {
+            let (out, rx) = broadcast::channel(1000);
+            let mut m = Mixer::new(32, out, Arc::new(AudioStats::default())).unwrap();
+            m.apply(Cmd::MixTalkers(k), "test");
+            for p in &pubs {
+                m.apply(Cmd::AddSource { id: p.id.clone(), listens: true }, "test");
+            }
+            let listener = opus::Decoder::new(48000, opus::Channels::Mono).unwrap();
+            Self { m, rx, pubs, tick: 0, listener }
+        }
+
+        /// One 20 ms tick: a packet from every publisher, then the mix. Returns the frame, the
+        /// level of the shared mix (dBFS) and the decodes and encodes of the tick.
+        fn step(&mut self) -> (Arc<MixFrame>, f32, u64, u64) {
+            for p in &mut self.pubs {
+                let c = p.packet();
+                self.m.apply(c, "test");
+            }
+            self.m.tick(self.tick);
+            self.tick += 1;
+            let f = self.rx.try_recv().unwrap();
+            let mut pcm = vec![0i16; FRAME_SAMPLES];
+            let n = self.listener.decode(&f.shared, &mut pcm, false).unwrap();
+            let st = &self.m.stats;
+            let (d, e) = (st.decodes_last_tick.load(Ordering::Relaxed), st.encodes_last_tick.load(Ordering::Relaxed));
+            (f, mix::level_dbfs(&pcm[..n]), d, e)
+        }
+
+        fn selected(&self) -> Vec<&str> {
+            self.m.sources.iter().filter(|(_, s)| s.talk.is_selected()).map(|(id, _)| id.as_str()).collect()
+        }
+
+        fn publisher(&mut self, id: &str) -> &mut Publisher {
+            self.pubs.iter_mut().find(|p| p.id == id).unwrap()
+        }
+    }
+
+    /// Ten publishers: `p0`..`p2` loud tones at −10 dBov, the others silent at −127 dBov.
+    fn ten() -> Vec<Publisher> {
+        (0..10)
+            .map(|i| {
+                let id = format!("p{i}");
+                if i < 3 { Publisher::new(&id, Some(300.0 + 200.0 * i as f32), Some(10)) } else { Publisher::new(&id, None, Some(127)) }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_the_k_loudest_are_decoded_and_get_their_own_encode() {
+        let mut r = Room::new(DEFAULT_MIX_TALKERS, ten());
+        let mut loud = 0;
+        for t in 0..50 {
+            let (f, level, decodes, encodes) = r.step();
+            assert!(decodes <= 3, "tick {t}: {decodes} decodes");
+            assert!(encodes <= 4, "tick {t}: {encodes} encodes");
+            if t >= 10 {
+                assert_eq!(decodes, 3, "tick {t}");
+                assert_eq!(encodes, 4, "tick {t}");
+                let mut talkers: Vec<&str> = f.personal.keys().map(String::as_str).collect();
+                talkers.sort();
+                assert_eq!(talkers, ["p0", "p1", "p2"]);
+                loud += (level > -30.0) as u32;
+            }
+        }
+        assert_eq!(r.selected(), ["p0", "p1", "p2"]);
+        assert!(loud >= 38, "the shared mix carries the talkers ({loud} of 40 ticks)");
+        let st = &r.m.stats;
+        assert!(st.decodes.load(Ordering::Relaxed) <= 150);
+    }
+
+    #[test]
+    fn a_slightly_louder_fourth_does_not_displace_but_a_much_louder_one_does() {
+        let mut pubs = ten();
+        for p in &mut pubs[..3] {
+            p.level = Some(20);
+        }
+        let mut r = Room::new(3, pubs);
+        for _ in 0..20 {
+            r.step();
+        }
+        assert_eq!(r.selected(), ["p0", "p1", "p2"]);
+        // p3 talks 4 dB louder than the talkers: not enough, ever.
+        let p3 = r.publisher("p3");
+        p3.freq = Some(900.0);
+        p3.level = Some(16);
+        for _ in 0..100 {
+            let (_, _, decodes, encodes) = r.step();
+            assert!(decodes <= 3 && encodes <= 4);
+        }
+        assert_eq!(r.selected(), ["p0", "p1", "p2"]);
+        // p4 talks 15 dB louder: it takes a slot after the hold (200 ms), not at once.
+        let p4 = r.publisher("p4");
+        p4.freq = Some(1100.0);
+        p4.level = Some(5);
+        for _ in 0..5 {
+            r.step();
+        }
+        assert_eq!(r.selected(), ["p0", "p1", "p2"], "not at once");
+        let mut first = None;
+        for _ in 0..30 {
+            let (_, _, decodes, encodes) = r.step();
+            assert!(decodes <= 3 && encodes <= 4);
+            if first.is_none() && r.m.sources["p4"].decoded {
+                first = Some(r.m.sources["p4"].pcm.clone());
+            }
+        }
+        let sel = r.selected();
+        assert_eq!(sel.len(), 3);
+        assert!(sel.contains(&"p4"), "{sel:?}");
+        assert!(!sel.contains(&"p3"), "{sel:?}");
+        // Its first frame fades in from silence: no click.
+        let first = first.unwrap();
+        assert!(first[..48].iter().all(|s| s.abs() < 500), "{:?}", &first[..48]);
+    }
+
+    #[test]
+    fn publishers_without_the_extension_are_always_decoded_and_muted_never() {
+        let mut pubs: Vec<Publisher> = (0..5).map(|i| Publisher::new(&format!("q{i}"), None, Some(127))).collect();
+        pubs.push(Publisher::new("plain-silent", None, None));
+        pubs.push(Publisher::new("plain-tone", Some(500.0), None));
+        pubs.push(Publisher::new("plain-muted", Some(700.0), None));
+        let mut r = Room::new(1, pubs);
+        r.m.apply(Cmd::Mute { id: "plain-muted".into(), muted: true }, "test");
+        for t in 0..20 {
+            let (f, level, decodes, _) = r.step();
+            if t >= 2 {
+                assert_eq!(decodes, 2, "tick {t}: both plain publishers, nobody else");
+                assert!(f.personal.contains_key("plain-tone"));
+            }
+            if t >= 5 {
+                assert!(level > -30.0, "tick {t}: {level}");
+            }
+        }
+        assert!(r.selected().is_empty());
+        assert!(!r.m.sources["plain-muted"].decoded);
     }
 }
