@@ -120,9 +120,28 @@ pub fn tone_db(samples: &[i16], freq: f64) -> f64 {
     20.0 * amp.max(1e-9).log10()
 }
 
+/// The `p`th percentile (0..=100, nearest rank) of `v`, which it sorts; `None` when empty.
+pub fn percentile(v: &mut [f64], p: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable_by(f64::total_cmp);
+    let rank = ((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(v[rank - 1])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let mut v: Vec<f64> = (1..=20).rev().map(f64::from).collect();
+        assert_eq!(percentile(&mut v, 50.0), Some(10.0));
+        assert_eq!(percentile(&mut v, 95.0), Some(19.0));
+        assert_eq!(percentile(&mut v, 100.0), Some(20.0));
+        assert_eq!(percentile(&mut [], 50.0), None);
+    }
 
     #[test]
     fn goertzel_finds_a_tone_and_not_its_neighbour() {

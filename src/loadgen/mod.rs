@@ -1,10 +1,13 @@
 //! A WebRTC peer for load generation and tests: joins a room over HTTP like any client, publishes
-//! a solid colour (VP8 encoded by GStreamer), a replayed VP8 WebM file, or nothing, plus an Opus
-//! sine tone, and decodes what it receives so callers can check pixels, tones, frame rate and
-//! freezes. `tessera loadgen` runs many of them against a server.
+//! a solid colour (VP8 encoded by GStreamer), a replayed VP8 WebM file, a latency marker, or
+//! nothing, plus an Opus sine tone or pre-encoded talk turns ([`talk`]), and decodes what it
+//! receives so callers can check pixels, tones, frame rate, freezes, audio gaps and glass-to-glass
+//! latency ([`marker`]). `tessera loadgen` runs many of them against a server.
 
 pub mod analysis;
 pub mod cli;
+pub mod marker;
+pub mod talk;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -33,9 +36,12 @@ use webrtc::peer_connection::{
 };
 
 pub use analysis::{Frame, Rgb};
+pub use talk::TalkTurn;
 
 /// A gap between two decoded frames longer than this counts as a freeze.
 pub const FREEZE: Duration = Duration::from_millis(200);
+/// A gap between two received audio packets longer than this counts as an audio gap.
+pub const AUDIO_GAP: Duration = Duration::from_millis(100);
 
 /// Why a peer could not join.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +152,10 @@ pub enum VideoSource {
     /// audio (whatever `tone_hz`) a 3 kHz beep exactly then, silence otherwise — both from one
     /// clock, so a receiver or a recording can measure audio/video skew.
     Flash,
+    /// The latency marker: 640x360 at 30 fps, each frame showing its 16-bit counter as black and
+    /// white blocks ([`marker`]), VP8 encoded live; the send time of each counter is remembered so
+    /// a receiver with [`PeerOpts::latency_probe`] can measure latency.
+    Marker,
 }
 
 /// Length of the [`VideoSource::Flash`] flash and beep, ms (every 1000 ms).
@@ -221,6 +231,13 @@ pub struct PeerOpts {
     /// Frames between periodic keyframes of a [`VideoSource::Colour`] encode; 0 (the default)
     /// sends keyframes only when the server asks (PLI/FIR), as browsers do.
     pub keyframe_interval: u32,
+    /// Publishes pre-encoded speech-like Opus in talk turns (one shared ticker for the whole
+    /// process, RFC 6464 audio levels) instead of a GStreamer-encoded `tone_hz` sine; `None` (the
+    /// default) keeps the tone.
+    pub talk: Option<TalkTurn>,
+    /// Reads the latency marker of a [`VideoSource::Marker`] publisher in the decoded composite
+    /// (needs `decode`; the room must use the grid layout): [`ReceiveStats`] gets latency figures.
+    pub latency_probe: bool,
 }
 
 impl PeerOpts {
@@ -239,6 +256,8 @@ impl PeerOpts {
             token: None,
             source: None,
             decode: true,
+            talk: None,
+            latency_probe: false,
         }
     }
 
@@ -261,6 +280,18 @@ pub struct ReceiveStats {
     pub audio_samples: u64,
     /// POST → first decoded composite frame, ms.
     pub join_ms: Option<u64>,
+    /// Audio RTP packets received (20 ms each), decoded or only counted.
+    pub audio_packets: u64,
+    /// Gaps longer than [`AUDIO_GAP`] between received audio packets.
+    pub audio_gaps: u64,
+    /// Latency samples (one per marker frame read), with [`PeerOpts::latency_probe`].
+    pub latency_samples: u64,
+    /// Median latency, ms: marker frame pushed to the publisher's encoder → decoded here in the
+    /// composite (client encode + network + the server's jitter buffer, decode, composite and
+    /// encode + network + client jitter buffer and decode).
+    pub latency_ms_median: Option<f64>,
+    /// 95th percentile of the same, ms.
+    pub latency_ms_p95: Option<f64>,
 }
 
 #[derive(Default)]
@@ -280,6 +311,11 @@ struct Received {
     count_only: bool,
     /// Keep decoded RGB (tests); load runs only count frames.
     keep_pixels: bool,
+    audio_packets: AtomicU64,
+    audio_gaps: AtomicU64,
+    last_audio_at: Mutex<Option<Instant>>,
+    /// Reads latency markers from decoded composite frames.
+    probe: Option<marker::Probe>,
 }
 
 impl Received {
@@ -295,6 +331,17 @@ impl Received {
         }
         self.first_frame_at.lock().unwrap().get_or_insert(now);
         self.frames.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one received audio packet and a gap from the previous one.
+    fn note_audio_packet(&self) {
+        let now = Instant::now();
+        if let Some(last) = self.last_audio_at.lock().unwrap().replace(now)
+            && now.duration_since(last) > AUDIO_GAP
+        {
+            self.audio_gaps.fetch_add(1, Ordering::Relaxed);
+        }
+        self.audio_packets.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -314,10 +361,14 @@ pub struct Peer {
     tick: watch::Receiver<u64>,
     pipelines: Arc<Mutex<Vec<gst::Pipeline>>>,
     channel: Option<Arc<dyn webrtc::data_channel::DataChannel>>,
+    talk: Option<Arc<talk::TalkStream>>,
 }
 
 impl Drop for Peer {
     fn drop(&mut self) {
+        if let Some(t) = &self.talk {
+            t.stop();
+        }
         for p in self.pipelines.lock().unwrap().drain(..) {
             let _ = p.set_state(gst::State::Null);
         }
@@ -351,6 +402,9 @@ impl PeerConnectionEventHandler for Handler {
             let mut src: Option<gst_app::AppSrc> = None;
             while let Some(ev) = track.poll().await {
                 let TrackRemoteEvent::OnRtpPacket(pkt) = ev else { continue };
+                if kind == RtpCodecKind::Audio {
+                    received.note_audio_packet();
+                }
                 if received.count_only {
                     if kind == RtpCodecKind::Audio {
                         received.audio_samples.fetch_add(960, Ordering::Relaxed);
@@ -425,8 +479,25 @@ fn decode_pipeline(
                     received.audio_samples.fetch_add(map.len() as u64 / 2, Ordering::Relaxed);
                 } else {
                     received.note_frame();
+                    let decoded_at = Instant::now();
                     if received.keep_pixels {
-                        *received.frame.lock().unwrap() = Some(Frame::from_sample(&sample).ok_or(gst::FlowError::Error)?);
+                        let frame = Frame::from_sample(&sample).ok_or(gst::FlowError::Error)?;
+                        if let Some(probe) = &received.probe {
+                            let stride = frame.width as usize * 3;
+                            let luma = marker::Luma { data: &frame.rgb, stride, bpp: 3, width: frame.width, height: frame.height };
+                            probe.on_frame(&luma, decoded_at);
+                        }
+                        *received.frame.lock().unwrap() = Some(frame);
+                    } else if let Some(probe) = &received.probe
+                        && let Some(info) = sample.caps().and_then(|c| gstreamer_video::VideoInfo::from_caps(c).ok())
+                        && matches!(info.format(), gstreamer_video::VideoFormat::I420 | gstreamer_video::VideoFormat::Nv12 | gstreamer_video::VideoFormat::Yv12)
+                    {
+                        // Only the luma plane, read in place: a few thousand pixels per frame.
+                        let (off, stride) = (info.offset()[0], info.stride()[0] as usize);
+                        if let Some(data) = map.as_slice().get(off..) {
+                            let luma = marker::Luma { data, stride, bpp: 1, width: info.width(), height: info.height() };
+                            probe.on_frame(&luma, decoded_at);
+                        }
                     }
                 }
                 tick.send_modify(|t| *t += 1);
@@ -445,6 +516,12 @@ fn media_engine() -> Result<MediaEngine, LoadgenError> {
         payload_type: pt,
     };
     m.register_codec(c(MIME_TYPE_OPUS, 48000, 2, "minptime=10;useinbandfec=1", 111), RtpCodecKind::Audio).map_err(w)?;
+    m.register_header_extension(
+        rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability { uri: crate::transport::AUDIO_LEVEL_URI.into() },
+        RtpCodecKind::Audio,
+        None,
+    )
+    .map_err(w)?;
     m.register_codec(c(MIME_TYPE_VP8, 90000, 0, "", 96), RtpCodecKind::Video).map_err(w)?;
     m.register_codec(
         c(MIME_TYPE_H264, 90000, 0, "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f", 102),
@@ -543,7 +620,8 @@ impl Peer {
         let (gather_tx, mut gather_rx) = mpsc::channel(1);
         let (state_tx, mut state_rx) = watch::channel(RTCPeerConnectionState::New);
         let (tick_tx, tick) = watch::channel(0u64);
-        let received = Arc::new(Received { keep_pixels, count_only: !opts.decode, ..Default::default() });
+        let probe = (opts.latency_probe && opts.decode).then(marker::Probe::default);
+        let received = Arc::new(Received { keep_pixels, count_only: !opts.decode, probe, ..Default::default() });
         let pipelines = Arc::new(Mutex::new(vec![]));
         let handler_tick = Arc::new(tick_tx);
         let handler = Arc::new(Handler { gather_tx, state_tx, received: received.clone(), tick_tx: handler_tick.clone(), pipelines: pipelines.clone() });
@@ -579,7 +657,7 @@ impl Peer {
         } else if opts.receive {
             pc.add_transceiver_from_kind(RtpCodecKind::Video, init(false)).await.map_err(w)?;
         }
-        if opts.tone_hz.is_some() {
+        if opts.tone_hz.is_some() || opts.talk.is_some() {
             let t = local_track(RtpCodecKind::Audio, MIME_TYPE_OPUS, audio_ssrc);
             pc.add_transceiver_from_track(t.clone(), init(true)).await.map_err(w)?;
             audio_track = Some(t);
@@ -623,12 +701,17 @@ impl Peer {
             Via::Whep => format!("/whep/{room}?name={name}"),
         };
         let posted_at = Instant::now();
+        let sdp_sent = sdp.clone();
         let resp = http_auth("POST", &format!("{base}{path}"), Some("application/sdp"), sdp.into_bytes(), opts.token.as_deref()).await?;
         if resp.status != 201 || resp.content_type.as_deref() != Some("application/sdp") {
             return Err(LoadgenError::Refused { status: resp.status, reason: resp.body });
         }
         let location = resp.location.ok_or_else(|| LoadgenError::Http("201 without Location".into()))?;
         let id = location.rsplit('/').next().unwrap_or_default().to_string();
+        let level_ext = audio_level_ext(&resp.body);
+        if opts.talk.is_some() && level_ext != audio_level_ext(&sdp_sent) {
+            tracing::warn!(offer = ?audio_level_ext(&sdp_sent), answer = ?level_ext, "audio-level extension ids differ");
+        }
         pc.set_remote_description(RTCSessionDescription::answer(resp.body).map_err(w)?).await.map_err(w)?;
         tokio::time::timeout(Duration::from_secs(10), async {
             loop {
@@ -659,9 +742,18 @@ impl Peer {
                      caps=video/x-raw,format=I420,width=640,height=360,framerate=30/1 \
                      ! vp8enc name=enc deadline=1 cpu-used=8 end-usage=cbr target-bitrate=300000 threads=1 keyframe-max-dist=30"
                     .to_string(),
+                VideoSource::Marker => format!(
+                    "appsrc name=gen is-live=true do-timestamp=true format=time max-buffers=2 leaky-type=downstream \
+                     caps=video/x-raw,format=I420,width={},height={},framerate={}/1 \
+                     ! vp8enc name=enc deadline=1 cpu-used=-6 end-usage=cbr target-bitrate=300000 threads=1 \
+                     error-resilient=1 lag-in-frames=0 keyframe-max-dist=300",
+                    marker::WIDTH,
+                    marker::HEIGHT,
+                    marker::FPS
+                ),
                 VideoSource::None => unreachable!(),
             };
-            let sync = opts.video != VideoSource::Flash;
+            let sync = !matches!(opts.video, VideoSource::Flash | VideoSource::Marker);
             let desc = format!("{src} ! rtpvp8pay pt=96 ssrc={video_ssrc} mtu=1200 picture-id-mode=15-bit ! appsink name=sink sync={sync}");
             publish(&desc, t, &pipelines)?;
         }
@@ -669,7 +761,15 @@ impl Peer {
         if opts.video == VideoSource::Flash {
             start_generator(&pipelines, true, flash_start);
         }
-        if let (Some(t), true) = (&audio_track, opts.video == VideoSource::Flash) {
+        if opts.video == VideoSource::Marker
+            && let Some(src) = pipelines.lock().unwrap().last().and_then(|p| p.by_name("gen")).and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
+        {
+            marker::spawn_source(src);
+        }
+        let mut talk = None;
+        if let (Some(t), Some(turn)) = (&audio_track, opts.talk) {
+            talk = Some(talk::TalkStream::start(t.clone(), audio_ssrc, level_ext, turn, seed));
+        } else if let (Some(t), true) = (&audio_track, opts.video == VideoSource::Flash) {
             let desc = format!(
                 "appsrc name=gen is-live=true do-timestamp=true format=time caps=audio/x-raw,format=S16LE,rate=48000,channels=1,layout=interleaved \
                  ! opusenc bitrate=48000 frame-size=20 ! rtpopuspay pt=111 ssrc={audio_ssrc} ! appsink name=sink sync=false"
@@ -684,7 +784,7 @@ impl Peer {
             );
             publish(&desc, t, &pipelines)?;
         }
-        Ok(Peer { opts, location, id, posted_at, base: base.to_string(), pc, received, tick, pipelines, channel })
+        Ok(Peer { opts, location, id, posted_at, base: base.to_string(), pc, received, tick, pipelines, channel, talk })
     }
 
     /// Waits (up to `timeout`) for a decoded frame that satisfies `pred` and returns it; on timeout
@@ -769,13 +869,25 @@ impl Peer {
     /// Receive statistics so far.
     pub fn stats(&self) -> ReceiveStats {
         let r = &self.received;
+        let mut latency = self.latency_ms();
         ReceiveStats {
             frames: r.frames.load(Ordering::Relaxed),
             freezes: r.freezes.load(Ordering::Relaxed),
             max_gap_ms: r.max_gap_ms.load(Ordering::Relaxed),
             audio_samples: r.audio_samples.load(Ordering::Relaxed),
             join_ms: r.first_frame_at.lock().unwrap().map(|t| t.duration_since(self.posted_at).as_millis() as u64),
+            audio_packets: r.audio_packets.load(Ordering::Relaxed),
+            audio_gaps: r.audio_gaps.load(Ordering::Relaxed),
+            latency_samples: latency.len() as u64,
+            latency_ms_median: analysis::percentile(&mut latency.clone(), 50.0),
+            latency_ms_p95: analysis::percentile(&mut latency, 95.0),
         }
+    }
+
+    /// Latency samples so far (ms, in arrival order), with [`PeerOpts::latency_probe`]; see
+    /// [`ReceiveStats::latency_ms_median`] for what one includes.
+    pub fn latency_ms(&self) -> Vec<f64> {
+        self.received.probe.as_ref().map(marker::Probe::samples).unwrap_or_default()
     }
 
     /// Codec of the received composite (`VP8` or `H264`).
@@ -788,6 +900,9 @@ impl Peer {
     /// # Errors
     /// [`LoadgenError::Http`] when the request fails.
     pub async fn leave(&self) -> Result<u16, LoadgenError> {
+        if let Some(t) = &self.talk {
+            t.stop();
+        }
         let r = http_auth("DELETE", &format!("{}{}", self.base, self.location), None, vec![], self.opts.token.as_deref()).await?;
         let _ = self.pc.close().await;
         Ok(r.status)
@@ -799,6 +914,27 @@ fn random_u32() -> u32 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
     h.finish() as u32
+}
+
+/// The id of the RFC 6464 audio-level extension in the first `m=audio` section of `sdp` (the
+/// answer: what was negotiated), from its `a=extmap:ID[/direction] URI` line.
+fn audio_level_ext(sdp: &str) -> Option<u8> {
+    let mut in_audio = false;
+    for l in sdp.lines() {
+        if l.starts_with("m=") {
+            if in_audio {
+                return None;
+            }
+            in_audio = l.starts_with("m=audio");
+        }
+        if in_audio
+            && let Some((id, rest)) = l.strip_prefix("a=extmap:").and_then(|r| r.split_once(' '))
+            && rest.split_whitespace().next() == Some(crate::transport::AUDIO_LEVEL_URI)
+        {
+            return id.split('/').next()?.parse().ok();
+        }
+    }
+    None
 }
 
 /// Removes every video codec but `mime` (`video/VP8` or `video/H264`) from an offer.
