@@ -86,11 +86,14 @@ pub struct HttpResponse {
     pub body: String,
 }
 
+/// Longest an HTTP request of the load generator may take, connect to end of body.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// One HTTP request (blocking client, run on tokio's blocking pool). Non-2xx statuses are returned,
-/// not errors.
+/// not errors; a request taking longer than [`HTTP_TIMEOUT`] fails.
 ///
 /// # Errors
-/// [`LoadgenError::Http`] when the connection fails.
+/// [`LoadgenError::Http`] when the connection fails or times out.
 pub async fn http(method: &str, url: &str, content_type: Option<&str>, body: Vec<u8>) -> Result<HttpResponse, LoadgenError> {
     http_auth(method, url, content_type, body, None).await
 }
@@ -109,7 +112,8 @@ pub async fn http_auth(
     let (method, url, ct) = (method.to_string(), url.to_string(), content_type.map(str::to_string));
     let token = token.map(str::to_string);
     tokio::task::spawn_blocking(move || {
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+        // Bounded, so a wedged server fails a join or a leave instead of hanging the run.
+        let agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(HTTP_TIMEOUT)).build().new_agent();
         let mut req = ureq::http::Request::builder().method(method.as_str()).uri(&url);
         if let Some(c) = &ct {
             req = req.header("content-type", c);
