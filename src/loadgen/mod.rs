@@ -7,6 +7,7 @@
 pub mod analysis;
 pub mod cli;
 pub mod marker;
+pub mod netcap;
 pub mod talk;
 
 use std::collections::VecDeque;
@@ -156,6 +157,9 @@ pub enum VideoSource {
     /// audio (whatever `tone_hz`) a 3 kHz beep exactly then, silence otherwise — both from one
     /// clock, so a receiver or a recording can measure audio/video skew.
     Flash,
+    /// Random noise (`videotestsrc pattern=snow`), 640x360 at 30 fps, VP8 at 800 kbit/s: a picture
+    /// no encoder can compress, so the composite uses its full bitrate (for bandwidth tests).
+    Noise,
     /// The latency marker: 640x360 at 30 fps, each frame showing its 16-bit counter as black and
     /// white blocks ([`marker`]), VP8 encoded live; the send time of each counter is remembered so
     /// a receiver with [`PeerOpts::latency_probe`] can measure latency.
@@ -235,6 +239,9 @@ pub struct PeerOpts {
     /// Frames between periodic keyframes of a [`VideoSource::Colour`] encode; 0 (the default)
     /// sends keyframes only when the server asks (PLI/FIR), as browsers do.
     pub keyframe_interval: u32,
+    /// Caps what it receives to this many bits/s (0 = no cap; changeable while running): a slow
+    /// downlink, see [`netcap`].
+    pub rate_cap: Option<netcap::Cap>,
     /// Publishes pre-encoded speech-like Opus in talk turns (one shared ticker for the whole
     /// process, RFC 6464 audio levels) instead of a GStreamer-encoded `tone_hz` sine; `None` (the
     /// default) keeps the tone.
@@ -255,6 +262,7 @@ impl PeerOpts {
             video_codecs: vec![MIME_TYPE_VP8, MIME_TYPE_H264],
             via: Via::Participant,
             keyframe_interval: 0,
+            rate_cap: None,
             tone_volume: 0.25,
             data_channel: false,
             token: None,
@@ -621,6 +629,10 @@ impl Peer {
         let registry = register_default_interceptors(Registry::new(), &mut me)
             .map_err(w)?
             .with(crate::transport::rtcp::SLOT.into(), crate::transport::rtcp::KeyframeRequestInterceptor::default());
+        let registry = match &opts.rate_cap {
+            Some(cap) => registry.with(netcap::SLOT.into(), netcap::RateCap::new(cap.clone())),
+            None => registry,
+        };
         let (gather_tx, mut gather_rx) = mpsc::channel(1);
         let (state_tx, mut state_rx) = watch::channel(RTCPeerConnectionState::New);
         let (tick_tx, tick) = watch::channel(0u64);
@@ -755,6 +767,10 @@ impl Peer {
                     marker::HEIGHT,
                     marker::FPS
                 ),
+                VideoSource::Noise => "videotestsrc is-live=true pattern=snow \
+                     ! video/x-raw,format=I420,width=640,height=360,framerate=30/1 \
+                     ! vp8enc name=enc deadline=1 cpu-used=8 end-usage=cbr target-bitrate=800000 threads=1 keyframe-mode=disabled"
+                    .to_string(),
                 VideoSource::None => unreachable!(),
             };
             let sync = !matches!(opts.video, VideoSource::Flash | VideoSource::Marker);

@@ -1,5 +1,5 @@
 //! The room's video: decoded inputs → compositor (layout, labels, placeholders, speaker highlight)
-//! → one encode per codec → RTP fan-out.
+//! → one encode per codec and output tier → RTP fan-out.
 //!
 //! ```text
 //! appsrc(tile 0) ─ videoscale ─ capsfilter(tile size) ─ textoverlay(name) ─┐
@@ -8,6 +8,7 @@
 //! videotestsrc(accent) ─ tee ─ 4 × queue (speaker highlight bars) ─────────┴─ compositor
 //!   ─ capsfilter(I420 WxH@fps) ─ tee ─ queue(leaky) ─ <pipelines/*/vp8-encode>  ─ rtpvp8pay  ─ appsink → broadcast
 //!                                    ─ queue(leaky) ─ <pipelines/*/h264-encode> ─ rtph264pay ─ appsink → broadcast
+//!                                    ─ queue(leaky) ─ videoscale ─ 640x360 ─ <vp8-encode> ─ … (a smaller tier)
 //! ```
 //! Every participant who publishes gets a tile at join. Its picture is scaled to its letterboxed
 //! rectangle before the compositor (which then places it 1:1, the cheap path measured in
@@ -15,7 +16,8 @@
 //! stale for a second shows a placeholder (initials on a dark tile), never a frozen frame. Tiles
 //! the layout does not show are hidden and their publisher's decoder is told to stop
 //! ([`RoomVideo::set_visibility_listener`]). An encoder branch is built the first time a receiver
-//! asks for its codec. Inputs are separate `appsrc`s fed from the publishers' own decode
+//! asks for its codec and tier ([`super::tiers`]); a smaller tier's branch stops when its last
+//! receiver leaves it. Inputs are separate `appsrc`s fed from the publishers' own decode
 //! pipelines, so a join, a leave or a broken publisher never stalls the composite: the live
 //! background source clocks the compositor at the output rate whatever the inputs do.
 
@@ -32,6 +34,7 @@ use rtc::shared::marshal::Unmarshal;
 use tokio::sync::broadcast;
 
 use super::fanout::{OutPacket, VideoCodec, is_keyframe_start};
+use super::tiers::Tier;
 use crate::pipelines::{Backends, Params, Role};
 use crate::room::layout::{self, Layout, Placement, Rect, TileSource};
 
@@ -110,12 +113,16 @@ struct Inner {
     state: Mutex<State>,
     stats: Arc<VideoStats>,
     stopped: AtomicBool,
+    /// RTP timestamp offset shared by every encoder branch, so a receiver moved between tiers
+    /// sees one timeline (RFC 3550 §5.1: random per room).
+    ts_offset: u32,
 }
 
 struct State {
     /// Tiles in join order.
     inputs: Vec<InputState>,
-    outputs: HashMap<VideoCodec, Output>,
+    /// Encoder branches by codec and tier.
+    outputs: HashMap<(VideoCodec, Tier), Output>,
     layout: Layout,
     cap: usize,
     speaker: Option<String>,
@@ -154,6 +161,9 @@ struct InputShared {
 
 struct Output {
     tx: broadcast::Sender<Arc<OutPacket>>,
+    /// The room tee's pad feeding this branch, and the branch's elements (to take it down).
+    tee_pad: gst::Pad,
+    elements: Vec<gst::Element>,
     sink_pad: gst::Pad,
     keyframe: Arc<KeyframeGate>,
     /// Encoded frames before the payloader: recordings and egress attach here.
@@ -308,6 +318,12 @@ impl RoomVideo {
             }),
             stats,
             stopped: AtomicBool::new(false),
+            ts_offset: {
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write(room.as_bytes());
+                (h.finish() as u32) >> 1
+            },
         });
         watch_bus(&inner.pipeline, room.to_string());
         inner.pipeline.set_state(gst::State::Playing).map_err(gst_err)?;
@@ -497,32 +513,88 @@ impl RoomVideo {
         self.inner.state.lock().unwrap().speaker.clone()
     }
 
-    /// Number of encoder branches running.
+    /// Number of encoder branches running (codecs × tiers).
     pub fn encoders(&self) -> usize {
         self.inner.state.lock().unwrap().outputs.len()
     }
 
-    /// A receiver of the room's packets in `codec`, building that encoder branch on first use.
-    /// Call [`RoomVideo::request_keyframe`] once the receiver is ready to start.
+    /// The encoder branches running, as (codec, tier, receivers).
+    pub fn encoder_branches(&self) -> Vec<(VideoCodec, Tier, usize)> {
+        let st = self.inner.state.lock().unwrap();
+        let mut v: Vec<_> = st.outputs.iter().map(|((c, t), o)| (*c, *t, o.tx.receiver_count())).collect();
+        v.sort_by_key(|(c, t, _)| (c.encoding_name(), *t));
+        v
+    }
+
+    /// A receiver of the room's full-size packets in `codec` ([`RoomVideo::subscribe_tier`] with
+    /// [`Tier::Full`]).
     ///
     /// # Errors
     /// [`VideoError`] if the encoder branch cannot be built.
     pub fn subscribe(&self, codec: VideoCodec) -> Result<broadcast::Receiver<Arc<OutPacket>>, VideoError> {
+        self.subscribe_tier(codec, Tier::Full)
+    }
+
+    /// A receiver of the room's packets in `codec` at `tier`, building that encoder branch on
+    /// first use (its first frame is a keyframe). Call [`RoomVideo::request_keyframe_tier`] once
+    /// the receiver is ready to start.
+    ///
+    /// # Errors
+    /// [`VideoError`] if the encoder branch cannot be built.
+    pub fn subscribe_tier(&self, codec: VideoCodec, tier: Tier) -> Result<broadcast::Receiver<Arc<OutPacket>>, VideoError> {
         let mut st = self.inner.state.lock().unwrap();
-        if let Some(o) = st.outputs.get(&codec) {
+        if let Some(o) = st.outputs.get(&(codec, tier)) {
             return Ok(o.tx.subscribe());
         }
-        let out = self.build_output(codec)?;
+        let out = self.build_output(codec, tier)?;
         let rx = out.tx.subscribe();
-        st.outputs.insert(codec, out);
+        st.outputs.insert((codec, tier), out);
         Ok(rx)
     }
 
-    /// Asks the `codec` encoder for a keyframe. Requests made while one is outstanding share it
-    /// (so receivers joining within one frame interval get the same keyframe).
+    /// Takes down the smaller-tier encoder branches nobody receives any more (the full tier
+    /// stays: recordings and egress attach to it). Call after dropping a tier's receiver.
+    pub fn release_idle_tiers(&self) {
+        let idle: Vec<Output> = {
+            let mut st = self.inner.state.lock().unwrap();
+            let keys: Vec<_> =
+                st.outputs.iter().filter(|((_, t), o)| *t != Tier::Full && o.tx.receiver_count() == 0).map(|(k, _)| *k).collect();
+            keys.iter().filter_map(|k| st.outputs.remove(k)).collect()
+        };
+        for o in idle {
+            let (pipeline, tee, room) = (self.inner.pipeline.clone(), self.inner.tee.clone(), self.inner.room.clone());
+            let pad = o.tee_pad.clone();
+            let elements = o.elements;
+            // Unlink at an idle moment of the tee's pad (no buffer in flight), then stop the
+            // branch off the streaming thread.
+            pad.add_probe(gst::PadProbeType::IDLE, move |pad, _| {
+                if let Some(peer) = pad.peer() {
+                    let _ = pad.unlink(&peer);
+                }
+                tee.release_request_pad(pad);
+                let (pipeline, elements, room) = (pipeline.clone(), elements.clone(), room.clone());
+                std::thread::spawn(move || {
+                    for e in &elements {
+                        let _ = e.set_state(gst::State::Null);
+                    }
+                    let _ = pipeline.remove_many(&elements);
+                    tracing::info!(%room, "idle encoder branch stopped");
+                });
+                gst::PadProbeReturn::Remove
+            });
+        }
+    }
+
+    /// Asks the full-size `codec` encoder for a keyframe ([`RoomVideo::request_keyframe_tier`]).
     pub fn request_keyframe(&self, codec: VideoCodec) {
+        self.request_keyframe_tier(codec, Tier::Full);
+    }
+
+    /// Asks the `codec` encoder of `tier` for a keyframe. Requests made while one is outstanding
+    /// share it (so receivers joining within one frame interval get the same keyframe).
+    pub fn request_keyframe_tier(&self, codec: VideoCodec, tier: Tier) {
         let st = self.inner.state.lock().unwrap();
-        let Some(o) = st.outputs.get(&codec) else { return };
+        let Some(o) = st.outputs.get(&(codec, tier)) else { return };
         let mut last = o.keyframe.last_request.lock().unwrap();
         let outstanding = o.keyframe.pending.load(Ordering::Acquire);
         if outstanding && last.is_some_and(|t| t.elapsed() < KEYFRAME_RETRY) {
@@ -546,11 +618,10 @@ impl RoomVideo {
         let inner = &self.inner;
         let tee = {
             let mut st = inner.state.lock().unwrap();
-            if !st.outputs.contains_key(&codec) {
-                let out = self.build_output(codec)?;
-                st.outputs.insert(codec, out);
+            match st.outputs.entry((codec, Tier::Full)) {
+                std::collections::hash_map::Entry::Occupied(o) => o.get().encoded.clone(),
+                std::collections::hash_map::Entry::Vacant(v) => v.insert(self.build_output(codec, Tier::Full)?).encoded.clone(),
             }
-            st.outputs[&codec].encoded.clone()
         };
         inner.pipeline.add(branch).map_err(gst_err)?;
         branch.sync_state_with_parent().map_err(gst_err)?;
@@ -597,16 +668,17 @@ impl RoomVideo {
         let _ = self.inner.pipeline.set_state(gst::State::Null);
     }
 
-    fn build_output(&self, codec: VideoCodec) -> Result<Output, VideoError> {
+    fn build_output(&self, codec: VideoCodec, tier: Tier) -> Result<Output, VideoError> {
         let inner = &self.inner;
         let f = inner.format;
-        let params = Params { kbps: f.kbps, keyint: f.fps * 10, fps: f.fps };
+        let params = Params { kbps: tier.kbps(f), keyint: f.fps * 10, fps: f.fps };
         let (role, pay) = match codec {
             VideoCodec::Vp8 => (
                 Role::Vp8Encode,
                 gst::ElementFactory::make("rtpvp8pay")
                     .property("mtu", 1200u32)
                     .property_from_str("picture-id-mode", "15-bit")
+                    .property("timestamp-offset", inner.ts_offset)
                     .build()
                     .map_err(gst_err)?,
             ),
@@ -615,6 +687,7 @@ impl RoomVideo {
                 gst::ElementFactory::make("rtph264pay")
                     .property("mtu", 1200u32)
                     .property("config-interval", -1i32)
+                    .property("timestamp-offset", inner.ts_offset)
                     .property_from_str("aggregate-mode", "zero-latency")
                     .build()
                     .map_err(gst_err)?,
@@ -632,7 +705,26 @@ impl RoomVideo {
         let enc = inner.backends.make_bin(role, params)?;
         let sink = gst_app::AppSink::builder().sync(false).async_(false).max_buffers(64).drop(false).build();
         let encoded = gst::ElementFactory::make("tee").property("allow-not-linked", true).build().map_err(gst_err)?;
-        let elements: Vec<gst::Element> = vec![queue.clone(), enc.upcast(), encoded.clone(), pay, sink.clone().upcast()];
+        let mut elements: Vec<gst::Element> = vec![queue.clone()];
+        if tier != Tier::Full {
+            // Scale the composite down once for everyone on this tier.
+            let (w, h) = tier.size(f);
+            elements.push(make("videoscale")?);
+            elements.push(
+                gst::ElementFactory::make("capsfilter")
+                    .property(
+                        "caps",
+                        gst::Caps::builder("video/x-raw")
+                            .field("width", w as i32)
+                            .field("height", h as i32)
+                            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+                            .build(),
+                    )
+                    .build()
+                    .map_err(gst_err)?,
+            );
+        }
+        elements.extend([enc.upcast(), encoded.clone(), pay, sink.clone().upcast()]);
         inner.pipeline.add_many(&elements).map_err(gst_err)?;
         gst::Element::link_many(&elements).map_err(gst_err)?;
 
@@ -669,8 +761,8 @@ impl RoomVideo {
         }
         let src = inner.tee.request_pad_simple("src_%u").ok_or_else(|| gst_err("tee pad"))?;
         src.link(&queue.static_pad("sink").unwrap()).map_err(gst_err)?;
-        tracing::info!(room = %inner.room, ?codec, "encoder branch started");
-        Ok(Output { tx, sink_pad: sink.static_pad("sink").unwrap(), keyframe, encoded })
+        tracing::info!(room = %inner.room, ?codec, ?tier, "encoder branch started");
+        Ok(Output { tx, tee_pad: src, elements, sink_pad: sink.static_pad("sink").unwrap(), keyframe, encoded })
     }
 }
 

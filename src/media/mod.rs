@@ -5,3 +5,4 @@ pub mod audio;
 pub mod compositor;
 pub mod fanout;
 pub mod ingest;
+pub mod tiers;

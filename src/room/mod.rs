@@ -27,6 +27,7 @@ use crate::media::audio::speaker::SpeakerUpdate;
 use crate::media::audio::{AudioError, AudioMixer};
 use crate::media::compositor::{OutputFormat, RoomVideo, VideoError, VideoInput};
 use crate::media::fanout::{RtpRewriter, VideoCodec};
+use crate::media::tiers::{BandwidthSample, Tier, TierSelector};
 use crate::media::ingest::VideoIngest;
 use crate::outputs::egress::{Egress, EgressError, EgressInfo};
 use crate::outputs::recording::{Format, Recording, RecordingError, RecordingInfo};
@@ -367,9 +368,15 @@ struct Participant {
     /// The tile, until the video track arrives and takes it.
     tile: Mutex<Option<VideoInput>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The output tier it receives now (set by its video sender).
+    tier: Mutex<Option<Tier>>,
 }
 
 impl Participant {
+    fn tier(&self) -> Option<Tier> {
+        *self.tier.lock().unwrap()
+    }
+
     fn who(&self) -> Who {
         Who { id: self.id.clone(), name: self.name.clone() }
     }
@@ -394,12 +401,33 @@ pub struct ParticipantInfo {
     pub muted: Media,
     /// The codec it receives the composite in.
     pub video_codec: Option<VideoCodec>,
+    /// The output tier it receives (`full`, `half`, `quarter`), chosen from its bandwidth estimate.
+    pub video_tier: Option<Tier>,
+    /// The picture size of that tier, e.g. `[640, 360]`.
+    pub video_size: Option<(u32, u32)>,
+    /// GCC's estimate of the bandwidth toward it (TWCC feedback), kbit/s; `null` before feedback.
+    pub bandwidth_kbps: Option<u64>,
     /// Seconds since it joined.
     pub joined_s: f64,
     /// PLIs Tessera sent to this publisher (rate-limited by `--pli-interval-ms`).
     pub plis_sent: u64,
     /// Keyframe requests (PLI/FIR) this receiver sent about the composite.
     pub keyframe_requests: u64,
+}
+
+/// One encoder branch of the room's composite.
+#[derive(Debug, Serialize)]
+pub struct EncoderInfo {
+    /// Codec.
+    pub codec: VideoCodec,
+    /// Output tier.
+    pub tier: Tier,
+    /// Picture size, pixels.
+    pub size: (u32, u32),
+    /// Target bitrate, kbit/s.
+    pub kbps: u32,
+    /// Receivers on it (recordings and egress not counted).
+    pub receivers: usize,
 }
 
 /// Audio/video flags.
@@ -447,10 +475,14 @@ pub struct RoomInfo {
     pub frames_dropped: u64,
     /// Keyframes forced on the room's encoders (coalesced: receivers joining together share one).
     pub keyframes_forced: u64,
-    /// Video encoder branches running (one per codec in use).
+    /// Video encoder branches running (one per codec and output tier in use).
     pub encoders: usize,
+    /// Those branches: codec, tier, picture size and how many receivers each has now.
+    pub encoder_branches: Vec<EncoderInfo>,
     /// Opus encodes in the last 20 ms tick (≤ talkers + 1).
     pub audio_encodes_last_tick: u64,
+    /// Opus decodes in the last 20 ms tick (≤ K loudest talkers + publishers without RFC 6464 levels).
+    pub audio_decodes_last_tick: u64,
     /// PLIs sent to this room's publishers since it started.
     pub plis_sent_total: u64,
     /// Keyframe requests received from this room's receivers since it started.
@@ -765,6 +797,7 @@ impl Room {
             muted_video: AtomicBool::new(false),
             tile: Mutex::new(tile),
             tasks: Mutex::new(vec![]),
+            tier: Mutex::new(None),
         });
         let mut tasks = vec![];
         if let (Some(track), Some(rx), Some(codec)) = (p.session.video.clone(), video_rx, plan.receive_video) {
@@ -802,9 +835,15 @@ impl Room {
             let Some(i) = ps.iter().position(|p| p.id == id) else { return false };
             ps.remove(i)
         };
-        for t in p.tasks.lock().unwrap().drain(..) {
+        let tasks: Vec<_> = p.tasks.lock().unwrap().drain(..).collect();
+        for t in &tasks {
             t.abort();
         }
+        // Once its senders are gone, a smaller output tier it alone watched can stop.
+        for t in tasks {
+            let _ = t.await;
+        }
+        self.video.release_idle_tiers();
         self.video.remove_input(id);
         self.audio.remove_source(id);
         self.departed.0.fetch_add(p.session.counters.plis_sent.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -834,6 +873,9 @@ impl Room {
                 receives: Media { audio: p.plan.receive_audio, video: p.plan.receive_video.is_some() },
                 muted: Media { audio: p.muted_audio.load(Ordering::Relaxed), video: p.muted_video.load(Ordering::Relaxed) },
                 video_codec: p.plan.receive_video,
+                video_tier: p.tier(),
+                video_size: p.tier().map(|t| t.size(self.video.format())),
+                bandwidth_kbps: p.session.bandwidth.as_ref().and_then(|b| b.bps()).map(|b| (b / 1000.0) as u64),
                 joined_s: p.joined.elapsed().as_secs_f64(),
                 plis_sent: p.session.counters.plis_sent.load(Ordering::Relaxed),
                 keyframe_requests: p.session.counters.keyframe_requests_received.load(Ordering::Relaxed),
@@ -857,7 +899,20 @@ impl Room {
             frames_dropped: stats.frames_dropped.load(Ordering::Relaxed),
             keyframes_forced: stats.keyframes_forced.load(Ordering::Relaxed),
             encoders: self.video.encoders(),
+            encoder_branches: self
+                .video
+                .encoder_branches()
+                .into_iter()
+                .map(|(codec, tier, receivers)| EncoderInfo {
+                    codec,
+                    tier,
+                    size: tier.size(self.video.format()),
+                    kbps: tier.kbps(self.video.format()),
+                    receivers,
+                })
+                .collect(),
             audio_encodes_last_tick: self.audio.stats().encodes_last_tick.load(Ordering::Relaxed),
+            audio_decodes_last_tick: self.audio.stats().decodes_last_tick.load(Ordering::Relaxed),
             plis_sent_total: self.departed.0.load(Ordering::Relaxed) + plis_now,
             keyframe_requests_total: self.departed.1.load(Ordering::Relaxed) + requests_now,
             age_s: self.created.elapsed().as_secs_f64(),
@@ -952,7 +1007,10 @@ async fn receive_video(room: Arc<Room>, p: Arc<Participant>, track: RemoteTrack,
 }
 
 /// Sends the room's composite to one receiver: own SSRC, payload type and sequence numbers,
-/// starting at a keyframe; PLI/FIR from the receiver ask the encoder for a keyframe.
+/// starting at a keyframe; PLI/FIR from the receiver ask the encoder for a keyframe. Every 500 ms
+/// the receiver's bandwidth estimate (when the transport has one) picks its output tier
+/// ([`TierSelector`]); a move subscribes to the new tier, keeps sending the old one until the new
+/// one's keyframe, then switches there with no gap in sequence numbers or timestamps.
 async fn send_video(
     video: RoomVideo,
     p: Arc<Participant>,
@@ -964,15 +1022,25 @@ async fn send_video(
         return;
     }
     let mut rw = RtpRewriter::new(track.ssrc, track.payload_type(), (track.ssrc >> 16) as u16);
-    video.request_keyframe(codec);
+    let mut tier = Tier::Full;
+    *p.tier.lock().unwrap() = Some(tier);
+    let mut selector = TierSelector::new(video.format());
+    // The tier being moved to, until its first keyframe arrives.
+    let mut next: Option<(Tier, broadcast::Receiver<Arc<crate::media::fanout::OutPacket>>)> = None;
+    video.request_keyframe_tier(codec, tier);
     let mut keyframe_requests = true;
     // Until this receiver has its keyframe, ask again every half second (a request can be lost,
     // e.g. sent while the encoder was still starting); the gate coalesces repeats.
     let mut retry = tokio::time::interval(std::time::Duration::from_millis(500));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let estimate = p.session.bandwidth.clone();
+    let mut bwe_tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    bwe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = retry.tick(), if !rw.is_started() => video.request_keyframe(codec),
+            _ = retry.tick(), if !rw.is_started() || next.is_some() => {
+                video.request_keyframe_tier(codec, next.as_ref().map_or(tier, |(t, _)| *t));
+            }
             r = rx.recv() => match r {
                 Ok(pkt) => {
                     if let Some(out) = rw.rewrite(&pkt) {
@@ -982,19 +1050,57 @@ async fn send_video(
                 Err(RecvError::Lagged(n)) => {
                     tracing::debug!(skipped = n, "receiver fell behind; waiting for a keyframe");
                     rw.resync();
-                    video.request_keyframe(codec);
+                    video.request_keyframe_tier(codec, tier);
                 }
                 Err(RecvError::Closed) => break,
+            },
+            r = async { next.as_mut().expect("guarded").1.recv().await }, if next.is_some() => match r {
+                Ok(pkt) if pkt.keyframe_start => {
+                    let (t, new_rx) = next.take().expect("guarded");
+                    tracing::info!(from = ?tier, to = ?t, "moved to another output tier at its keyframe");
+                    rx = new_rx;
+                    tier = t;
+                    *p.tier.lock().unwrap() = Some(tier);
+                    rw.resync();
+                    if let Some(out) = rw.rewrite(&pkt) {
+                        let _ = track.write(out).await;
+                    }
+                    video.release_idle_tiers();
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => next = None,
+            },
+            _ = bwe_tick.tick(), if estimate.is_some() => {
+                let e = estimate.as_ref().expect("guarded");
+                let bps = e.bps().unwrap_or(0.0);
+                let want = selector.update(BandwidthSample { bps, delay_bps: e.delay_based_bps().unwrap_or(bps), loss: e.loss() });
+                let moving_to = next.as_ref().map(|(t, _)| *t);
+                if want == tier && moving_to.is_some() {
+                    next = None;
+                    video.release_idle_tiers();
+                } else if want != tier && moving_to != Some(want) {
+                    tracing::info!(estimate_kbps = (bps / 1000.0) as u64, from = ?tier, to = ?want, "bandwidth estimate asks for another output tier");
+                    match video.subscribe_tier(codec, want) {
+                        Ok(new_rx) => {
+                            next = Some((want, new_rx));
+                            video.request_keyframe_tier(codec, want);
+                        }
+                        Err(e) => tracing::warn!("output tier {want:?} unavailable: {e}"),
+                    }
+                }
             },
             k = track.keyframe_request(), if keyframe_requests => match k {
                 Some(()) => {
                     p.session.counters.keyframe_requests_received.fetch_add(1, Ordering::Relaxed);
-                    video.request_keyframe(codec);
+                    video.request_keyframe_tier(codec, tier);
                 }
                 None => keyframe_requests = false,
             },
         }
     }
+    drop(rx);
+    drop(next);
+    video.release_idle_tiers();
 }
 
 /// Sends the mix to one receiver: its mix-minus payload when it talks, else the shared one.

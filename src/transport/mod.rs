@@ -2,6 +2,7 @@
 //! UDP range, answers the offer (non-trickle: the answer carries every candidate), exposes the
 //! remote tracks as RTP streams, and the local tracks Tessera sends the composite and mix on.
 
+pub mod bwe;
 pub mod rtcp;
 
 use std::net::{IpAddr, SocketAddr};
@@ -95,6 +96,9 @@ pub struct Transport {
     public_ips: Vec<String>,
     ice_servers: Vec<RTCIceServer>,
     pli_interval: Duration,
+    /// Where a receiver's bandwidth estimate starts, bits/s (above the largest tier's need, so a
+    /// receiver starts on the full tier and only feedback moves it).
+    initial_estimate_bps: f64,
 }
 
 /// Parses `stun:host:port`, `turn:host:port?transport=udp` and the `turn:user:pass@host:port`
@@ -120,6 +124,7 @@ impl Transport {
             public_ips: cfg.public_ips.iter().map(|ip| ip.to_string()).collect(),
             ice_servers: cfg.ice_servers.iter().map(|u| parse_ice_server(u)).collect(),
             pli_interval: Duration::from_millis(cfg.pli_interval_ms),
+            initial_estimate_bps: cfg.video_kbps as f64 * 1000.0 * 2.5,
         }
     }
 
@@ -196,7 +201,7 @@ impl Transport {
             pli_interval: self.pli_interval,
             runtime: tokio::runtime::Handle::current(),
         });
-        let pc = self.build(handler).await?;
+        let (pc, bandwidth) = self.build(handler, plan.receive_video.is_some()).await?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
         let result = async {
             pc.set_remote_description(offer).await.map_err(|e| TransportError::Offer(e.to_string()))?;
@@ -220,7 +225,7 @@ impl Transport {
         }
         .await;
         match result {
-            Ok((video, audio, sdp)) => Ok((Session { pc, video, audio, state: state_rx, counters }, sdp)),
+            Ok((video, audio, sdp)) => Ok((Session { pc, video, audio, state: state_rx, counters, bandwidth }, sdp)),
             Err(e) => {
                 let _ = pc.close().await;
                 Err(e)
@@ -228,7 +233,12 @@ impl Transport {
         }
     }
 
-    async fn build(&self, handler: Arc<Handler>) -> Result<impl PeerConnection + use<>, TransportError> {
+    /// Builds the peer connection; `estimate`: add TWCC and a GCC estimator for what it sends.
+    async fn build(
+        &self,
+        handler: Arc<Handler>,
+        estimate: bool,
+    ) -> Result<(impl PeerConnection + use<>, Option<Arc<bwe::Estimate>>), TransportError> {
         let span = if self.ports.low == 0 { 1 } else { (self.ports.high - self.ports.low) as u32 + 1 };
         let mut last_err = None;
         for _ in 0..span.min(64) {
@@ -246,6 +256,12 @@ impl Transport {
             let mut media_engine = Self::media_engine()?;
             let registry = register_default_interceptors(Registry::new(), &mut media_engine).map_err(rtc_err)?;
             let registry = registry.with(rtcp::SLOT.into(), rtcp::KeyframeRequestInterceptor::default());
+            let (registry, bandwidth) = if estimate {
+                let (r, e) = bwe::configure(registry, &mut media_engine, self.initial_estimate_bps).map_err(rtc_err)?;
+                (r, Some(e))
+            } else {
+                (registry, None)
+            };
             // No mDNS: Tessera announces plain IPs, and joining the multicast group fails on
             // hosts without a multicast-capable interface (a loopback-only container).
             let mut settings = SettingEngineBuilder::new().with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
@@ -266,7 +282,7 @@ impl Transport {
                 .build()
                 .await;
             match built {
-                Ok(pc) => return Ok(pc),
+                Ok(pc) => return Ok((pc, bandwidth)),
                 Err(e) => {
                     tracing::debug!(port, "bind failed: {e}");
                     last_err = Some(e);
@@ -505,6 +521,8 @@ pub struct Session {
     state: watch::Receiver<RTCPeerConnectionState>,
     /// RTCP counters.
     pub counters: Arc<SessionCounters>,
+    /// GCC's estimate of the bandwidth toward this participant, when it receives video.
+    pub bandwidth: Option<Arc<bwe::Estimate>>,
 }
 
 impl Session {

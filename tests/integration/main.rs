@@ -17,6 +17,7 @@ mod mix_minus;
 mod mute;
 mod recording;
 mod speaker;
+mod tiers;
 mod tokens;
 mod whep;
 mod whip;
