@@ -4,8 +4,8 @@
 //! ```text
 //! appsrc(tile 0) ─ videoscale ─ capsfilter(tile size) ─ textoverlay(name) ─┐
 //! appsrc(tile 1) ─ videoscale ─ capsfilter(tile size) ─ textoverlay(name) ─┤
-//! videotestsrc(16x16, live: clocks the output, alpha 0) ───────────────────┤
-//! videotestsrc(accent) ─ tee ─ 4 × queue (speaker highlight bars) ─────────┴─ compositor
+//! appsrc(16x16 from the room clock thread: paces the output, alpha 0) ──────┤
+//! appsrc(16x16 accent) ─ tee ─ 4 × queue (speaker highlight bars) ──────────┴─ compositor
 //!   ─ capsfilter(I420 WxH@fps) ─ tee ─ queue(leaky) ─ <pipelines/*/vp8-encode>  ─ rtpvp8pay  ─ appsink → broadcast
 //!                                    ─ queue(leaky) ─ <pipelines/*/h264-encode> ─ rtph264pay ─ appsink → broadcast
 //!                                    ─ queue(leaky) ─ videoscale ─ 640x360 ─ <vp8-encode> ─ … (a smaller tier)
@@ -222,29 +222,32 @@ impl RoomVideo {
     pub fn new(room: &str, format: OutputFormat, backends: Backends, layout: Layout, cap: usize) -> Result<Self, VideoError> {
         gst::init().map_err(gst_err)?;
         let pipeline = gst::Pipeline::with_name(&format!("room-{room}"));
-        let small_live = |colour: u32, fps: i32| -> Result<(gst::Element, gst::Element), VideoError> {
-            let src = gst::ElementFactory::make("videotestsrc")
-                .property("is-live", true)
-                .property_from_str("pattern", "solid-color")
-                .property("foreground-color", colour)
-                .build()
-                .map_err(gst_err)?;
-            let caps = gst::ElementFactory::make("capsfilter")
-                .property(
-                    "caps",
-                    gst::Caps::builder("video/x-raw")
+        // The output clock and the speaker-highlight colour: 16x16 frames pushed by the room's
+        // clock thread at the output rate. Appsrcs report no latency (a live videotestsrc reports a
+        // frame's worth, and the compositor would hold every output that long while any tile —
+        // a placeholder, a hidden tile — has no new frame).
+        let tick_src = |name: &str| -> gst_app::AppSrc {
+            gst_app::AppSrc::builder()
+                .name(name)
+                .is_live(true)
+                .format(gst::Format::Time)
+                .min_latency(0)
+                .max_latency(-1)
+                .max_buffers(2)
+                .leaky_type(gst_app::AppLeakyType::Downstream)
+                .caps(
+                    &gst::Caps::builder("video/x-raw")
                         .field("format", "I420")
                         .field("width", 16)
                         .field("height", 16)
-                        .field("framerate", gst::Fraction::new(fps, 1))
+                        .field("framerate", gst::Fraction::new(format.fps as i32, 1))
                         .build(),
                 )
                 .build()
-                .map_err(gst_err)?;
-            Ok((src, caps))
         };
-        let (clock_src, clock_caps) = small_live(0xff000000, format.fps as i32)?;
-        let (bar_src, bar_caps) = small_live(0xffffc800, 5)?;
+        let clock_appsrc = tick_src("clock");
+        let bar_appsrc = tick_src("accent");
+        let (clock_caps, bar_caps): (gst::Element, gst::Element) = (clock_appsrc.clone().upcast(), bar_appsrc.clone().upcast());
         let bar_tee = make("tee")?;
         let compositor = gst::ElementFactory::make("compositor")
             .property_from_str("background", "black")
@@ -271,10 +274,9 @@ impl RoomVideo {
             .build()
             .map_err(gst_err)?;
         pipeline
-            .add_many([&clock_src, &clock_caps, &bar_src, &bar_caps, &bar_tee, &compositor, &out_caps, &tee, &idle])
+            .add_many([&clock_caps, &bar_caps, &bar_tee, &compositor, &out_caps, &tee, &idle])
             .map_err(gst_err)?;
-        gst::Element::link_many([&clock_src, &clock_caps]).map_err(gst_err)?;
-        gst::Element::link_many([&bar_src, &bar_caps, &bar_tee]).map_err(gst_err)?;
+        gst::Element::link_many([&bar_caps, &bar_tee]).map_err(gst_err)?;
         let clock_pad = compositor.request_pad_simple("sink_%u").ok_or_else(|| gst_err("compositor pad"))?;
         clock_pad.set_property("alpha", 0.0f64);
         clock_pad.set_property("zorder", 0u32);
@@ -328,6 +330,7 @@ impl RoomVideo {
         watch_bus(&inner.pipeline, room.to_string());
         inner.pipeline.set_state(gst::State::Playing).map_err(gst_err)?;
         spawn_placeholder_thread(Arc::downgrade(&inner));
+        spawn_clock_thread(Arc::downgrade(&inner), clock_appsrc, bar_appsrc, format.fps);
         Ok(Self { inner })
     }
 
@@ -855,8 +858,9 @@ fn push_placeholder(inner: &Inner, id: &str, appsrc: &gst_app::AppSrc, shared: &
     push_frame(inner, id, appsrc, shared, sample);
 }
 
-/// Pushes one frame into a tile, stamped with the room's running time; re-lays out when its size
-/// changed (a new source resolution, or placeholder ↔ picture).
+/// Pushes one frame into a tile, stamped with the room's running time (no duration: it shows
+/// until the next one); re-lays out when its size changed (a new source resolution, or
+/// placeholder ↔ picture).
 fn push_frame(inner: &Inner, id: &str, appsrc: &gst_app::AppSrc, shared: &InputShared, sample: &gst::Sample) {
     let (Some(buf), Some(caps)) = (sample.buffer(), sample.caps()) else { return };
     if let Ok(info) = gstreamer_video::VideoInfo::from_caps(caps) {
@@ -883,6 +887,50 @@ fn push_frame(inner: &Inner, id: &str, appsrc: &gst_app::AppSrc, shared: &InputS
         inner.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
     }
     let _ = appsrc.push_buffer(buf);
+}
+
+/// The room's output clock: every 1/`fps` s pushes a black 16x16 frame into `clock` (the
+/// compositor's background pad, which paces the output) and an accent-coloured one into `accent`
+/// (the speaker highlight bars), stamped with the pipeline's running time.
+fn spawn_clock_thread(video: Weak<Inner>, clock: gst_app::AppSrc, accent: gst_app::AppSrc, fps: u32) {
+    // I420 16x16: 256 bytes of luma, 64 + 64 of chroma. Black; amber (RGB 255,200,0).
+    let frame = |y: u8, u: u8, v: u8| {
+        let mut d = vec![y; 256];
+        d.extend([u; 64]);
+        d.extend([v; 64]);
+        gst::Buffer::from_mut_slice(d)
+    };
+    let (black, amber) = (frame(16, 128, 128), frame(182, 32, 166));
+    let period = Duration::from_nanos(1_000_000_000 / u64::from(fps.max(1)));
+    let _ = std::thread::Builder::new().name("room-clock".into()).spawn(move || {
+        let mut next = Instant::now();
+        loop {
+            next += period;
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            } else if now - next > period * 5 {
+                next = now; // starved: do not burst to catch up
+            }
+            let Some(inner) = video.upgrade() else { return };
+            if inner.stopped.load(Ordering::Relaxed) {
+                return;
+            }
+            let pts = inner.pipeline.current_running_time();
+            drop(inner);
+            for (src, buf) in [(&clock, &black), (&accent, &amber)] {
+                let mut b = buf.copy();
+                {
+                    let b = b.make_mut();
+                    b.set_pts(pts);
+                    b.set_duration(gst::ClockTime::from_nseconds(period.as_nanos() as u64));
+                }
+                if src.push_buffer(b).is_err() {
+                    return;
+                }
+            }
+        }
+    });
 }
 
 /// Refreshes the placeholders of muted, audio-only and stale tiles, every [`PLACEHOLDER_PERIOD`].
