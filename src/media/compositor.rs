@@ -22,7 +22,7 @@
 //! background source clocks the compositor at the output rate whatever the inputs do.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,12 @@ const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
 const STALE: Duration = Duration::from_millis(1000);
 /// How often placeholders are refreshed (the compositor repeats the last frame in between).
 const PLACEHOLDER_PERIOD: Duration = Duration::from_millis(250);
+/// Outputs let through after any change: a changed input may be aggregated one output later than
+/// it arrived at the compositor.
+const CHANGE_OUTPUTS: u32 = 3;
+/// An unchanged composite is still sent this often (a receiver's decoder and statistics stay
+/// alive; a lost frame gets replaced).
+const UNCHANGED_REFRESH: Duration = Duration::from_millis(1000);
 /// Width of the speaker highlight, pixels.
 const HIGHLIGHT: u32 = 4;
 /// Placeholder picture size (16:9).
@@ -89,6 +95,9 @@ pub struct VideoStats {
     pub keyframes_forced: AtomicU64,
     /// Input frames dropped before the compositor (a full input queue).
     pub frames_dropped: AtomicU64,
+    /// Composite frames not encoded because nothing in them changed (no new input frame, layout,
+    /// label or highlight) since the last one sent.
+    pub frames_unchanged: AtomicU64,
 }
 
 /// Called with `true` when a tile becomes visible and `false` when the layout hides it.
@@ -113,6 +122,8 @@ struct Inner {
     state: Mutex<State>,
     stats: Arc<VideoStats>,
     stopped: AtomicBool,
+    /// Outputs still to send because something changed (see [`CHANGE_OUTPUTS`]).
+    changes: Arc<AtomicU32>,
     /// RTP timestamp offset shared by every encoder branch, so a receiver moved between tiers
     /// sees one timeline (RFC 3550 §5.1: random per room).
     ts_offset: u32,
@@ -296,7 +307,19 @@ impl RoomVideo {
 
         let stats = Arc::new(VideoStats::default());
         let s = stats.clone();
+        // An unchanged composite is not encoded: the encoders (the expensive part) only see frames
+        // in which something changed, and one a second otherwise.
+        let changes = Arc::new(AtomicU32::new(CHANGE_OUTPUTS));
+        let (c, last_sent) = (changes.clone(), Mutex::new(None::<Instant>));
         out_caps.static_pad("src").unwrap().add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            let now = Instant::now();
+            let changed = c.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
+            let mut last = last_sent.lock().unwrap();
+            if !changed && last.is_some_and(|t| now.duration_since(t) < UNCHANGED_REFRESH) {
+                s.frames_unchanged.fetch_add(1, Ordering::Relaxed);
+                return gst::PadProbeReturn::Drop;
+            }
+            *last = Some(now);
             s.frames_out.fetch_add(1, Ordering::Relaxed);
             gst::PadProbeReturn::Ok
         });
@@ -320,6 +343,7 @@ impl RoomVideo {
             }),
             stats,
             stopped: AtomicBool::new(false),
+            changes,
             ts_offset: {
                 use std::hash::{BuildHasher, Hasher};
                 let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -387,6 +411,13 @@ impl RoomVideo {
         let pad = inner.compositor.request_pad_simple("sink_%u").ok_or_else(|| gst_err("compositor pad"))?;
         pad.set_property("alpha", 0.0f64);
         label.static_pad("src").unwrap().link(&pad).map_err(gst_err)?;
+        let changes = inner.changes.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if info.buffer().is_some_and(|b| !b.flags().contains(gst::BufferFlags::DROPPABLE)) {
+                changes.store(CHANGE_OUTPUTS, Ordering::Release);
+            }
+            gst::PadProbeReturn::Ok
+        });
         let shared = Arc::new(InputShared {
             video_muted: AtomicBool::new(false),
             last_frame: Mutex::new(None),
@@ -496,6 +527,7 @@ impl RoomVideo {
             i.audio_muted = audio;
             let text = if audio { format!("{}  [mic off]", i.name) } else { i.name.clone() };
             i.label.set_property("text", text);
+            self.inner.changes.store(CHANGE_OUTPUTS, Ordering::Release);
         }
     }
 
@@ -607,6 +639,8 @@ impl RoomVideo {
         *last = Some(Instant::now());
         let ev = gstreamer_video::UpstreamForceKeyUnitEvent::builder().all_headers(true).build();
         o.sink_pad.push_event(ev);
+        // The encoder makes the keyframe from its next input: let one through now.
+        self.inner.changes.store(CHANGE_OUTPUTS, Ordering::Release);
         self.inner.stats.keyframes_forced.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -772,6 +806,7 @@ impl RoomVideo {
 /// Recomputes the placements and applies them: each placed tile letterboxed in its cell (inset
 /// for the speaker highlight in the grid), hidden tiles transparent, listeners told.
 fn relayout(inner: &Inner, st: &mut State) {
+    inner.changes.store(CHANGE_OUTPUTS, Ordering::Release);
     let f = inner.format;
     let sources: Vec<TileSource> = st
         .inputs
@@ -854,14 +889,15 @@ fn relayout(inner: &Inner, st: &mut State) {
 /// Pushes `shared`'s placeholder into a tile's `appsrc`.
 fn push_placeholder(inner: &Inner, id: &str, appsrc: &gst_app::AppSrc, shared: &InputShared) {
     let Some(sample) = &shared.placeholder else { return };
-    shared.showing_placeholder.store(true, Ordering::Relaxed);
-    push_frame(inner, id, appsrc, shared, sample);
+    let refresh = shared.showing_placeholder.swap(true, Ordering::Relaxed);
+    push_frame(inner, id, appsrc, shared, sample, refresh);
 }
 
 /// Pushes one frame into a tile, stamped with the room's running time (no duration: it shows
 /// until the next one); re-lays out when its size changed (a new source resolution, or
-/// placeholder ↔ picture).
-fn push_frame(inner: &Inner, id: &str, appsrc: &gst_app::AppSrc, shared: &InputShared, sample: &gst::Sample) {
+/// placeholder ↔ picture). A `repeat` (the same placeholder again) is flagged `DROPPABLE` so the
+/// compositor's change detection ignores it.
+fn push_frame(inner: &Inner, id: &str, appsrc: &gst_app::AppSrc, shared: &InputShared, sample: &gst::Sample, repeat: bool) {
     let (Some(buf), Some(caps)) = (sample.buffer(), sample.caps()) else { return };
     if let Ok(info) = gstreamer_video::VideoInfo::from_caps(caps) {
         let dims = (info.width(), info.height());
@@ -882,6 +918,9 @@ fn push_frame(inner: &Inner, id: &str, appsrc: &gst_app::AppSrc, shared: &InputS
         b.set_pts(inner.pipeline.current_running_time());
         b.set_dts(gst::ClockTime::NONE);
         b.set_duration(gst::ClockTime::NONE);
+        if repeat {
+            b.set_flags(gst::BufferFlags::DROPPABLE);
+        }
     }
     if appsrc.current_level_buffers() >= 2 {
         inner.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
@@ -981,7 +1020,7 @@ impl VideoInput {
         let Some(video) = self.video.upgrade() else { return };
         *self.shared.last_frame.lock().unwrap() = Some(Instant::now());
         self.shared.showing_placeholder.store(false, Ordering::Relaxed);
-        push_frame(&video, &self.id, &self.appsrc, &self.shared, sample);
+        push_frame(&video, &self.id, &self.appsrc, &self.shared, sample, false);
     }
 }
 

@@ -473,6 +473,8 @@ pub struct RoomInfo {
     pub frames_out: u64,
     /// Input frames dropped before the compositor.
     pub frames_dropped: u64,
+    /// Composite frames not encoded because nothing in them changed (sent once a second instead).
+    pub frames_unchanged: u64,
     /// Keyframes forced on the room's encoders (coalesced: receivers joining together share one).
     pub keyframes_forced: u64,
     /// Video encoder branches running (one per codec and output tier in use).
@@ -897,6 +899,7 @@ impl Room {
             placements: self.video.placements(),
             frames_out: stats.frames_out.load(Ordering::Relaxed),
             frames_dropped: stats.frames_dropped.load(Ordering::Relaxed),
+            frames_unchanged: stats.frames_unchanged.load(Ordering::Relaxed),
             keyframes_forced: stats.keyframes_forced.load(Ordering::Relaxed),
             encoders: self.video.encoders(),
             encoder_branches: self
