@@ -63,6 +63,10 @@ pub struct LoadgenArgs {
     /// Publishers do not decode what they receive (only viewers do); halves the client's CPU.
     #[arg(long)]
     pub publishers_send_only: bool,
+    /// Publishers receive the composite and the mix but only count frames and packets instead of
+    /// decoding (every participant a real receiver, at little client CPU).
+    #[arg(long, conflicts_with = "publishers_send_only")]
+    pub publishers_count_only: bool,
     /// Viewers only count frames and packets instead of decoding (so many viewers cost the load
     /// generator little).
     #[arg(long)]
@@ -111,6 +115,7 @@ fn plan(a: &LoadgenArgs) -> Vec<(String, PeerOpts)> {
             let mut o = PeerOpts::publisher(&format!("{prefix}pub{i}"), (0, 0, 0), 300.0 + 50.0 * i as f64);
             o.video = video;
             o.receive = !a.publishers_send_only;
+            o.decode = !a.publishers_count_only;
             o.token = a.token.clone();
             if !a.tones {
                 // The marker publisher keeps one of the talkers' seats, so the server's last-N
