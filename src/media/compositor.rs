@@ -1,25 +1,26 @@
-//! The room's video: decoded inputs → compositor (layout, labels, placeholders, speaker highlight)
-//! → one encode per codec and output tier → RTP fan-out.
+//! The room's video: decoded inputs → the room canvas (layout, labels, placeholders, speaker
+//! highlight) → one encode per codec and output tier → RTP fan-out.
 //!
 //! ```text
-//! appsrc(tile 0) ─ videoscale ─ capsfilter(tile size) ─ textoverlay(name) ─┐
-//! appsrc(tile 1) ─ videoscale ─ capsfilter(tile size) ─ textoverlay(name) ─┤
-//! appsrc(16x16 from the room clock thread: paces the output, alpha 0) ──────┤
-//! appsrc(16x16 accent) ─ tee ─ 4 × queue (speaker highlight bars) ──────────┴─ compositor
-//!   ─ capsfilter(I420 WxH@fps) ─ tee ─ queue(leaky) ─ <pipelines/*/vp8-encode>  ─ rtpvp8pay  ─ appsink → broadcast
-//!                                    ─ queue(leaky) ─ <pipelines/*/h264-encode> ─ rtph264pay ─ appsink → broadcast
-//!                                    ─ queue(leaky) ─ videoscale ─ 640x360 ─ <vp8-encode> ─ … (a smaller tier)
+//! publisher decoder thread ─ scale into its tile (Rust, `canvas`) ─┐
+//! publisher decoder thread ─ scale into its tile ──────────────────┤  I420 canvas WxH
+//! placeholder thread (muted, audio-only, stale tiles) ─────────────┘
+//! room clock thread, every 1/fps s, when something changed: copy ─ appsrc(I420 WxH@fps)
+//!   ─ tee ─ queue(leaky) ─ <pipelines/*/vp8-encode>  ─ rtpvp8pay  ─ appsink → broadcast
+//!         ─ queue(leaky) ─ <pipelines/*/h264-encode> ─ rtph264pay ─ appsink → broadcast
+//!         ─ queue(leaky) ─ videoscale ─ 640x360 ─ <vp8-encode> ─ … (a smaller tier)
 //! ```
-//! Every participant who publishes gets a tile at join. Its picture is scaled to its letterboxed
-//! rectangle before the compositor (which then places it 1:1, the cheap path measured in
-//! MEDIA-NOTES) and labelled with the name. A tile whose video is muted, absent (audio-only) or
-//! stale for a second shows a placeholder (initials on a dark tile), never a frozen frame. Tiles
-//! the layout does not show are hidden and their publisher's decoder is told to stop
-//! ([`RoomVideo::set_visibility_listener`]). An encoder branch is built the first time a receiver
-//! asks for its codec and tier ([`super::tiers`]); a smaller tier's branch stops when its last
-//! receiver leaves it. Inputs are separate `appsrc`s fed from the publishers' own decode
-//! pipelines, so a join, a leave or a broken publisher never stalls the composite: the live
-//! background source clocks the compositor at the output rate whatever the inputs do.
+//! Every participant who publishes gets a tile at join. Each decoded frame is scaled once, in the
+//! publisher's own decoder thread, straight into its letterboxed rectangle of the canvas (bilinear,
+//! [`super::canvas`]), and its name label is blended on it; tiles that overlap (custom layouts) are
+//! redrawn in z-order. A tile whose video is muted, absent (audio-only) or stale for a second shows
+//! a placeholder (initials on a dark tile), never a frozen frame. Tiles the layout does not show
+//! are hidden and their publisher's decoder is told to stop ([`RoomVideo::set_visibility_listener`]).
+//! The room clock thread paces the output: a composite is copied out and encoded only when
+//! something in it changed (and once a second otherwise), so a join, a leave or a broken publisher
+//! never stalls the picture and an idle room costs nothing to encode. An encoder branch is built
+//! the first time a receiver asks for its codec and tier ([`super::tiers`]); a smaller tier's
+//! branch stops when its last receiver leaves it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -30,9 +31,11 @@ use bytes::Bytes;
 use gstreamer as gst;
 use gstreamer_app as gst_app;
 use gst::prelude::*;
+use gstreamer_video::prelude::*;
 use rtc::shared::marshal::Unmarshal;
 use tokio::sync::broadcast;
 
+use super::canvas::{self, Image, Label, Planes, Yuv};
 use super::fanout::{OutPacket, VideoCodec, is_keyframe_start};
 use super::tiers::Tier;
 use crate::pipelines::{Backends, Params, Role};
@@ -46,9 +49,9 @@ const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
 const STALE: Duration = Duration::from_millis(1000);
 /// How often placeholders are refreshed (the compositor repeats the last frame in between).
 const PLACEHOLDER_PERIOD: Duration = Duration::from_millis(250);
-/// Outputs let through after any change: a changed input may be aggregated one output later than
-/// it arrived at the compositor.
-const CHANGE_OUTPUTS: u32 = 3;
+/// Outputs sent after a keyframe request even if nothing in the picture changed (the encoder makes
+/// its keyframe from its next input).
+const CHANGE_OUTPUTS: u32 = 2;
 /// An unchanged composite is still sent this often (a receiver's decoder and statistics stay
 /// alive; a lost frame gets replaced).
 const UNCHANGED_REFRESH: Duration = Duration::from_millis(1000);
@@ -56,6 +59,10 @@ const UNCHANGED_REFRESH: Duration = Duration::from_millis(1000);
 const HIGHLIGHT: u32 = 4;
 /// Placeholder picture size (16:9).
 const PLACEHOLDER_SIZE: (u32, u32) = (640, 360);
+/// The speaker highlight's colour (amber, RGB 255,200,0).
+const AMBER: Yuv = (182, 32, 166);
+/// Distance of a label from its tile's bottom-left corner, pixels.
+const LABEL_MARGIN: u32 = 8;
 
 /// Output format of the composite.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
@@ -93,7 +100,7 @@ pub struct VideoStats {
     pub frames_out: AtomicU64,
     /// Keyframes forced on an encoder (coalesced requests count once).
     pub keyframes_forced: AtomicU64,
-    /// Input frames dropped before the compositor (a full input queue).
+    /// Input frames not drawn (not I420, or unreadable).
     pub frames_dropped: AtomicU64,
     /// Composite frames not encoded because nothing in them changed (no new input frame, layout,
     /// label or highlight) since the last one sent.
@@ -113,17 +120,17 @@ pub struct RoomVideo {
 struct Inner {
     room: String,
     pipeline: gst::Pipeline,
-    compositor: gst::Element,
     tee: gst::Element,
-    /// Top, bottom, left, right bars of the speaker highlight.
-    bars: [gst::Pad; 4],
+    /// The picture, drawn by the inputs and copied out by the room clock thread. Lock order:
+    /// `state` before `canvas`.
+    canvas: Mutex<Canvas>,
     format: OutputFormat,
     backends: Backends,
     state: Mutex<State>,
     stats: Arc<VideoStats>,
     stopped: AtomicBool,
-    /// Outputs still to send because something changed (see [`CHANGE_OUTPUTS`]).
-    changes: Arc<AtomicU32>,
+    /// Outputs still to send whatever changed (see [`CHANGE_OUTPUTS`]).
+    changes: AtomicU32,
     /// RTP timestamp offset shared by every encoder branch, so a receiver moved between tiers
     /// sees one timeline (RFC 3550 §5.1: random per room).
     ts_offset: u32,
@@ -146,11 +153,6 @@ struct InputState {
     id: String,
     name: String,
     screen: bool,
-    appsrc: gst_app::AppSrc,
-    elements: Vec<gst::Element>,
-    filter: gst::Element,
-    label: gst::Element,
-    pad: gst::Pad,
     /// Size of the frames arriving now (picture or placeholder), 0x0 before the first.
     src: (u32, u32),
     /// Where it is drawn now.
@@ -159,6 +161,97 @@ struct InputState {
     on_visible: Option<VisibilityListener>,
     shared: Arc<InputShared>,
     audio_muted: bool,
+}
+
+/// The composite and what each tile last drew into it.
+struct Canvas {
+    image: Image,
+    /// In join order (as `State::inputs`).
+    tiles: Vec<Tile>,
+    /// Top, bottom, left, right bars of the speaker highlight.
+    bars: Option<[Rect; 4]>,
+    /// Something was drawn since the last output.
+    dirty: bool,
+    /// Scratch space of the scaler.
+    scratch: Vec<u16>,
+}
+
+struct Tile {
+    id: String,
+    /// Where it is drawn (letterboxed), `None` while hidden or before its first frame.
+    rect: Option<Rect>,
+    z: u32,
+    /// The tile as last drawn (scaled, labelled), to redraw it over a lower tile that overlaps.
+    patch: Image,
+    label: Option<Label>,
+    /// The last frame (or placeholder) pushed, to redraw after a relayout.
+    last: Option<gst::Sample>,
+}
+
+impl Canvas {
+    /// Scales tile `i`'s last frame into its patch, labels it and copies it into the picture.
+    fn draw(&mut self, i: usize, stats: &VideoStats) {
+        let Canvas { image, tiles, scratch, .. } = self;
+        let tile = &mut tiles[i];
+        let (Some(rect), Some(sample)) = (tile.rect, tile.last.as_ref()) else { return };
+        let (Some(buf), Some(caps)) = (sample.buffer(), sample.caps()) else { return };
+        let Ok(info) = gstreamer_video::VideoInfo::from_caps(caps) else { return };
+        if info.format() != gstreamer_video::VideoFormat::I420 {
+            stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let Ok(frame) = gstreamer_video::VideoFrameRef::from_buffer_ref_readable(buf, &info) else {
+            stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let plane = |k: u32| (frame.plane_data(k).unwrap_or(&[]), frame.plane_stride()[k as usize] as usize);
+        let planes = Planes { planes: [plane(0), plane(1), plane(2)], width: info.width() & !1, height: info.height() & !1 };
+        tile.patch.reshape(rect.w, rect.h);
+        tile.patch.scale_from_with(&planes, scratch);
+        if let Some(l) = &tile.label {
+            let y = rect.h.saturating_sub(l.height + LABEL_MARGIN);
+            tile.patch.draw_label(l, LABEL_MARGIN.min(rect.w.saturating_sub(l.width)), y);
+        }
+        image.blit(&tile.patch, rect.x, rect.y);
+        self.dirty = true;
+    }
+
+    /// Draws tile `i` and then the tiles above it that overlap it.
+    fn draw_tile(&mut self, i: usize, stats: &VideoStats) {
+        self.draw(i, stats);
+        let Some(r) = self.tiles[i].rect else { return };
+        let z = self.tiles[i].z;
+        for j in 0..self.tiles.len() {
+            let t = &self.tiles[j];
+            let above = t.z > z || (t.z == z && j > i);
+            if let Some(o) = t.rect
+                && above
+                && t.patch.width == o.w
+                && o.x < r.x + r.w
+                && r.x < o.x + o.w
+                && o.y < r.y + r.h
+                && r.y < o.y + o.h
+            {
+                let Canvas { image, tiles, .. } = self;
+                image.blit(&tiles[j].patch, o.x, o.y);
+            }
+        }
+    }
+
+    /// Redraws the whole picture: background, tiles in z-order, highlight.
+    fn redraw(&mut self, stats: &VideoStats) {
+        let (w, h) = (self.image.width, self.image.height);
+        self.image.fill(0, 0, w, h, canvas::BLACK);
+        let mut order: Vec<usize> = (0..self.tiles.len()).collect();
+        order.sort_by_key(|&i| self.tiles[i].z);
+        for i in order {
+            self.draw(i, stats);
+        }
+        for r in self.bars.into_iter().flatten() {
+            self.image.fill(r.x, r.y, r.w, r.h, AMBER);
+        }
+        self.dirty = true;
+    }
 }
 
 /// What the push path and the placeholder thread share with the layout.
@@ -224,6 +317,29 @@ fn render_placeholder(name: &str) -> Option<gst::Sample> {
     sample
 }
 
+/// Renders a tile label (`Sans Bold 14`, white, with [`Label`]'s shaded box) with `textrender`.
+fn render_label(text: &str) -> Option<Label> {
+    let (w, h) = (640u32, 48u32);
+    let desc = format!(
+        "appsrc name=src caps=text/x-raw,format=utf8 ! textrender font-desc=\"Sans Bold 14\" halignment=left valignment=top \
+         ! video/x-raw,format=AYUV,width={w},height={h} ! appsink name=s sync=false"
+    );
+    let p = gst::parse::launch(&desc).ok()?.downcast::<gst::Pipeline>().ok()?;
+    let src = p.by_name("src")?.downcast::<gst_app::AppSrc>().ok()?;
+    let sink = p.by_name("s")?.downcast::<gst_app::AppSink>().ok()?;
+    p.set_state(gst::State::Playing).ok()?;
+    let mut buf = gst::Buffer::from_slice(text.as_bytes().to_vec());
+    buf.get_mut()?.set_pts(gst::ClockTime::ZERO);
+    let _ = src.push_buffer(buf);
+    let _ = src.end_of_stream();
+    let sample = sink.pull_sample().ok();
+    let _ = p.set_state(gst::State::Null);
+    let sample = sample?;
+    let info = gstreamer_video::VideoInfo::from_caps(sample.caps()?).ok()?;
+    let frame = gstreamer_video::VideoFrameRef::from_buffer_ref_readable(sample.buffer()?, &info).ok()?;
+    Label::from_ayuv(frame.plane_data(0).ok()?, frame.plane_stride()[0] as usize, info.width(), info.height(), 4)
+}
+
 impl RoomVideo {
     /// Builds and starts the room's compositor (no encoder runs until [`RoomVideo::subscribe`]),
     /// with `layout` and at most `cap` visible tiles.
@@ -233,103 +349,53 @@ impl RoomVideo {
     pub fn new(room: &str, format: OutputFormat, backends: Backends, layout: Layout, cap: usize) -> Result<Self, VideoError> {
         gst::init().map_err(gst_err)?;
         let pipeline = gst::Pipeline::with_name(&format!("room-{room}"));
-        // The output clock and the speaker-highlight colour: 16x16 frames pushed by the room's
-        // clock thread at the output rate. Appsrcs report no latency (a live videotestsrc reports a
-        // frame's worth, and the compositor would hold every output that long while any tile —
-        // a placeholder, a hidden tile — has no new frame).
-        let tick_src = |name: &str| -> gst_app::AppSrc {
-            gst_app::AppSrc::builder()
-                .name(name)
-                .is_live(true)
-                .format(gst::Format::Time)
-                .min_latency(0)
-                .max_latency(-1)
-                .max_buffers(2)
-                .leaky_type(gst_app::AppLeakyType::Downstream)
-                .caps(
-                    &gst::Caps::builder("video/x-raw")
-                        .field("format", "I420")
-                        .field("width", 16)
-                        .field("height", 16)
-                        .field("framerate", gst::Fraction::new(format.fps as i32, 1))
-                        .build(),
-                )
-                .build()
-        };
-        let clock_appsrc = tick_src("clock");
-        let bar_appsrc = tick_src("accent");
-        let (clock_caps, bar_caps): (gst::Element, gst::Element) = (clock_appsrc.clone().upcast(), bar_appsrc.clone().upcast());
-        let bar_tee = make("tee")?;
-        let compositor = gst::ElementFactory::make("compositor")
-            .property_from_str("background", "black")
-            .build()
-            .map_err(gst_err)?;
-        let out_caps = gst::ElementFactory::make("capsfilter")
-            .property(
-                "caps",
-                gst::Caps::builder("video/x-raw")
-                    .field("format", "I420")
-                    .field("width", format.width as i32)
-                    .field("height", format.height as i32)
-                    .field("framerate", gst::Fraction::new(format.fps as i32, 1))
-                    .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
-                    .build(),
-            )
-            .build()
-            .map_err(gst_err)?;
+        let caps = gst::Caps::builder("video/x-raw")
+            .field("format", "I420")
+            .field("width", format.width as i32)
+            .field("height", format.height as i32)
+            .field("framerate", gst::Fraction::new(format.fps as i32, 1))
+            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+            .build();
+        let info = gstreamer_video::VideoInfo::from_caps(&caps).map_err(gst_err)?;
+        // The composite comes from the room clock thread. No latency of its own (it is pushed the
+        // moment it is due), and it never blocks that thread: a full queue drops the oldest.
+        let src = gst_app::AppSrc::builder()
+            .name("composite")
+            .caps(&caps)
+            .is_live(true)
+            .format(gst::Format::Time)
+            .min_latency(0)
+            .max_latency(-1)
+            .max_buffers(2)
+            .leaky_type(gst_app::AppLeakyType::Downstream)
+            .build();
         let tee = gst::ElementFactory::make("tee").property("allow-not-linked", true).build().map_err(gst_err)?;
-        // Without any encoder yet the tee needs a sink so the compositor runs.
+        // Without any encoder yet the tee needs a sink so the pipeline runs.
         let idle = gst::ElementFactory::make("fakesink")
             .property("sync", false)
             .property("async", false)
             .build()
             .map_err(gst_err)?;
-        pipeline
-            .add_many([&clock_caps, &bar_caps, &bar_tee, &compositor, &out_caps, &tee, &idle])
-            .map_err(gst_err)?;
-        gst::Element::link_many([&bar_caps, &bar_tee]).map_err(gst_err)?;
-        let clock_pad = compositor.request_pad_simple("sink_%u").ok_or_else(|| gst_err("compositor pad"))?;
-        clock_pad.set_property("alpha", 0.0f64);
-        clock_pad.set_property("zorder", 0u32);
-        clock_caps.static_pad("src").unwrap().link(&clock_pad).map_err(gst_err)?;
-        let mut bars = vec![];
-        for _ in 0..4 {
-            let q = gst::ElementFactory::make("queue").property("max-size-buffers", 1u32).build().map_err(gst_err)?;
-            pipeline.add(&q).map_err(gst_err)?;
-            bar_tee.link(&q).map_err(gst_err)?;
-            let pad = compositor.request_pad_simple("sink_%u").ok_or_else(|| gst_err("compositor pad"))?;
-            pad.set_property("alpha", 0.0f64);
-            pad.set_property("zorder", 1000u32);
-            q.static_pad("src").unwrap().link(&pad).map_err(gst_err)?;
-            bars.push(pad);
-        }
-        gst::Element::link_many([&compositor, &out_caps, &tee, &idle]).map_err(gst_err)?;
-
-        let stats = Arc::new(VideoStats::default());
-        let s = stats.clone();
-        // An unchanged composite is not encoded: the encoders (the expensive part) only see frames
-        // in which something changed, and one a second otherwise.
-        let changes = Arc::new(AtomicU32::new(CHANGE_OUTPUTS));
-        let (c, last_sent) = (changes.clone(), Mutex::new(None::<Instant>));
-        out_caps.static_pad("src").unwrap().add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            let now = Instant::now();
-            let changed = c.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
-            let mut last = last_sent.lock().unwrap();
-            if !changed && last.is_some_and(|t| now.duration_since(t) < UNCHANGED_REFRESH) {
-                s.frames_unchanged.fetch_add(1, Ordering::Relaxed);
-                return gst::PadProbeReturn::Drop;
-            }
-            *last = Some(now);
-            s.frames_out.fetch_add(1, Ordering::Relaxed);
-            gst::PadProbeReturn::Ok
-        });
+        let src_el: gst::Element = src.clone().upcast();
+        pipeline.add_many([&src_el, &tee, &idle]).map_err(gst_err)?;
+        gst::Element::link_many([&src_el, &tee, &idle]).map_err(gst_err)?;
+        let pool = gst::BufferPool::new();
+        let mut cfg = pool.config();
+        cfg.set_params(Some(&caps), info.size() as u32, 2, 0);
+        pool.set_config(cfg).map_err(gst_err)?;
+        pool.set_active(true).map_err(gst_err)?;
 
         let inner = Arc::new(Inner {
             room: room.to_string(),
             pipeline,
-            compositor,
             tee,
-            bars: bars.try_into().map_err(|_| gst_err("bars"))?,
+            canvas: Mutex::new(Canvas {
+                image: Image::new(format.width, format.height, canvas::BLACK),
+                tiles: vec![],
+                bars: None,
+                dirty: true,
+                scratch: vec![],
+            }),
             format,
             backends,
             state: Mutex::new(State {
@@ -341,9 +407,9 @@ impl RoomVideo {
                 last_spoke: HashMap::new(),
                 placements: vec![],
             }),
-            stats,
+            stats: Arc::new(VideoStats::default()),
             stopped: AtomicBool::new(false),
-            changes,
+            changes: AtomicU32::new(CHANGE_OUTPUTS),
             ts_offset: {
                 use std::hash::{BuildHasher, Hasher};
                 let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -354,7 +420,7 @@ impl RoomVideo {
         watch_bus(&inner.pipeline, room.to_string());
         inner.pipeline.set_state(gst::State::Playing).map_err(gst_err)?;
         spawn_placeholder_thread(Arc::downgrade(&inner));
-        spawn_clock_thread(Arc::downgrade(&inner), clock_appsrc, bar_appsrc, format.fps);
+        spawn_clock_thread(Arc::downgrade(&inner), src, pool, info);
         Ok(Self { inner })
     }
 
@@ -376,48 +442,6 @@ impl RoomVideo {
     /// [`VideoError::Gst`] if the elements cannot be made or linked.
     pub fn add_input(&self, id: &str, name: &str, screen: bool) -> Result<VideoInput, VideoError> {
         let inner = &self.inner;
-        let appsrc = gst_app::AppSrc::builder()
-            .name(format!("in-{id}"))
-            .is_live(true)
-            .format(gst::Format::Time)
-            .max_buffers(2)
-            .leaky_type(gst_app::AppLeakyType::Downstream)
-            // Frames are stamped on arrival: no latency of their own, and no upper bound.
-            .min_latency(0)
-            .max_latency(-1)
-            .build();
-        let scale = gst::ElementFactory::make("videoscale")
-            .property_from_str("method", "bilinear")
-            .property("add-borders", false)
-            .build()
-            .map_err(gst_err)?;
-        let filter = make("capsfilter")?;
-        let label = gst::ElementFactory::make("textoverlay")
-            .property("text", name)
-            .property_from_str("valignment", "bottom")
-            .property_from_str("halignment", "left")
-            .property("shaded-background", true)
-            .property("font-desc", "Sans Bold 14")
-            // The same size on every tile, whatever its scale.
-            .property("auto-resize", false)
-            .build()
-            .map_err(gst_err)?;
-        let elements: Vec<gst::Element> = vec![appsrc.clone().upcast(), scale, filter.clone(), label.clone()];
-        inner.pipeline.add_many(&elements).map_err(gst_err)?;
-        gst::Element::link_many(&elements).map_err(gst_err)?;
-        for e in elements.iter().rev() {
-            e.sync_state_with_parent().map_err(gst_err)?;
-        }
-        let pad = inner.compositor.request_pad_simple("sink_%u").ok_or_else(|| gst_err("compositor pad"))?;
-        pad.set_property("alpha", 0.0f64);
-        label.static_pad("src").unwrap().link(&pad).map_err(gst_err)?;
-        let changes = inner.changes.clone();
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            if info.buffer().is_some_and(|b| !b.flags().contains(gst::BufferFlags::DROPPABLE)) {
-                changes.store(CHANGE_OUTPUTS, Ordering::Release);
-            }
-            gst::PadProbeReturn::Ok
-        });
         let shared = Arc::new(InputShared {
             video_muted: AtomicBool::new(false),
             last_frame: Mutex::new(None),
@@ -425,17 +449,14 @@ impl RoomVideo {
             placeholder: render_placeholder(name),
             size: Mutex::new((0, 0)),
         });
+        let label = render_label(name);
         {
             let mut st = inner.state.lock().unwrap();
+            inner.canvas.lock().unwrap().tiles.push(Tile { id: id.to_string(), rect: None, z: 0, patch: Image::default(), label, last: None });
             st.inputs.push(InputState {
                 id: id.to_string(),
                 name: name.to_string(),
                 screen,
-                appsrc: appsrc.clone(),
-                elements,
-                filter,
-                label,
-                pad,
                 src: (0, 0),
                 rect: None,
                 visible: false,
@@ -446,9 +467,9 @@ impl RoomVideo {
             relayout(inner, &mut st);
         }
         // Show the placeholder at once rather than an empty cell.
-        push_placeholder(inner, id, &appsrc, &shared);
+        push_placeholder(inner, id, &shared);
         tracing::info!(room = %inner.room, participant = id, "tile added");
-        Ok(VideoInput { id: id.to_string(), appsrc, video: Arc::downgrade(inner), shared })
+        Ok(VideoInput { id: id.to_string(), video: Arc::downgrade(inner), shared })
     }
 
     /// Removes participant `id`'s tile and re-lays out the others. Unknown ids are ignored.
@@ -462,14 +483,11 @@ impl RoomVideo {
             if st.speaker.as_deref() == Some(id) {
                 st.speaker = None;
             }
+            inner.canvas.lock().unwrap().tiles.retain(|t| t.id != id);
             relayout(inner, &mut st);
             input
         };
-        for e in &removed.elements {
-            let _ = e.set_state(gst::State::Null);
-        }
-        let _ = inner.pipeline.remove_many(&removed.elements);
-        inner.compositor.release_request_pad(&removed.pad);
+        drop(removed);
         tracing::info!(room = %inner.room, participant = id, "tile removed");
     }
 
@@ -521,13 +539,22 @@ impl RoomVideo {
     /// Server- or self-mute: a video-muted tile shows its placeholder; an audio-muted tile's label
     /// says so. Unknown ids are ignored.
     pub fn set_muted(&self, id: &str, audio: bool, video: bool) {
+        let name = {
+            let st = self.inner.state.lock().unwrap();
+            let Some(i) = st.inputs.iter().find(|i| i.id == id) else { return };
+            i.name.clone()
+        };
+        // Rendered outside the locks (a small GStreamer pipeline).
+        let label = render_label(&if audio { format!("{name}  [mic off]") } else { name });
         let mut st = self.inner.state.lock().unwrap();
         if let Some(i) = st.inputs.iter_mut().find(|i| i.id == id) {
             i.shared.video_muted.store(video, Ordering::Relaxed);
             i.audio_muted = audio;
-            let text = if audio { format!("{}  [mic off]", i.name) } else { i.name.clone() };
-            i.label.set_property("text", text);
-            self.inner.changes.store(CHANGE_OUTPUTS, Ordering::Release);
+            let mut cv = self.inner.canvas.lock().unwrap();
+            if let Some(t) = cv.tiles.iter().position(|t| t.id == id) {
+                cv.tiles[t].label = label;
+                cv.draw_tile(t, &self.inner.stats);
+            }
         }
     }
 
@@ -804,9 +831,9 @@ impl RoomVideo {
 }
 
 /// Recomputes the placements and applies them: each placed tile letterboxed in its cell (inset
-/// for the speaker highlight in the grid), hidden tiles transparent, listeners told.
+/// for the speaker highlight in the grid), hidden tiles not drawn, listeners told; then redraws
+/// the canvas.
 fn relayout(inner: &Inner, st: &mut State) {
-    inner.changes.store(CHANGE_OUTPUTS, Ordering::Release);
     let f = inner.format;
     let sources: Vec<TileSource> = st
         .inputs
@@ -816,6 +843,7 @@ fn relayout(inner: &Inner, st: &mut State) {
     let placements = layout::place(&st.layout, &sources, st.speaker.as_deref(), f.width, f.height, st.cap);
     let highlight_grid = matches!(st.layout, Layout::Grid) && st.inputs.len() > 1;
     let mut highlight: Option<Rect> = None;
+    let mut drawn: Vec<(String, Option<Rect>, u32)> = Vec::with_capacity(st.inputs.len());
     for input in st.inputs.iter_mut() {
         let placed = placements.iter().find(|p| p.participant == input.id);
         let visible = placed.is_some();
@@ -827,7 +855,7 @@ fn relayout(inner: &Inner, st: &mut State) {
         }
         let Some(p) = placed else {
             input.rect = None;
-            input.pad.set_property("alpha", 0.0f64);
+            drawn.push((input.id.clone(), None, 0));
             continue;
         };
         let mut cell = p.cell;
@@ -836,113 +864,79 @@ fn relayout(inner: &Inner, st: &mut State) {
             let inset = HIGHLIGHT.min(cell.w / 4).min(cell.h / 4) & !1;
             cell = Rect { x: cell.x + inset, y: cell.y + inset, w: cell.w - 2 * inset, h: cell.h - 2 * inset };
         }
-        let rect = (input.src.0 > 0).then(|| layout::letterbox(cell, input.src.0, input.src.1));
-        input.pad.set_property("zorder", 10 + p.z);
-        if rect == input.rect {
-            continue;
-        }
-        input.rect = rect;
-        match rect {
-            Some(r) => {
-                input.filter.set_property(
-                    "caps",
-                    gst::Caps::builder("video/x-raw")
-                        .field("width", r.w as i32)
-                        .field("height", r.h as i32)
-                        .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
-                        .build(),
-                );
-                input.pad.set_property("xpos", r.x as i32);
-                input.pad.set_property("ypos", r.y as i32);
-                input.pad.set_property("width", r.w as i32);
-                input.pad.set_property("height", r.h as i32);
-                input.pad.set_property("alpha", 1.0f64);
-            }
-            None => input.pad.set_property("alpha", 0.0f64),
-        }
+        input.rect = (input.src.0 > 0).then(|| layout::letterbox(cell, input.src.0, input.src.1));
+        drawn.push((input.id.clone(), input.rect, 10 + p.z));
     }
     // The speaker highlight: four bars around the speaker's cell.
-    let bars = highlight.map(|c| {
-        let t = HIGHLIGHT.min(c.w / 4).min(c.h / 4) & !1;
-        [
-            Rect { x: c.x, y: c.y, w: c.w, h: t },
-            Rect { x: c.x, y: c.y + c.h - t, w: c.w, h: t },
-            Rect { x: c.x, y: c.y, w: t, h: c.h },
-            Rect { x: c.x + c.w - t, y: c.y, w: t, h: c.h },
-        ]
-    });
-    for (i, pad) in inner.bars.iter().enumerate() {
-        match bars.map(|b| b[i]) {
-            Some(r) if r.w > 0 && r.h > 0 => {
-                pad.set_property("xpos", r.x as i32);
-                pad.set_property("ypos", r.y as i32);
-                pad.set_property("width", r.w as i32);
-                pad.set_property("height", r.h as i32);
-                pad.set_property("alpha", 1.0f64);
-            }
-            _ => pad.set_property("alpha", 0.0f64),
-        }
-    }
+    let bars = highlight
+        .map(|c| {
+            let t = HIGHLIGHT.min(c.w / 4).min(c.h / 4) & !1;
+            [
+                Rect { x: c.x, y: c.y, w: c.w, h: t },
+                Rect { x: c.x, y: c.y + c.h - t, w: c.w, h: t },
+                Rect { x: c.x, y: c.y, w: t, h: c.h },
+                Rect { x: c.x + c.w - t, y: c.y, w: t, h: c.h },
+            ]
+        })
+        .filter(|b| b[0].h > 0 && b[2].w > 0);
     st.placements = placements;
+    let mut cv = inner.canvas.lock().unwrap();
+    for (id, rect, z) in drawn {
+        if let Some(t) = cv.tiles.iter_mut().find(|t| t.id == id) {
+            t.rect = rect;
+            t.z = z;
+        }
+    }
+    cv.bars = bars;
+    cv.redraw(&inner.stats);
 }
 
-/// Pushes `shared`'s placeholder into a tile's `appsrc`.
-fn push_placeholder(inner: &Inner, id: &str, appsrc: &gst_app::AppSrc, shared: &InputShared) {
+/// Draws `shared`'s placeholder in a tile (once: while it keeps showing, the canvas keeps it).
+fn push_placeholder(inner: &Inner, id: &str, shared: &InputShared) {
     let Some(sample) = &shared.placeholder else { return };
-    let refresh = shared.showing_placeholder.swap(true, Ordering::Relaxed);
-    push_frame(inner, id, appsrc, shared, sample, refresh);
+    if shared.showing_placeholder.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    push_frame(inner, id, shared, sample);
 }
 
-/// Pushes one frame into a tile, stamped with the room's running time (no duration: it shows
-/// until the next one); re-lays out when its size changed (a new source resolution, or
-/// placeholder ↔ picture). A `repeat` (the same placeholder again) is flagged `DROPPABLE` so the
-/// compositor's change detection ignores it.
-fn push_frame(inner: &Inner, id: &str, appsrc: &gst_app::AppSrc, shared: &InputShared, sample: &gst::Sample, repeat: bool) {
-    let (Some(buf), Some(caps)) = (sample.buffer(), sample.caps()) else { return };
-    if let Ok(info) = gstreamer_video::VideoInfo::from_caps(caps) {
-        let dims = (info.width(), info.height());
-        let mut size = shared.size.lock().unwrap();
-        if *size != dims {
-            *size = dims;
-            appsrc.set_caps(Some(&caps.to_owned()));
-            let mut st = inner.state.lock().unwrap();
-            if let Some(input) = st.inputs.iter_mut().find(|i| i.id == id) {
-                input.src = dims;
-            }
-            relayout(inner, &mut st);
-        }
-    }
-    let mut buf = buf.copy();
-    {
-        let b = buf.make_mut();
-        b.set_pts(inner.pipeline.current_running_time());
-        b.set_dts(gst::ClockTime::NONE);
-        b.set_duration(gst::ClockTime::NONE);
-        if repeat {
-            b.set_flags(gst::BufferFlags::DROPPABLE);
-        }
-    }
-    if appsrc.current_level_buffers() >= 2 {
+/// Draws one frame into a tile; re-lays out (and so redraws everything) when its size changed (a
+/// new source resolution, or placeholder ↔ picture).
+fn push_frame(inner: &Inner, id: &str, shared: &InputShared, sample: &gst::Sample) {
+    let Some(caps) = sample.caps() else { return };
+    let Ok(info) = gstreamer_video::VideoInfo::from_caps(caps) else {
         inner.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let dims = (info.width(), info.height());
+    let resized = {
+        let mut size = shared.size.lock().unwrap();
+        std::mem::replace(&mut *size, dims) != dims
+    };
+    {
+        let mut cv = inner.canvas.lock().unwrap();
+        let Some(i) = cv.tiles.iter().position(|t| t.id == id) else { return };
+        cv.tiles[i].last = Some(sample.clone());
+        if !resized {
+            cv.draw_tile(i, &inner.stats);
+            return;
+        }
     }
-    let _ = appsrc.push_buffer(buf);
+    let mut st = inner.state.lock().unwrap();
+    if let Some(input) = st.inputs.iter_mut().find(|i| i.id == id) {
+        input.src = dims;
+    }
+    relayout(inner, &mut st);
 }
 
-/// The room's output clock: every 1/`fps` s pushes a black 16x16 frame into `clock` (the
-/// compositor's background pad, which paces the output) and an accent-coloured one into `accent`
-/// (the speaker highlight bars), stamped with the pipeline's running time.
-fn spawn_clock_thread(video: Weak<Inner>, clock: gst_app::AppSrc, accent: gst_app::AppSrc, fps: u32) {
-    // I420 16x16: 256 bytes of luma, 64 + 64 of chroma. Black; amber (RGB 255,200,0).
-    let frame = |y: u8, u: u8, v: u8| {
-        let mut d = vec![y; 256];
-        d.extend([u; 64]);
-        d.extend([v; 64]);
-        gst::Buffer::from_mut_slice(d)
-    };
-    let (black, amber) = (frame(16, 128, 128), frame(182, 32, 166));
-    let period = Duration::from_nanos(1_000_000_000 / u64::from(fps.max(1)));
+/// The room's output clock: every 1/fps s, when something was drawn since the last output (or
+/// [`UNCHANGED_REFRESH`] passed, or a keyframe is due), copies the canvas into a buffer from `pool`
+/// and pushes it into `src`, stamped with the pipeline's running time.
+fn spawn_clock_thread(video: Weak<Inner>, src: gst_app::AppSrc, pool: gst::BufferPool, info: gstreamer_video::VideoInfo) {
+    let period = Duration::from_nanos(1_000_000_000 / u64::from(info.fps().numer().max(1) as u32));
     let _ = std::thread::Builder::new().name("room-clock".into()).spawn(move || {
         let mut next = Instant::now();
+        let mut last_sent: Option<Instant> = None;
         loop {
             next += period;
             let now = Instant::now();
@@ -951,28 +945,50 @@ fn spawn_clock_thread(video: Weak<Inner>, clock: gst_app::AppSrc, accent: gst_ap
             } else if now - next > period * 5 {
                 next = now; // starved: do not burst to catch up
             }
-            let Some(inner) = video.upgrade() else { return };
+            let Some(inner) = video.upgrade() else { break };
             if inner.stopped.load(Ordering::Relaxed) {
-                return;
+                break;
             }
-            let pts = inner.pipeline.current_running_time();
+            let now = Instant::now();
+            let forced = inner.changes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
+            let buf = {
+                let mut cv = inner.canvas.lock().unwrap();
+                let due = std::mem::take(&mut cv.dirty) || forced || last_sent.is_none_or(|t| now.duration_since(t) >= UNCHANGED_REFRESH);
+                if !due {
+                    inner.stats.frames_unchanged.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let Ok(buf) = pool.acquire_buffer(None) else { break };
+                let Ok(mut frame) = gstreamer_video::VideoFrame::from_buffer_writable(buf, &info) else { break };
+                let pic = cv.image.planes();
+                for (k, (data, stride)) in pic.planes.iter().enumerate() {
+                    let ds = frame.plane_stride()[k] as usize;
+                    let Ok(dst) = frame.plane_data_mut(k as u32) else { continue };
+                    let row = (*stride).min(ds);
+                    for (d, s) in dst.chunks_mut(ds).zip(data.chunks(*stride)) {
+                        d[..row].copy_from_slice(&s[..row]);
+                    }
+                }
+                frame.into_buffer()
+            };
+            let mut buf = buf;
+            if let Some(b) = buf.get_mut() {
+                b.set_pts(inner.pipeline.current_running_time());
+                b.set_duration(gst::ClockTime::from_nseconds(period.as_nanos() as u64));
+            }
+            last_sent = Some(now);
+            inner.stats.frames_out.fetch_add(1, Ordering::Relaxed);
             drop(inner);
-            for (src, buf) in [(&clock, &black), (&accent, &amber)] {
-                let mut b = buf.copy();
-                {
-                    let b = b.make_mut();
-                    b.set_pts(pts);
-                    b.set_duration(gst::ClockTime::from_nseconds(period.as_nanos() as u64));
-                }
-                if src.push_buffer(b).is_err() {
-                    return;
-                }
+            if src.push_buffer(buf).is_err() {
+                break;
             }
         }
+        let _ = pool.set_active(false);
     });
 }
 
-/// Refreshes the placeholders of muted, audio-only and stale tiles, every [`PLACEHOLDER_PERIOD`].
+/// Draws the placeholders of muted, audio-only and stale tiles, checked every
+/// [`PLACEHOLDER_PERIOD`].
 fn spawn_placeholder_thread(video: Weak<Inner>) {
     let _ = std::thread::Builder::new().name("placeholders".into()).spawn(move || {
         loop {
@@ -981,20 +997,20 @@ fn spawn_placeholder_thread(video: Weak<Inner>) {
             if inner.stopped.load(Ordering::Relaxed) {
                 return;
             }
-            let due: Vec<(String, gst_app::AppSrc, Arc<InputShared>)> = {
+            let due: Vec<(String, Arc<InputShared>)> = {
                 let st = inner.state.lock().unwrap();
                 st.inputs
                     .iter()
-                    .filter(|i| i.visible)
+                    .filter(|i| i.visible && !i.shared.showing_placeholder.load(Ordering::Relaxed))
                     .filter(|i| {
                         i.shared.video_muted.load(Ordering::Relaxed)
                             || i.shared.last_frame.lock().unwrap().is_none_or(|t| t.elapsed() > STALE)
                     })
-                    .map(|i| (i.id.clone(), i.appsrc.clone(), i.shared.clone()))
+                    .map(|i| (i.id.clone(), i.shared.clone()))
                     .collect()
             };
-            for (id, appsrc, shared) in due {
-                push_placeholder(&inner, &id, &appsrc, &shared);
+            for (id, shared) in due {
+                push_placeholder(&inner, &id, &shared);
             }
         }
     });
@@ -1004,15 +1020,15 @@ fn spawn_placeholder_thread(video: Weak<Inner>) {
 /// [`RoomVideo::remove_input`].
 pub struct VideoInput {
     id: String,
-    appsrc: gst_app::AppSrc,
     video: Weak<Inner>,
     shared: Arc<InputShared>,
 }
 
 impl VideoInput {
-    /// Queues one decoded frame (any raw format and size) for the next composite. The frame is
-    /// stamped with the room pipeline's running time on arrival, so it shows as soon as it comes.
-    /// Ignored while the tile is video-muted (its placeholder shows).
+    /// Draws one decoded frame (`I420`, any size; other formats are counted in
+    /// [`VideoStats::frames_dropped`]) into the tile, scaled to it, in the calling thread; it
+    /// shows from the next composite on. Ignored while the tile is video-muted (its placeholder
+    /// shows).
     pub fn push(&self, sample: &gst::Sample) {
         if self.shared.video_muted.load(Ordering::Relaxed) {
             return;
@@ -1020,7 +1036,7 @@ impl VideoInput {
         let Some(video) = self.video.upgrade() else { return };
         *self.shared.last_frame.lock().unwrap() = Some(Instant::now());
         self.shared.showing_placeholder.store(false, Ordering::Relaxed);
-        push_frame(&video, &self.id, &self.appsrc, &self.shared, sample, false);
+        push_frame(&video, &self.id, &self.shared, sample);
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! One small pipeline per published video track, so a broken or hostile stream stops only its own
 //! decoder: `appsrc(application/x-rtp) ! rtpjitterbuffer ! rtp<codec>depay ! <decode fragment> !
-//! appsink`. When the depayloader or the decoder needs a keyframe (start, loss, corrupt frame) it
+//! videoconvert ! appsink(I420)`; the appsink's thread then scales the frame into the room canvas. When the depayloader or the decoder needs a keyframe (start, loss, corrupt frame) it
 //! sends `GstForceKeyUnit` upstream; that reaches the `appsrc` and is turned into a callback
 //! (the transport answers it with a rate-limited PLI to the publisher).
 
@@ -93,9 +93,17 @@ impl VideoIngest {
                 }
             }
         }
-        let sink = gst_app::AppSink::builder().sync(false).max_buffers(2).drop(true).build();
+        // The room canvas takes I420 (what the CPU decoders give: then this is a passthrough);
+        // hardware decoders may give NV12.
+        let convert = gst::ElementFactory::make("videoconvert").build().map_err(|e| err(&e))?;
+        let sink = gst_app::AppSink::builder()
+            .caps(&gst::Caps::builder("video/x-raw").field("format", "I420").build())
+            .sync(false)
+            .max_buffers(2)
+            .drop(true)
+            .build();
         let elements: Vec<gst::Element> =
-            vec![appsrc.clone().upcast(), jitter, valve.clone(), depay, dec.upcast(), sink.clone().upcast()];
+            vec![appsrc.clone().upcast(), jitter, valve.clone(), depay, dec.upcast(), convert, sink.clone().upcast()];
         pipeline.add_many(&elements).map_err(|e| err(&e))?;
         gst::Element::link_many(&elements).map_err(|e| err(&e))?;
 

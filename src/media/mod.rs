@@ -2,6 +2,7 @@
 //! compositor and its encoders, the audio mix-minus, and the fan-out of encoded packets.
 
 pub mod audio;
+pub mod canvas;
 pub mod compositor;
 pub mod fanout;
 pub mod ingest;
