@@ -83,6 +83,12 @@ pub struct Config {
     /// Allow listening on a non-loopback address without `--api-secret`.
     #[arg(long, env = "TESSERA_INSECURE")]
     pub insecure: bool,
+
+    /// Worker threads of the async runtime (signaling and the WebRTC transport). Default: half
+    /// the CPU cores, at least 1 — the media work runs in GStreamer's and the mixer's own
+    /// threads, and every extra idle runtime thread adds wake-ups per packet.
+    #[arg(long, env = "TESSERA_IO_THREADS")]
+    pub io_threads: Option<usize>,
 }
 
 impl Default for Config {
@@ -105,6 +111,7 @@ impl Default for Config {
             api_secret: None,
             insecure: false,
             recordings_dir: PathBuf::from("recordings"),
+            io_threads: None,
         }
     }
 }
@@ -122,6 +129,11 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The async runtime's worker threads: `--io-threads`, or half the cores (at least 1).
+    pub fn runtime_threads(&self) -> usize {
+        self.io_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() / 2)).max(1)
+    }
+
     /// Checks the values that flags cannot check alone.
     ///
     /// # Errors

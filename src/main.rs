@@ -65,15 +65,23 @@ fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(secs))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,webrtc=warn,rtc=warn,webrtc_ice=warn".into()),
         )
         .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve(cfg) = &cli.command {
+        rt.worker_threads(cfg.runtime_threads());
+    }
+    rt.enable_all().build()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Serve(cfg) => {
             let server = Server::start(cfg).await?;
             tokio::select! {

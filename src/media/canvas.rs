@@ -3,10 +3,10 @@
 //!
 //! Everything here is pixel arithmetic on 8-bit planar YUV 4:2:0 (`I420`: a `w`×`h` luma plane,
 //! then `w/2`×`h/2` U and V planes); widths, heights and positions are even so the chroma planes
-//! stay aligned. The scaler is a two-tap (bilinear) filter in 8-bit fixed point, vertical pass
-//! first (contiguous rows, vectorised by the compiler) then horizontal; measured here at about a
-//! third of `videoscale method=bilinear` for 640x360 → 426x240 (`cargo test --release canvas`
-//! prints the figure).
+//! stay aligned. The scaler is a two-tap (bilinear) filter in 7-bit fixed point, vertical pass
+//! first (contiguous rows, vectorised by the compiler) then horizontal (AVX2 gathers when the CPU
+//! has them): 640x360 → 426x240 I420 takes 0.08 ms here against 0.19 ms for
+//! `videoscale method=bilinear` (`cargo test --release canvas -- --nocapture` prints the figure).
 
 /// Borrowed planes of one I420 picture: `(data, stride)` for Y, U and V, and its size in pixels.
 #[derive(Clone, Copy)]
@@ -80,10 +80,21 @@ impl Image {
     /// [`Image::scale_from`] with caller-kept scratch space (no allocation once it is warm).
     pub fn scale_from_with(&mut self, src: &Planes<'_>, tmp: &mut Vec<u16>) {
         let (w, h) = (self.width, self.height);
+        self.scale_into(src, 0, 0, w, h, tmp);
+    }
+
+    /// Scales `src` into the rectangle `(x, y, w, h)` of this picture (clipped to it; bilinear,
+    /// a plain copy at equal size).
+    pub fn scale_into(&mut self, src: &Planes<'_>, x: u32, y: u32, w: u32, h: u32, tmp: &mut Vec<u16>) {
+        let Some((x, y, w, h)) = self.clip(x, y, w, h) else { return };
         for (i, (dst, ds)) in self.split().into_iter().enumerate() {
             let (sp, ss) = src.planes[i];
-            let (sw, sh, dw, dh) = if i == 0 { (src.width, src.height, w, h) } else { (src.width / 2, src.height / 2, w / 2, h / 2) };
-            scale_plane(sp, ss, sw as usize, sh as usize, dst, ds, dw as usize, dh as usize, tmp);
+            let (sw, sh, x, y, w, h) = if i == 0 {
+                (src.width as usize, src.height as usize, x, y, w, h)
+            } else {
+                (src.width as usize / 2, src.height as usize / 2, x / 2, y / 2, w / 2, h / 2)
+            };
+            scale_plane(sp, ss, sw, sh, &mut dst[y * ds + x..], ds, w, h, tmp);
         }
     }
 
@@ -203,6 +214,12 @@ impl Label {
 /// pixel centres aligned; a row copy when the sizes are equal. `tmp` is scratch space.
 #[allow(clippy::too_many_arguments)]
 fn scale_plane(src: &[u8], ss: usize, sw: usize, sh: usize, dst: &mut [u8], ds: usize, dw: usize, dh: usize, tmp: &mut Vec<u16>) {
+    scale_plane_with(src, ss, sw, sh, dst, ds, dw, dh, tmp, true);
+}
+
+/// [`scale_plane`], with the AVX2 path allowed or not (tests compare the two).
+#[allow(clippy::too_many_arguments)]
+fn scale_plane_with(src: &[u8], ss: usize, sw: usize, sh: usize, dst: &mut [u8], ds: usize, dw: usize, dh: usize, tmp: &mut Vec<u16>, simd: bool) {
     if sw == 0 || sh == 0 || dw == 0 || dh == 0 {
         return;
     }
@@ -213,39 +230,116 @@ fn scale_plane(src: &[u8], ss: usize, sw: usize, sh: usize, dst: &mut [u8], ds: 
         return;
     }
     // Source position of each output column in 16.16 fixed point, centre-aligned and clamped so
-    // that `x0 + 1` is always a valid sample (the last column's weight then falls on `x0`).
+    // that `x0 + 1` is always a valid sample (the last column's weight then falls on `x0 + 1`).
+    // Weights are 7-bit (0..=128): a vertical blend fits an i16, which the AVX2 path multiplies
+    // pairwise (`pmaddwd`).
     let taps = |dn: usize, sn: usize| -> Vec<(usize, u32)> {
         let step = ((sn as u64) << 16) / dn as u64;
         (0..dn)
             .map(|d| {
                 let pos = ((d as i64 * step as i64) + (step as i64 >> 1) - (1 << 15)).clamp(0, ((sn as i64) - 1) << 16);
                 let i = (pos >> 16) as usize;
-                let f = ((pos & 0xffff) >> 8) as u32;
-                if i + 1 >= sn { (sn.saturating_sub(2), if sn > 1 { 256 } else { 0 }) } else { (i, f) }
+                let f = ((pos & 0xffff) >> 9) as u32;
+                if i + 1 >= sn { (sn.saturating_sub(2), if sn > 1 { 128 } else { 0 }) } else { (i, f) }
             })
             .collect()
     };
     let xs = taps(dw, sw);
-    assert!(xs.iter().all(|&(i, _)| i + 1 <= sw), "scaler taps out of range");
+    assert!(xs.iter().all(|&(i, _)| i < sw), "scaler taps out of range");
     let ys = taps(dh, sh);
     tmp.clear();
     tmp.resize(sw + 1, 0);
+    #[cfg(target_arch = "x86_64")]
+    if simd && std::arch::is_x86_feature_detected!("avx2") {
+        let idx: Vec<i32> = xs.iter().map(|&(i, _)| i as i32).collect();
+        let w: Vec<i32> = xs.iter().map(|&(_, f)| ((128 - f) | (f << 16)) as i32).collect();
+        // SAFETY: AVX2 is present (checked above); `avx2::rows` reads `tmp` at x0 and x0 + 1,
+        // both <= sw < tmp.len() (asserted above), and writes only `dst`'s rows.
+        unsafe { avx2::rows(src, ss, sw, sh, dst, ds, dw, &ys, &idx, &w, tmp) };
+        return;
+    }
     for (r, &(y0, fy)) in ys.iter().enumerate() {
-        let row0 = &src[y0 * ss..y0 * ss + sw];
-        let row1 = if sh > 1 { &src[(y0 + 1) * ss..(y0 + 1) * ss + sw] } else { row0 };
-        let (a, b) = ((256 - fy) as u16, fy as u16);
-        // Vertical: 8.8 fixed point per source column (contiguous: vectorises).
-        for ((t, &p), &q) in tmp[..sw].iter_mut().zip(row0).zip(row1) {
-            *t = p as u16 * a + q as u16 * b;
-        }
-        tmp[sw] = tmp[sw - 1];
+        vertical(src, ss, sw, sh, y0, fy, tmp);
         let out = &mut dst[r * ds..r * ds + dw];
         let t = &tmp[..=sw];
         for (o, &(x0, fx)) in out.iter_mut().zip(&xs) {
-            // SAFETY: `taps` keeps x0 + 1 <= sw - 1 < t.len() (checked once per frame below).
+            // SAFETY: `taps` keeps x0 + 1 <= sw < t.len() (asserted above).
             let (p, q) = unsafe { (*t.get_unchecked(x0), *t.get_unchecked(x0 + 1)) };
-            let v = p as u32 * (256 - fx) + q as u32 * fx;
-            *o = ((v + (1 << 15)) >> 16) as u8;
+            *o = horizontal(p, q, fx);
+        }
+    }
+}
+
+/// Vertical pass of one output row: source rows `y0` and `y0 + 1` blended with 7-bit weight `fy`
+/// into `tmp` (values up to 255 × 128), `tmp[sw]` repeating the last column.
+#[inline(always)]
+fn vertical(src: &[u8], ss: usize, sw: usize, sh: usize, y0: usize, fy: u32, tmp: &mut [u16]) {
+    let row0 = &src[y0 * ss..y0 * ss + sw];
+    let row1 = if sh > 1 { &src[(y0 + 1) * ss..(y0 + 1) * ss + sw] } else { row0 };
+    let (a, b) = ((128 - fy) as u16, fy as u16);
+    for ((t, &p), &q) in tmp[..sw].iter_mut().zip(row0).zip(row1) {
+        *t = p as u16 * a + q as u16 * b;
+    }
+    tmp[sw] = tmp[sw - 1];
+}
+
+/// Horizontal blend of two vertical results with 7-bit weight `fx`, rounded to 8 bits.
+#[inline(always)]
+fn horizontal(p: u16, q: u16, fx: u32) -> u8 {
+    ((p as u32 * (128 - fx) + q as u32 * fx + (1 << 13)) >> 14) as u8
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// All output rows: the vertical pass vectorised by the compiler for AVX2, the horizontal
+    /// one 16 outputs at a time with gathers (`tmp[x0] | tmp[x0 + 1] << 16` as one 32-bit load)
+    /// and `pmaddwd` against packed `(128 - fx) | fx << 16` weights.
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn rows(
+        src: &[u8],
+        ss: usize,
+        sw: usize,
+        sh: usize,
+        dst: &mut [u8],
+        ds: usize,
+        dw: usize,
+        ys: &[(usize, u32)],
+        idx: &[i32],
+        w: &[i32],
+        tmp: &mut [u16],
+    ) {
+        let round = _mm256_set1_epi32(1 << 13);
+        let blocks = dw / 16;
+        for (r, &(y0, fy)) in ys.iter().enumerate() {
+            super::vertical(src, ss, sw, sh, y0, fy, tmp);
+            let base = tmp.as_ptr() as *const i32;
+            let out = &mut dst[r * ds..r * ds + dw];
+            for k in 0..blocks {
+                let o = k * 16;
+                // SAFETY (caller): every index + 1 < tmp.len(), so each 4-byte gather is in bounds;
+                // `o + 16 <= dw` bounds the loads from `idx`/`w` and the 16-byte store.
+                unsafe {
+                    let i0 = _mm256_loadu_si256(idx.as_ptr().add(o) as *const __m256i);
+                    let i1 = _mm256_loadu_si256(idx.as_ptr().add(o + 8) as *const __m256i);
+                    let w0 = _mm256_loadu_si256(w.as_ptr().add(o) as *const __m256i);
+                    let w1 = _mm256_loadu_si256(w.as_ptr().add(o + 8) as *const __m256i);
+                    let g0 = _mm256_i32gather_epi32::<2>(base, i0);
+                    let g1 = _mm256_i32gather_epi32::<2>(base, i1);
+                    let a = _mm256_srli_epi32::<14>(_mm256_add_epi32(_mm256_madd_epi16(g0, w0), round));
+                    let b = _mm256_srli_epi32::<14>(_mm256_add_epi32(_mm256_madd_epi16(g1, w1), round));
+                    // i32 → u16 → u8 with the lane shuffles packs need.
+                    let ab = _mm256_permute4x64_epi64::<0xD8>(_mm256_packus_epi32(a, b));
+                    let bytes = _mm256_permute4x64_epi64::<0xD8>(_mm256_packus_epi16(ab, ab));
+                    _mm_storeu_si128(out.as_mut_ptr().add(o) as *mut __m128i, _mm256_castsi256_si128(bytes));
+                }
+            }
+            for x in blocks * 16..dw {
+                let (x0, f) = (idx[x] as usize, (w[x] >> 16) as u32);
+                out[x] = super::horizontal(tmp[x0], tmp[x0 + 1], f);
+            }
         }
     }
 }
@@ -308,6 +402,33 @@ mod tests {
         dst.scale_from(&p);
         assert!(dst.data[..8].iter().all(|&x| x == 50), "{:?}", &dst.data[..8]);
         assert_eq!(&dst.data[8..], &[100, 100, 150, 150]);
+    }
+
+    #[test]
+    fn the_simd_and_scalar_scalers_agree() {
+        let (sw, sh) = (203, 77);
+        let src: Vec<u8> = (0..sw * sh).map(|i| ((i * 7919) % 251) as u8).collect();
+        for (dw, dh) in [(101, 40), (150, 77), (16, 9), (17, 5), (400, 150)] {
+            let (mut a, mut b) = (vec![0u8; dw * dh], vec![0u8; dw * dh]);
+            scale_plane_with(&src, sw, sw, sh, &mut a, dw, dw, dh, &mut vec![], true);
+            scale_plane_with(&src, sw, sw, sh, &mut b, dw, dw, dh, &mut vec![], false);
+            assert_eq!(a, b, "{dw}x{dh}");
+        }
+    }
+
+    #[test]
+    fn scaling_into_a_region_leaves_the_rest() {
+        let src = Image::new(64, 36, (200, 60, 70));
+        let mut c = Image::new(128, 72, BLACK);
+        c.scale_into(&src.planes(), 32, 18, 42, 24, &mut vec![]);
+        assert_eq!(c.data[18 * 128 + 32], 200);
+        assert_eq!(c.data[(18 + 23) * 128 + 32 + 41], 200);
+        assert_eq!(c.data[17 * 128 + 32], 16);
+        assert_eq!(c.data[18 * 128 + 31], 16);
+        assert_eq!(c.data[18 * 128 + 32 + 42], 16);
+        let u = 128 * 72;
+        assert_eq!(c.data[u + 9 * 64 + 16], 60);
+        assert_eq!(c.data[u + 9 * 64 + 15], 128);
     }
 
     #[test]

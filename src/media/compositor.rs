@@ -181,7 +181,11 @@ struct Tile {
     /// Where it is drawn (letterboxed), `None` while hidden or before its first frame.
     rect: Option<Rect>,
     z: u32,
-    /// The tile as last drawn (scaled, labelled), to redraw it over a lower tile that overlaps.
+    /// Whether another visible tile overlaps this one (custom layouts): then it is drawn through
+    /// `patch`, else straight into the picture.
+    overlaps: bool,
+    /// The tile as last drawn (scaled, labelled) while it overlaps another, to redraw it over a
+    /// lower tile.
     patch: Image,
     label: Option<Label>,
     /// The last frame (or placeholder) pushed, to redraw after a relayout.
@@ -206,13 +210,22 @@ impl Canvas {
         };
         let plane = |k: u32| (frame.plane_data(k).unwrap_or(&[]), frame.plane_stride()[k as usize] as usize);
         let planes = Planes { planes: [plane(0), plane(1), plane(2)], width: info.width() & !1, height: info.height() & !1 };
-        tile.patch.reshape(rect.w, rect.h);
-        tile.patch.scale_from_with(&planes, scratch);
-        if let Some(l) = &tile.label {
-            let y = rect.h.saturating_sub(l.height + LABEL_MARGIN);
-            tile.patch.draw_label(l, LABEL_MARGIN.min(rect.w.saturating_sub(l.width)), y);
+        let label_at = |l: &Label| (LABEL_MARGIN.min(rect.w.saturating_sub(l.width)), rect.h.saturating_sub(l.height + LABEL_MARGIN));
+        if tile.overlaps {
+            tile.patch.reshape(rect.w, rect.h);
+            tile.patch.scale_from_with(&planes, scratch);
+            if let Some(l) = &tile.label {
+                let (x, y) = label_at(l);
+                tile.patch.draw_label(l, x, y);
+            }
+            image.blit(&tile.patch, rect.x, rect.y);
+        } else {
+            image.scale_into(&planes, rect.x, rect.y, rect.w, rect.h, scratch);
+            if let Some(l) = &tile.label {
+                let (x, y) = label_at(l);
+                image.draw_label(l, rect.x + x, rect.y + y);
+            }
         }
-        image.blit(&tile.patch, rect.x, rect.y);
         self.dirty = true;
     }
 
@@ -226,6 +239,7 @@ impl Canvas {
             let above = t.z > z || (t.z == z && j > i);
             if let Some(o) = t.rect
                 && above
+                && t.overlaps
                 && t.patch.width == o.w
                 && o.x < r.x + r.w
                 && r.x < o.x + o.w
@@ -452,7 +466,7 @@ impl RoomVideo {
         let label = render_label(name);
         {
             let mut st = inner.state.lock().unwrap();
-            inner.canvas.lock().unwrap().tiles.push(Tile { id: id.to_string(), rect: None, z: 0, patch: Image::default(), label, last: None });
+            inner.canvas.lock().unwrap().tiles.push(Tile { id: id.to_string(), rect: None, z: 0, overlaps: false, patch: Image::default(), label, last: None });
             st.inputs.push(InputState {
                 id: id.to_string(),
                 name: name.to_string(),
@@ -886,6 +900,14 @@ fn relayout(inner: &Inner, st: &mut State) {
             t.rect = rect;
             t.z = z;
         }
+    }
+    let rects: Vec<Option<Rect>> = cv.tiles.iter().map(|t| t.rect).collect();
+    for (i, t) in cv.tiles.iter_mut().enumerate() {
+        t.overlaps = t.rect.is_some_and(|r| {
+            rects.iter().enumerate().any(|(j, o)| {
+                j != i && o.is_some_and(|o| o.x < r.x + r.w && r.x < o.x + o.w && o.y < r.y + r.h && r.y < o.y + o.h)
+            })
+        });
     }
     cv.bars = bars;
     cv.redraw(&inner.stats);

@@ -58,7 +58,6 @@ impl VideoIngest {
         let appsrc = gst_app::AppSrc::builder()
             .caps(&caps)
             .is_live(true)
-            .do_timestamp(true)
             .format(gst::Format::Time)
             .max_bytes(2_000_000)
             .leaky_type(gst_app::AppLeakyType::Downstream)
@@ -142,8 +141,23 @@ impl VideoIngest {
         })
     }
 
-    /// Queues one RTP packet (a whole datagram: header and payload); no copy is made.
-    pub fn push_rtp(&self, packet: bytes::Bytes) {
-        let _ = self.appsrc.push_buffer(gst::Buffer::from_slice(packet));
+    /// Queues the RTP packets of one frame (whole datagrams: header and payload; no copy is made)
+    /// as one buffer list, each stamped with its arrival (the pipeline's running time now): one
+    /// hand-over to the decoder thread per frame instead of one per packet.
+    pub fn push_rtp_frame(&self, packets: &mut Vec<bytes::Bytes>) {
+        let now = self.pipeline.current_running_time();
+        let mut list = gst::BufferList::new_sized(packets.len());
+        {
+            let l = list.get_mut().expect("new list");
+            for p in packets.drain(..) {
+                let mut b = gst::Buffer::from_slice(p);
+                if let Some(b) = b.get_mut() {
+                    b.set_dts(now);
+                    b.set_pts(now);
+                }
+                l.add(b);
+            }
+        }
+        let _ = self.appsrc.push_buffer_list(list);
     }
 }

@@ -113,7 +113,7 @@ impl RoomOptions {
             fps: self.fps.unwrap_or(default.fps),
             kbps: self.kbps.unwrap_or(default.kbps),
         };
-        if !(64..=3840).contains(&f.width) || !(64..=2160).contains(&f.height) || f.width % 2 != 0 || f.height % 2 != 0 {
+        if !(64..=3840).contains(&f.width) || !(64..=2160).contains(&f.height) || !f.width.is_multiple_of(2) || !f.height.is_multiple_of(2) {
             return Err(format!("output {}x{}: need even sizes within 64x64..3840x2160", f.width, f.height));
         }
         if !(1..=60).contains(&f.fps) || !(100..=20000).contains(&f.kbps) {
@@ -997,13 +997,25 @@ async fn receive_video(room: Arc<Room>, p: Arc<Participant>, track: RemoteTrack,
     room.video.set_visibility_listener(&p.id, ingest.activity_switch(requester.clone()));
     requester();
     tracing::info!(?codec, "publishing video");
+    // Packets go to the decoder a frame at a time: at the marker bit (RFC 3550 §5.1: the frame's
+    // last packet), or when a packet of another frame (timestamp) shows the marker was lost.
+    let mut frame: Vec<bytes::Bytes> = Vec::with_capacity(16);
+    let mut frame_ts = first.header.timestamp;
     let mut next = Some(first);
     while let Some(pkt) = match next.take() {
         Some(p) => Some(p),
         None => track.next_rtp().await,
     } {
+        if !frame.is_empty() && pkt.header.timestamp != frame_ts {
+            ingest.push_rtp_frame(&mut frame);
+        }
+        frame_ts = pkt.header.timestamp;
+        let marker = pkt.header.marker;
         if let Ok(bytes) = pkt.marshal() {
-            ingest.push_rtp(bytes.freeze());
+            frame.push(bytes.freeze());
+        }
+        if marker || frame.len() >= 64 {
+            ingest.push_rtp_frame(&mut frame);
         }
     }
     // `ingest` drops here (or when the task is aborted on leave): its pipeline stops.

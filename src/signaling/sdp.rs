@@ -104,7 +104,7 @@ pub fn summarize(sdp: &str) -> Result<OfferSummary, OfferError> {
                     .filter(|a| a.key == "extmap")
                     .filter_map(|a| a.value.as_deref())
                     .find(|v| v.split_whitespace().nth(1) == Some(crate::transport::AUDIO_LEVEL_URI))
-                    .and_then(|v| v.split(|c: char| c == ' ' || c == '/').next()?.parse().ok());
+                    .and_then(|v| v.split([' ', '/']).next()?.parse().ok());
                 let opus = codecs.values().any(|c| c.name.eq_ignore_ascii_case("opus") && c.clock_rate == 48000);
                 audio = Some((dir, opus));
             }

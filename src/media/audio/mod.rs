@@ -242,14 +242,8 @@ struct Mixer {
     on_speaker: Option<SpeakerListener>,
 }
 
-/// Opus encoder complexity of the mix encodes (`OPUS_SET_COMPLEXITY`, 0–10, libopus default 9):
-/// 5 skips the tonality analysis and the costlier SILK search, about halving each encode's CPU,
-/// for speech at 32 kbit/s a difference listeners do not hear (mobile WebRTC stacks use 5 too).
-const MIX_COMPLEXITY: i32 = 5;
-
 fn encoder(kbps: u32) -> Result<opus::Encoder, opus::Error> {
     let mut e = opus::Encoder::new(48000, opus::Channels::Mono, opus::Application::Voip)?;
-    e.set_complexity(MIX_COMPLEXITY)?;
     e.set_bitrate(opus::Bitrate::Bits(kbps as i32 * 1000))?;
     e.set_inband_fec(true)?;
     Ok(e)
