@@ -36,22 +36,23 @@ use rtc::shared::marshal::Unmarshal;
 use tokio::sync::broadcast;
 
 use super::canvas::{self, Image, Label, Planes, Yuv};
-use super::fanout::{OutPacket, VideoCodec, is_keyframe_start};
+use super::fanout::{OutFrame, OutPacket, VideoCodec, is_keyframe_start};
 use super::tiers::Tier;
 use crate::pipelines::{Backends, Params, Role};
 use crate::room::layout::{self, Layout, Placement, Rect, TileSource};
 
-/// Packets buffered per codec for receivers that fall behind (~1 s of 720p at 1.5 Mbit/s).
-const FANOUT_CAPACITY: usize = 1024;
+/// Frames buffered per encoder branch for receivers that fall behind (~2 s at 30 fps).
+const FANOUT_CAPACITY: usize = 64;
 /// A forced keyframe is asked for again if none came within this long.
 const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
 /// A tile with no new frame for this long shows its placeholder.
 const STALE: Duration = Duration::from_millis(1000);
 /// How often placeholders are refreshed (the compositor repeats the last frame in between).
 const PLACEHOLDER_PERIOD: Duration = Duration::from_millis(250);
-/// Outputs sent after a keyframe request even if nothing in the picture changed (the encoder makes
-/// its keyframe from its next input).
-const CHANGE_OUTPUTS: u32 = 2;
+/// Outputs sent after a change (or a keyframe request) even if nothing more changes: inputs arrive
+/// unaligned with the room clock, so a tick may see no new frame while video still flows, and an
+/// encoder fed an irregular rate makes bursty output (GCC reads the bursts as congestion).
+const CHANGE_OUTPUTS: u32 = 3;
 /// An unchanged composite is still sent this often (a receiver's decoder and statistics stay
 /// alive; a lost frame gets replaced).
 const UNCHANGED_REFRESH: Duration = Duration::from_millis(1000);
@@ -278,7 +279,7 @@ struct InputShared {
 }
 
 struct Output {
-    tx: broadcast::Sender<Arc<OutPacket>>,
+    tx: broadcast::Sender<Arc<OutFrame>>,
     /// The room tee's pad feeding this branch, and the branch's elements (to take it down).
     tee_pad: gst::Pad,
     elements: Vec<gst::Element>,
@@ -607,7 +608,7 @@ impl RoomVideo {
     ///
     /// # Errors
     /// [`VideoError`] if the encoder branch cannot be built.
-    pub fn subscribe(&self, codec: VideoCodec) -> Result<broadcast::Receiver<Arc<OutPacket>>, VideoError> {
+    pub fn subscribe(&self, codec: VideoCodec) -> Result<broadcast::Receiver<Arc<OutFrame>>, VideoError> {
         self.subscribe_tier(codec, Tier::Full)
     }
 
@@ -617,7 +618,7 @@ impl RoomVideo {
     ///
     /// # Errors
     /// [`VideoError`] if the encoder branch cannot be built.
-    pub fn subscribe_tier(&self, codec: VideoCodec, tier: Tier) -> Result<broadcast::Receiver<Arc<OutPacket>>, VideoError> {
+    pub fn subscribe_tier(&self, codec: VideoCodec, tier: Tier) -> Result<broadcast::Receiver<Arc<OutFrame>>, VideoError> {
         let mut st = self.inner.state.lock().unwrap();
         if let Some(o) = st.outputs.get(&(codec, tier)) {
             return Ok(o.tx.subscribe());
@@ -781,7 +782,7 @@ impl RoomVideo {
             .build()
             .map_err(gst_err)?;
         let enc = inner.backends.make_bin(role, params)?;
-        let sink = gst_app::AppSink::builder().sync(false).async_(false).max_buffers(64).drop(false).build();
+        let sink = gst_app::AppSink::builder().sync(false).async_(false).max_buffers(64).drop(false).buffer_list(true).build();
         let encoded = gst::ElementFactory::make("tee").property("allow-not-linked", true).build().map_err(gst_err)?;
         let mut elements: Vec<gst::Element> = vec![queue.clone()];
         if tier != Tier::Full {
@@ -814,19 +815,30 @@ impl RoomVideo {
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |s| {
                     let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let Some(buf) = sample.buffer() else { return Ok(gst::FlowSuccess::Ok) };
-                    let Ok(map) = buf.map_readable() else { return Ok(gst::FlowSuccess::Ok) };
-                    let mut bytes = Bytes::copy_from_slice(map.as_slice());
-                    match rtc::rtp::Packet::unmarshal(&mut bytes) {
-                        Ok(packet) => {
-                            let keyframe_start = is_keyframe_start(codec, &packet.payload);
-                            if keyframe_start {
-                                gate.pending.store(false, Ordering::Release);
+                    // The payloader pushes a frame's packets as one list.
+                    let buffers: Vec<&gst::BufferRef> = match (sample.buffer_list(), sample.buffer()) {
+                        (Some(list), _) => list.iter().collect(),
+                        (None, Some(b)) => vec![b],
+                        (None, None) => return Ok(gst::FlowSuccess::Ok),
+                    };
+                    let mut frame = OutFrame { packets: Vec::with_capacity(buffers.len()) };
+                    for buf in buffers {
+                        let Ok(map) = buf.map_readable() else { continue };
+                        let mut bytes = Bytes::copy_from_slice(map.as_slice());
+                        match rtc::rtp::Packet::unmarshal(&mut bytes) {
+                            Ok(packet) => {
+                                let keyframe_start = is_keyframe_start(codec, &packet.payload);
+                                if keyframe_start {
+                                    gate.pending.store(false, Ordering::Release);
+                                }
+                                frame.packets.push(OutPacket { packet, keyframe_start });
                             }
-                            // No receiver is not an error: the branch keeps running for the next.
-                            let _ = tx2.send(Arc::new(OutPacket { packet, keyframe_start }));
+                            Err(e) => tracing::warn!(%room, "payloader output is not RTP: {e}"),
                         }
-                        Err(e) => tracing::warn!(%room, "payloader output is not RTP: {e}"),
+                    }
+                    // No receiver is not an error: the branch keeps running for the next.
+                    if !frame.packets.is_empty() {
+                        let _ = tx2.send(Arc::new(frame));
                     }
                     Ok(gst::FlowSuccess::Ok)
                 })
@@ -959,6 +971,9 @@ fn spawn_clock_thread(video: Weak<Inner>, src: gst_app::AppSrc, pool: gst::Buffe
     let _ = std::thread::Builder::new().name("room-clock".into()).spawn(move || {
         let mut next = Instant::now();
         let mut last_sent: Option<Instant> = None;
+        // Outputs still to send since the last change: while video flows the output keeps its
+        // steady rate (inputs arrive unaligned with this clock, so a tick can see no new frame).
+        let mut hold = 0u32;
         loop {
             next += period;
             let now = Instant::now();
@@ -975,7 +990,12 @@ fn spawn_clock_thread(video: Weak<Inner>, src: gst_app::AppSrc, pool: gst::Buffe
             let forced = inner.changes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
             let buf = {
                 let mut cv = inner.canvas.lock().unwrap();
-                let due = std::mem::take(&mut cv.dirty) || forced || last_sent.is_none_or(|t| now.duration_since(t) >= UNCHANGED_REFRESH);
+                if std::mem::take(&mut cv.dirty) {
+                    hold = CHANGE_OUTPUTS;
+                }
+                let changed = hold > 0;
+                hold = hold.saturating_sub(1);
+                let due = changed || forced || last_sent.is_none_or(|t| now.duration_since(t) >= UNCHANGED_REFRESH);
                 if !due {
                     inner.stats.frames_unchanged.fetch_add(1, Ordering::Relaxed);
                     continue;

@@ -34,7 +34,7 @@ async fn a_receiver_on_a_capped_link_moves_to_a_smaller_tier_and_keeps_playing()
     let f = slow.wait_frame(Duration::from_secs(30), |f| f.width < 1280).await;
     let room = common::room_json(srv.addr, "tiers").await;
     let s = participant(&room, &slow.id);
-    assert!(f.as_ref().is_some_and(|f| f.width < 1280), "the capped receiver moved to a smaller tier; it shows {s}");
+    assert!(f.as_ref().is_some_and(|f| f.width < 1280), "the capped receiver moved to a smaller tier; it shows {s}; room {room}; slow {:?} fast {:?}", slow.stats(), fast.stats());
     assert_ne!(s["video_tier"], "full", "{s}");
     assert!(s["bandwidth_kbps"].as_u64().is_some_and(|b| b < 1500), "its estimate fell under the full tier: {s}");
 
