@@ -2,7 +2,8 @@
 //!
 //! One small pipeline per published video track, so a broken or hostile stream stops only its own
 //! decoder: `appsrc(application/x-rtp) ! rtpjitterbuffer ! rtp<codec>depay ! <decode fragment> !
-//! videoconvert ! appsink(I420)`; the appsink's thread then scales the frame into the room canvas. When the depayloader or the decoder needs a keyframe (start, loss, corrupt frame) it
+//! videoconvert ! appsink(I420)`; the appsink's thread then scales the frame into the room
+//! canvas. When the depayloader or the decoder needs a keyframe (start, loss, corrupt frame) it
 //! sends `GstForceKeyUnit` upstream; that reaches the `appsrc` and is turned into a callback
 //! (the transport answers it with a rate-limited PLI to the publisher).
 

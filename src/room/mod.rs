@@ -471,7 +471,7 @@ pub struct RoomInfo {
     pub placements: Vec<layout::Placement>,
     /// Composite frames produced so far.
     pub frames_out: u64,
-    /// Input frames dropped before the compositor.
+    /// Decoded input frames that could not be drawn (not I420, or unreadable).
     pub frames_dropped: u64,
     /// Composite frames not encoded because nothing in them changed (sent once a second instead).
     pub frames_unchanged: u64,
@@ -1061,6 +1061,8 @@ async fn send_video(
                     for pkt in &frame.packets {
                         if let Some(out) = rw.rewrite(pkt) {
                             let _ = track.write(out).await;
+                            // Let the other receivers' tasks (and the audio) in between packets.
+                            tokio::task::yield_now().await;
                         }
                     }
                 }

@@ -40,7 +40,7 @@ pub(super) async fn handler(State(st): State<AppState>) -> Response {
         .expect("valid metric");
     r.register(Box::new(fps.clone())).expect("unique metric");
     let frames = counter(&r, "tessera_frames_out_total", "Composite frames produced");
-    let dropped = counter(&r, "tessera_frames_dropped_total", "Input frames dropped before the compositor");
+    let dropped = counter(&r, "tessera_frames_dropped_total", "Decoded input frames that could not be drawn into the composite");
     let keyframes = counter(&r, "tessera_keyframes_forced_total", "Keyframes forced on the room's encoders");
     let plis = counter(&r, "tessera_plis_sent_total", "PLIs sent to publishers");
     let requests = counter(&r, "tessera_keyframe_requests_received_total", "PLI/FIR received from receivers");
