@@ -41,8 +41,10 @@ use super::tiers::Tier;
 use crate::pipelines::{Backends, Params, Role};
 use crate::room::layout::{self, Layout, Placement, Rect, TileSource};
 
-/// Frames buffered per encoder branch for receivers that fall behind (~2 s at 30 fps).
-const FANOUT_CAPACITY: usize = 64;
+/// Packets buffered per encoder branch for receivers that fall behind (~1 s of 720p at 1.5 Mbit/s).
+/// Each packet goes out on its own (a whole frame at once made bursts that starved a
+/// 100-receiver room's audio, and under overload made receivers lag and ask for keyframes).
+const FANOUT_CAPACITY: usize = 1024;
 /// A forced keyframe is asked for again if none came within this long.
 const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
 /// A tile with no new frame for this long shows its placeholder.
@@ -782,7 +784,7 @@ impl RoomVideo {
             .build()
             .map_err(gst_err)?;
         let enc = inner.backends.make_bin(role, params)?;
-        let sink = gst_app::AppSink::builder().sync(false).async_(false).max_buffers(64).drop(false).buffer_list(true).build();
+        let sink = gst_app::AppSink::builder().sync(false).async_(false).max_buffers(64).drop(false).build();
         let encoded = gst::ElementFactory::make("tee").property("allow-not-linked", true).build().map_err(gst_err)?;
         let mut elements: Vec<gst::Element> = vec![queue.clone()];
         if tier != Tier::Full {
@@ -815,7 +817,6 @@ impl RoomVideo {
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |s| {
                     let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    // The payloader pushes a frame's packets as one list.
                     let buffers: Vec<&gst::BufferRef> = match (sample.buffer_list(), sample.buffer()) {
                         (Some(list), _) => list.iter().collect(),
                         (None, Some(b)) => vec![b],

@@ -32,8 +32,8 @@ pub struct OutPacket {
     pub keyframe_start: bool,
 }
 
-/// The RTP packets of one encoded frame (as the payloader pushed them), shared by every receiver:
-/// one hand-over per frame, not per packet.
+/// RTP packets of the room's output handed to every receiver at once (today one packet each:
+/// whole-frame hand-overs made bursts that starved audio in big rooms).
 #[derive(Debug, Clone, Default)]
 pub struct OutFrame {
     /// In sequence-number order.

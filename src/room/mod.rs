@@ -1061,8 +1061,6 @@ async fn send_video(
                     for pkt in &frame.packets {
                         if let Some(out) = rw.rewrite(pkt) {
                             let _ = track.write(out).await;
-                            // Let the other receivers' tasks (and the audio) in between packets.
-                            tokio::task::yield_now().await;
                         }
                     }
                 }
