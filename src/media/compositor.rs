@@ -36,14 +36,14 @@ use rtc::shared::marshal::Unmarshal;
 use tokio::sync::broadcast;
 
 use super::canvas::{self, Image, Label, Planes, Yuv};
-use super::fanout::{OutFrame, OutPacket, VideoCodec, is_keyframe_start};
+use super::fanout::{OutPacket, VideoCodec, is_keyframe_start};
 use super::tiers::Tier;
 use crate::pipelines::{Backends, Params, Role};
 use crate::room::layout::{self, Layout, Placement, Rect, TileSource};
 
 /// Packets buffered per encoder branch for receivers that fall behind (~1 s of 720p at 1.5 Mbit/s).
-/// Each packet goes out on its own (a whole frame at once made bursts that starved a
-/// 100-receiver room's audio, and under overload made receivers lag and ask for keyframes).
+/// Each packet is handed over on its own: whole frames at once made bursts that starved a
+/// 100-receiver room's audio.
 const FANOUT_CAPACITY: usize = 1024;
 /// A forced keyframe is asked for again if none came within this long.
 const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
@@ -281,7 +281,7 @@ struct InputShared {
 }
 
 struct Output {
-    tx: broadcast::Sender<Arc<OutFrame>>,
+    tx: broadcast::Sender<Arc<OutPacket>>,
     /// The room tee's pad feeding this branch, and the branch's elements (to take it down).
     tee_pad: gst::Pad,
     elements: Vec<gst::Element>,
@@ -610,7 +610,7 @@ impl RoomVideo {
     ///
     /// # Errors
     /// [`VideoError`] if the encoder branch cannot be built.
-    pub fn subscribe(&self, codec: VideoCodec) -> Result<broadcast::Receiver<Arc<OutFrame>>, VideoError> {
+    pub fn subscribe(&self, codec: VideoCodec) -> Result<broadcast::Receiver<Arc<OutPacket>>, VideoError> {
         self.subscribe_tier(codec, Tier::Full)
     }
 
@@ -620,7 +620,7 @@ impl RoomVideo {
     ///
     /// # Errors
     /// [`VideoError`] if the encoder branch cannot be built.
-    pub fn subscribe_tier(&self, codec: VideoCodec, tier: Tier) -> Result<broadcast::Receiver<Arc<OutFrame>>, VideoError> {
+    pub fn subscribe_tier(&self, codec: VideoCodec, tier: Tier) -> Result<broadcast::Receiver<Arc<OutPacket>>, VideoError> {
         let mut st = self.inner.state.lock().unwrap();
         if let Some(o) = st.outputs.get(&(codec, tier)) {
             return Ok(o.tx.subscribe());
@@ -817,29 +817,19 @@ impl RoomVideo {
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |s| {
                     let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let buffers: Vec<&gst::BufferRef> = match (sample.buffer_list(), sample.buffer()) {
-                        (Some(list), _) => list.iter().collect(),
-                        (None, Some(b)) => vec![b],
-                        (None, None) => return Ok(gst::FlowSuccess::Ok),
-                    };
-                    let mut frame = OutFrame { packets: Vec::with_capacity(buffers.len()) };
-                    for buf in buffers {
-                        let Ok(map) = buf.map_readable() else { continue };
-                        let mut bytes = Bytes::copy_from_slice(map.as_slice());
-                        match rtc::rtp::Packet::unmarshal(&mut bytes) {
-                            Ok(packet) => {
-                                let keyframe_start = is_keyframe_start(codec, &packet.payload);
-                                if keyframe_start {
-                                    gate.pending.store(false, Ordering::Release);
-                                }
-                                frame.packets.push(OutPacket { packet, keyframe_start });
+                    let Some(buf) = sample.buffer() else { return Ok(gst::FlowSuccess::Ok) };
+                    let Ok(map) = buf.map_readable() else { return Ok(gst::FlowSuccess::Ok) };
+                    let mut bytes = Bytes::copy_from_slice(map.as_slice());
+                    match rtc::rtp::Packet::unmarshal(&mut bytes) {
+                        Ok(packet) => {
+                            let keyframe_start = is_keyframe_start(codec, &packet.payload);
+                            if keyframe_start {
+                                gate.pending.store(false, Ordering::Release);
                             }
-                            Err(e) => tracing::warn!(%room, "payloader output is not RTP: {e}"),
+                            // No receiver is not an error: the branch keeps running for the next.
+                            let _ = tx2.send(Arc::new(OutPacket { packet, keyframe_start }));
                         }
-                    }
-                    // No receiver is not an error: the branch keeps running for the next.
-                    if !frame.packets.is_empty() {
-                        let _ = tx2.send(Arc::new(frame));
+                        Err(e) => tracing::warn!(%room, "payloader output is not RTP: {e}"),
                     }
                     Ok(gst::FlowSuccess::Ok)
                 })

@@ -32,21 +32,6 @@ pub struct OutPacket {
     pub keyframe_start: bool,
 }
 
-/// RTP packets of the room's output handed to every receiver at once (today one packet each:
-/// whole-frame hand-overs made bursts that starved audio in big rooms).
-#[derive(Debug, Clone, Default)]
-pub struct OutFrame {
-    /// In sequence-number order.
-    pub packets: Vec<OutPacket>,
-}
-
-impl OutFrame {
-    /// True when the frame starts a keyframe (a receiver may start here).
-    pub fn keyframe_start(&self) -> bool {
-        self.packets.first().is_some_and(|p| p.keyframe_start)
-    }
-}
-
 /// Whether an RTP payload is the first packet of a keyframe.
 ///
 /// VP8: RFC 7741 §4.2 payload descriptor with S=1 and PID=0, then the VP8 payload header's P bit

@@ -1030,7 +1030,7 @@ async fn send_video(
     video: RoomVideo,
     p: Arc<Participant>,
     track: Arc<crate::transport::LocalTrack>,
-    mut rx: broadcast::Receiver<Arc<crate::media::fanout::OutFrame>>,
+    mut rx: broadcast::Receiver<Arc<crate::media::fanout::OutPacket>>,
     codec: VideoCodec,
 ) {
     if !p.session.connected().await {
@@ -1041,7 +1041,7 @@ async fn send_video(
     *p.tier.lock().unwrap() = Some(tier);
     let mut selector = TierSelector::new(video.format());
     // The tier being moved to, until its first keyframe arrives.
-    let mut next: Option<(Tier, broadcast::Receiver<Arc<crate::media::fanout::OutFrame>>)> = None;
+    let mut next: Option<(Tier, broadcast::Receiver<Arc<crate::media::fanout::OutPacket>>)> = None;
     video.request_keyframe_tier(codec, tier);
     let mut keyframe_requests = true;
     // Until this receiver has its keyframe, ask again every half second (a request can be lost,
@@ -1057,11 +1057,9 @@ async fn send_video(
                 video.request_keyframe_tier(codec, next.as_ref().map_or(tier, |(t, _)| *t));
             }
             r = rx.recv() => match r {
-                Ok(frame) => {
-                    for pkt in &frame.packets {
-                        if let Some(out) = rw.rewrite(pkt) {
-                            let _ = track.write(out).await;
-                        }
+                Ok(pkt) => {
+                    if let Some(out) = rw.rewrite(&pkt) {
+                        let _ = track.write(out).await;
                     }
                 }
                 Err(RecvError::Lagged(n)) => {
@@ -1072,17 +1070,15 @@ async fn send_video(
                 Err(RecvError::Closed) => break,
             },
             r = async { next.as_mut().expect("guarded").1.recv().await }, if next.is_some() => match r {
-                Ok(frame) if frame.keyframe_start() => {
+                Ok(pkt) if pkt.keyframe_start => {
                     let (t, new_rx) = next.take().expect("guarded");
                     tracing::info!(from = ?tier, to = ?t, "moved to another output tier at its keyframe");
                     rx = new_rx;
                     tier = t;
                     *p.tier.lock().unwrap() = Some(tier);
                     rw.resync();
-                    for pkt in &frame.packets {
-                        if let Some(out) = rw.rewrite(pkt) {
-                            let _ = track.write(out).await;
-                        }
+                    if let Some(out) = rw.rewrite(&pkt) {
+                        let _ = track.write(out).await;
                     }
                     video.release_idle_tiers();
                 }
