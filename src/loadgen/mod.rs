@@ -337,6 +337,9 @@ impl Received {
         if let Some(last) = self.last_frame_at.lock().unwrap().replace(now) {
             let gap = now.duration_since(last);
             self.max_gap_ms.fetch_max(gap.as_millis() as u64, Ordering::Relaxed);
+            if gap > FREEZE / 2 {
+                tracing::debug!(gap_ms = gap.as_millis() as u64, "video gap");
+            }
             if gap > FREEZE {
                 self.freezes.fetch_add(1, Ordering::Relaxed);
             }
@@ -351,6 +354,7 @@ impl Received {
         if let Some(last) = self.last_audio_at.lock().unwrap().replace(now)
             && now.duration_since(last) > AUDIO_GAP
         {
+            tracing::debug!(gap_ms = now.duration_since(last).as_millis() as u64, "audio gap");
             self.audio_gaps.fetch_add(1, Ordering::Relaxed);
         }
         self.audio_packets.fetch_add(1, Ordering::Relaxed);

@@ -453,7 +453,8 @@ impl RoomVideo {
 
     /// Adds a tile for participant `id` (label `name`; `screen` for a screen share) at the end of
     /// the join order and re-lays out. It shows a placeholder until frames are pushed into the
-    /// returned handle.
+    /// returned handle. Blocks for 5-35 ms (the label and placeholder are rendered by two small
+    /// GStreamer pipelines): call it from a blocking thread, not an async worker.
     ///
     /// # Errors
     /// [`VideoError::Gst`] if the elements cannot be made or linked.
@@ -554,24 +555,32 @@ impl RoomVideo {
     }
 
     /// Server- or self-mute: a video-muted tile shows its placeholder; an audio-muted tile's label
-    /// says so. Unknown ids are ignored.
+    /// says so. Unknown ids are ignored. Returns at once: the label (a small GStreamer pipeline,
+    /// 5-35 ms) is rendered on a helper thread and drawn when ready, unless another mute of the
+    /// same tile came first.
     pub fn set_muted(&self, id: &str, audio: bool, video: bool) {
         let name = {
-            let st = self.inner.state.lock().unwrap();
-            let Some(i) = st.inputs.iter().find(|i| i.id == id) else { return };
-            i.name.clone()
-        };
-        // Rendered outside the locks (a small GStreamer pipeline).
-        let label = render_label(&if audio { format!("{name}  [mic off]") } else { name });
-        let mut st = self.inner.state.lock().unwrap();
-        if let Some(i) = st.inputs.iter_mut().find(|i| i.id == id) {
+            let mut st = self.inner.state.lock().unwrap();
+            let Some(i) = st.inputs.iter_mut().find(|i| i.id == id) else { return };
             i.shared.video_muted.store(video, Ordering::Relaxed);
             i.audio_muted = audio;
-            let mut cv = self.inner.canvas.lock().unwrap();
-            if let Some(t) = cv.tiles.iter().position(|t| t.id == id) {
-                cv.tiles[t].label = label;
-                cv.draw_tile(t, &self.inner.stats);
+            i.name.clone()
+        };
+        let (inner, id) = (Arc::downgrade(&self.inner), id.to_string());
+        let render = move || {
+            let label = render_label(&if audio { format!("{name}  [mic off]") } else { name });
+            let Some(inner) = inner.upgrade() else { return };
+            let st = inner.state.lock().unwrap();
+            if st.inputs.iter().any(|i| i.id == id && i.audio_muted == audio) {
+                let mut cv = inner.canvas.lock().unwrap();
+                if let Some(t) = cv.tiles.iter().position(|t| t.id == id) {
+                    cv.tiles[t].label = label;
+                    cv.draw_tile(t, &inner.stats);
+                }
             }
+        };
+        if let Err(e) = std::thread::Builder::new().name("label".into()).spawn(render) {
+            tracing::warn!(room = %self.inner.room, "label thread: {e}");
         }
     }
 

@@ -28,8 +28,17 @@ pub struct VideoIngest {
 }
 
 impl Drop for VideoIngest {
+    /// Stops the pipeline on a helper thread: the transition to `Null` joins its streaming
+    /// threads, which must not hold up the async worker a leaving publisher's task ends on.
     fn drop(&mut self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
+        let pipeline = self.pipeline.clone();
+        let stop = move || {
+            let _ = pipeline.set_state(gst::State::Null);
+        };
+        if let Err(e) = std::thread::Builder::new().name("ingest-stop".into()).spawn(stop.clone()) {
+            tracing::debug!("stopping the ingest pipeline inline: {e}");
+            stop();
+        }
     }
 }
 

@@ -774,11 +774,19 @@ impl Room {
         let (session, answer) = self.deps.transport.answer(&id, &offer, plan, events.clone()).instrument(span.clone()).await?;
         // Publishers get a tile now: a placeholder until (unless) video arrives.
         let tile = if plan.publish_video || plan.publish_audio {
-            match self.video.add_input(&id, &name, source == Source::Screen) {
-                Ok(t) => Some(t),
-                Err(e) => {
+            // Rendering the tile's label and placeholder blocks for 5-35 ms: not on a worker
+            // that drives other participants' transport (100 joins stalled their media).
+            let (video, tid, tname) = (self.video.clone(), id.clone(), name.clone());
+            let added = tokio::task::spawn_blocking(move || video.add_input(&tid, &tname, source == Source::Screen)).await;
+            match added {
+                Ok(Ok(t)) => Some(t),
+                Ok(Err(e)) => {
                     session.close().await;
                     return Err(e.into());
+                }
+                Err(e) => {
+                    session.close().await;
+                    return Err(VideoError::Gst(format!("adding the tile: {e}")).into());
                 }
             }
         } else {
@@ -978,16 +986,17 @@ async fn receive_video(room: Arc<Room>, p: Arc<Participant>, track: RemoteTrack,
     // The payload type is the publisher's; learn it from the first packet.
     let Some(first) = track.next_rtp().await else { return };
     let requester = track.keyframe_requester();
-    let ingest = match VideoIngest::start(
-        &format!("{}-{}", room.name, p.id),
-        codec,
-        first.header.payload_type,
-        room.deps.jitter_ms,
-        &room.deps.backends,
-        tile,
-        requester.clone(),
-    ) {
-        Ok(i) => i,
+    // Building and starting a pipeline blocks for milliseconds: not on a transport worker.
+    let (label, pt, jitter_ms, backends, on_keyframe) =
+        (format!("{}-{}", room.name, p.id), first.header.payload_type, room.deps.jitter_ms, room.deps.backends.clone(), requester.clone());
+    let started =
+        tokio::task::spawn_blocking(move || VideoIngest::start(&label, codec, pt, jitter_ms, &backends, tile, on_keyframe)).await;
+    let ingest = match started {
+        Ok(Ok(i)) => i,
+        Ok(Err(e)) => {
+            tracing::error!("cannot decode video: {e}");
+            return;
+        }
         Err(e) => {
             tracing::error!("cannot decode video: {e}");
             return;
