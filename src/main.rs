@@ -83,6 +83,24 @@ fn main() -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(cfg) => {
+            if std::env::var_os("TESSERA_LAG_PROBE").is_some() {
+                for i in 0..4 {
+                    tokio::spawn(async move {
+                        loop {
+                            let t = std::time::Instant::now();
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                            let d = t.elapsed().as_millis();
+                            if d > 40 { tracing::warn!(probe = i, lag_ms = d as u64, "TOKIO LAG"); }
+                        }
+                    });
+                }
+                std::thread::spawn(|| loop {
+                    let t = std::time::Instant::now();
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    let d = t.elapsed().as_millis();
+                    if d > 40 { tracing::warn!(lag_ms = d as u64, "THREAD LAG"); }
+                });
+            }
             let server = Server::start(cfg).await?;
             tokio::select! {
                 r = tokio::signal::ctrl_c() => { r?; tracing::info!("shutting down"); server.shutdown().await; }

@@ -43,7 +43,8 @@ impl Role {
 pub struct Params {
     /// Target bitrate, kbit/s.
     pub kbps: u32,
-    /// Frames between periodic keyframes.
+    /// Most frames between forced keyframes (Tessera passes 600 s worth: keyframes come on
+    /// request).
     pub keyint: u32,
     /// Frames per second.
     pub fps: u32,

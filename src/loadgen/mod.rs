@@ -415,6 +415,25 @@ impl PeerConnectionEventHandler for Handler {
             let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
             let mime = track.codec(ssrc).await.map(|c| c.mime_type.to_ascii_lowercase()).unwrap_or_default();
             let kind = track.kind().await;
+            // As a browser does: a decoder that lost a packet it needs asks for a keyframe (PLI,
+            // RFC 4585 §6.3.1), at most every 300 ms. Tessera's encoders make keyframes on request.
+            let keyframe_needed: KeyframeNeeded = {
+                let (track, rt, last) = (track.clone(), tokio::runtime::Handle::current(), Arc::new(Mutex::new(None::<Instant>)));
+                Arc::new(move || {
+                    {
+                        let mut last = last.lock().unwrap();
+                        if last.is_some_and(|t| t.elapsed() < Duration::from_millis(300)) {
+                            return;
+                        }
+                        *last = Some(Instant::now());
+                    }
+                    let track = track.clone();
+                    rt.spawn(async move {
+                        let pli = rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication { sender_ssrc: 0, media_ssrc: ssrc };
+                        let _ = track.write_rtcp(vec![Box::new(pli)]).await;
+                    });
+                })
+            };
             let mut src: Option<gst_app::AppSrc> = None;
             while let Some(ev) = track.poll().await {
                 let TrackRemoteEvent::OnRtpPacket(pkt) = ev else { continue };
@@ -431,7 +450,7 @@ impl PeerConnectionEventHandler for Handler {
                     continue;
                 }
                 if src.is_none() {
-                    match decode_pipeline(kind, &mime, pkt.header.payload_type, received.clone(), tick.clone()) {
+                    match decode_pipeline(kind, &mime, pkt.header.payload_type, received.clone(), tick.clone(), keyframe_needed.clone()) {
                         Ok((p, s)) => {
                             pipelines.lock().unwrap().push(p);
                             src = Some(s);
@@ -450,12 +469,16 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
+/// Asks the sender of a received video track for a keyframe; callable from any thread.
+type KeyframeNeeded = Arc<dyn Fn() + Send + Sync>;
+
 fn decode_pipeline(
     kind: RtpCodecKind,
     mime: &str,
     pt: u8,
     received: Arc<Received>,
     tick: Arc<watch::Sender<u64>>,
+    keyframe_needed: KeyframeNeeded,
 ) -> Result<(gst::Pipeline, gst_app::AppSrc), LoadgenError> {
     let audio = kind == RtpCodecKind::Audio;
     let desc = if audio {
@@ -471,7 +494,7 @@ fn decode_pipeline(
         let convert = if received.keep_pixels { "! videoconvert ! video/x-raw,format=RGB " } else { "" };
         format!(
             "appsrc name=src is-live=true format=time do-timestamp=true caps=\"application/x-rtp,media=video,clock-rate=90000,encoding-name={name},payload={pt}\" \
-             ! rtpjitterbuffer latency=60 ! {depay} ! {dec} {convert}! appsink name=sink sync=false max-buffers=2 drop=true"
+             ! rtpjitterbuffer latency=60 ! {depay} request-keyframe=true ! {dec} {convert}! appsink name=sink sync=false max-buffers=2 drop=true"
         )
     };
     let g = |e: &dyn std::fmt::Display| LoadgenError::Gst(e.to_string());
@@ -521,6 +544,16 @@ fn decode_pipeline(
             })
             .build(),
     );
+    if !audio && let Some(pad) = src.static_pad("src") {
+        pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
+            if let Some(ev) = info.event()
+                && gstreamer_video::UpstreamForceKeyUnitEvent::parse(ev).is_ok()
+            {
+                keyframe_needed();
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
     pipeline.set_state(gst::State::Playing).map_err(|e| g(&e))?;
     Ok((pipeline, src))
 }

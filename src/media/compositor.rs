@@ -47,6 +47,9 @@ use crate::room::layout::{self, Layout, Placement, Rect, TileSource};
 const FANOUT_CAPACITY: usize = 1024;
 /// A forced keyframe is asked for again if none came within this long.
 const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
+/// The encoders' forced keyframe interval, seconds: long enough to mean "only on request".
+const KEYINT_SECONDS: u32 = 600;
+
 /// A tile with no new frame for this long shows its placeholder.
 const STALE: Duration = Duration::from_millis(1000);
 /// How often placeholders are refreshed (the compositor repeats the last frame in between).
@@ -761,7 +764,10 @@ impl RoomVideo {
     fn build_output(&self, codec: VideoCodec, tier: Tier) -> Result<Output, VideoError> {
         let inner = &self.inner;
         let f = inner.format;
-        let params = Params { kbps: tier.kbps(f), keyint: f.fps * 10, fps: f.fps };
+        // No periodic keyframes: receivers ask with PLI/FIR (as libwebrtc senders do), and a
+        // recording or an egress asks on its own schedule. A 1280x720 keyframe is ~30 packets per
+        // receiver; every 10 s that burst held up a 100-receiver room's audio for 40-80 ms.
+        let params = Params { kbps: tier.kbps(f), keyint: KEYINT_SECONDS * f.fps, fps: f.fps };
         let (role, pay) = match codec {
             VideoCodec::Vp8 => (
                 Role::Vp8Encode,

@@ -21,6 +21,9 @@ use crate::media::audio::AudioMixer;
 use crate::media::compositor::RoomVideo;
 use crate::media::fanout::VideoCodec;
 
+/// How often a recording asks the encoder for a keyframe (its seek points).
+const RECORDING_KEYFRAME_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Container of a recording.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -283,6 +286,12 @@ impl Recording {
                                 last_request = Instant::now();
                             }
                             continue;
+                        }
+                        // The encoders make keyframes only on request: one every 10 s keeps the
+                        // file seekable.
+                        if last_request.elapsed() >= RECORDING_KEYFRAME_INTERVAL {
+                            v.request_keyframe(codec);
+                            last_request = Instant::now();
                         }
                         // A mix frame sent at tick T holds the 20 ms before T: stamp its start, on the
                         // room's running time like the composite frames.

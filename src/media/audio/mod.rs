@@ -641,3 +641,53 @@ mod tests {
         assert!(!r.m.sources["plain-muted"].decoded);
     }
 }
+
+#[cfg(test)]
+mod opus_cost_probe {
+    #[test]
+    #[ignore]
+    fn opus_cost_probe() {
+        let frames: Vec<Vec<i16>> = (0..500)
+            .map(|f| {
+                (0..960)
+                    .map(|i| {
+                        let t = (f * 960 + i) as f32 / 48000.0;
+                        let env = 0.5 + 0.5 * (t * 3.0 * std::f32::consts::TAU).sin();
+                        let mut v = 0.0;
+                        for h in 1..12 {
+                            v += (t * 140.0 * h as f32 * std::f32::consts::TAU).sin() / h as f32;
+                        }
+                        let n = ((i * 7919 + f * 104729) % 1000) as f32 / 1000.0 - 0.5;
+                        ((v * 0.2 + n * 0.05) * env * 12000.0) as i16
+                    })
+                    .collect()
+            })
+            .collect();
+        for (app, appn) in [(opus::Application::Voip, "voip"), (opus::Application::Audio, "audio")] {
+            for c in [10, 9, 8, 7, 6, 5, 3, 1] {
+                for sig in [None, Some(opus::Signal::Voice)] {
+                    let mut e = opus::Encoder::new(48000, opus::Channels::Mono, app).unwrap();
+                    e.set_bitrate(opus::Bitrate::Bits(32000)).unwrap();
+                    e.set_inband_fec(true).unwrap();
+                    e.set_complexity(c).unwrap();
+                    if let Some(s) = sig {
+                        e.set_signal(s).unwrap();
+                    }
+                    let mut buf = [0u8; 1500];
+                    for f in &frames[..50] {
+                        e.encode(f, &mut buf).unwrap();
+                    }
+                    let t0 = std::time::Instant::now();
+                    let mut bytes = 0;
+                    for _ in 0..4 {
+                        for f in &frames {
+                            bytes += e.encode(f, &mut buf).unwrap();
+                        }
+                    }
+                    let us = t0.elapsed().as_secs_f64() * 1e6 / 2000.0;
+                    println!("{appn} complexity={c} signal={:?}: {us:.1} us/frame, {} B/frame, bw {:?}", sig.is_some(), bytes / 2000, e.get_bandwidth());
+                }
+            }
+        }
+    }
+}
