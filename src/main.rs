@@ -84,22 +84,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(cfg) => {
             if std::env::var_os("TESSERA_LAG_PROBE").is_some() {
-                for i in 0..4 {
-                    tokio::spawn(async move {
-                        loop {
-                            let t = std::time::Instant::now();
-                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                            let d = t.elapsed().as_millis();
-                            if d > 40 { tracing::warn!(probe = i, lag_ms = d as u64, "TOKIO LAG"); }
-                        }
-                    });
-                }
-                std::thread::spawn(|| loop {
-                    let t = std::time::Instant::now();
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                    let d = t.elapsed().as_millis();
-                    if d > 40 { tracing::warn!(lag_ms = d as u64, "THREAD LAG"); }
-                });
+                spawn_lag_probes();
             }
             let server = Server::start(cfg).await?;
             tokio::select! {
@@ -126,4 +111,35 @@ async fn terminate() {
         }
         Err(_) => std::future::pending().await,
     }
+}
+
+/// Diagnostics (`TESSERA_LAG_PROBE=1`): four async tasks and one thread that sleep 10 ms in a
+/// loop and log a warning when a sleep overran by 30 ms or more. Async lag alone means a task
+/// held a runtime worker (blocking work on the transport); both together mean the box is short
+/// of CPU.
+fn spawn_lag_probes() {
+    const NAP: std::time::Duration = std::time::Duration::from_millis(10);
+    const LATE_MS: u128 = 40;
+    for probe in 0..4 {
+        tokio::spawn(async move {
+            loop {
+                let t = std::time::Instant::now();
+                tokio::time::sleep(NAP).await;
+                let lag_ms = t.elapsed().as_millis();
+                if lag_ms > LATE_MS {
+                    tracing::warn!(probe, lag_ms = lag_ms as u64, "TOKIO LAG");
+                }
+            }
+        });
+    }
+    let _ = std::thread::Builder::new().name("lag-probe".into()).spawn(|| {
+        loop {
+            let t = std::time::Instant::now();
+            std::thread::sleep(NAP);
+            let lag_ms = t.elapsed().as_millis();
+            if lag_ms > LATE_MS {
+                tracing::warn!(lag_ms = lag_ms as u64, "THREAD LAG");
+            }
+        }
+    });
 }
