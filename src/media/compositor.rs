@@ -47,6 +47,11 @@ use crate::room::layout::{self, Layout, Placement, Rect, TileSource};
 const FANOUT_CAPACITY: usize = 1024;
 /// A forced keyframe is asked for again if none came within this long.
 const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
+/// Least time between two forced keyframes of one encoder: requests closer than this (a burst of
+/// joins, each new receiver asking) are served together by one keyframe when it is due. Each
+/// keyframe goes to every receiver of the encoder (~30 packets each at 1280x720), so 100 joins
+/// made a storm of them that held the transport up for 50-100 ms at a time.
+const KEYFRAME_MIN_INTERVAL: Duration = Duration::from_millis(200);
 /// The encoders' forced keyframe interval, seconds: long enough to mean "only on request".
 const KEYINT_SECONDS: u32 = 600;
 
@@ -137,6 +142,8 @@ struct Inner {
     stopped: AtomicBool,
     /// Outputs still to send whatever changed (see [`CHANGE_OUTPUTS`]).
     changes: AtomicU32,
+    /// Some output has a deferred keyframe request ([`KEYFRAME_MIN_INTERVAL`]).
+    keyframes_deferred: AtomicBool,
     /// RTP timestamp offset shared by every encoder branch, so a receiver moved between tiers
     /// sees one timeline (RFC 3550 §5.1: random per room).
     ts_offset: u32,
@@ -299,7 +306,10 @@ struct Output {
 #[derive(Default)]
 struct KeyframeGate {
     pending: AtomicBool,
+    /// When the last keyframe was forced.
     last_request: Mutex<Option<Instant>>,
+    /// A request waits for [`KEYFRAME_MIN_INTERVAL`] to pass (the room clock forces it).
+    deferred: AtomicBool,
 }
 
 impl Drop for Inner {
@@ -430,6 +440,7 @@ impl RoomVideo {
             stats: Arc::new(VideoStats::default()),
             stopped: AtomicBool::new(false),
             changes: AtomicU32::new(CHANGE_OUTPUTS),
+            keyframes_deferred: AtomicBool::new(false),
             ts_offset: {
                 use std::hash::{BuildHasher, Hasher};
                 let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -691,13 +702,12 @@ impl RoomVideo {
         if outstanding && last.is_some_and(|t| t.elapsed() < KEYFRAME_RETRY) {
             return;
         }
-        o.keyframe.pending.store(true, Ordering::Release);
-        *last = Some(Instant::now());
-        let ev = gstreamer_video::UpstreamForceKeyUnitEvent::builder().all_headers(true).build();
-        o.sink_pad.push_event(ev);
-        // The encoder makes the keyframe from its next input: let one through now.
-        self.inner.changes.store(CHANGE_OUTPUTS, Ordering::Release);
-        self.inner.stats.keyframes_forced.fetch_add(1, Ordering::Relaxed);
+        if !outstanding && last.is_some_and(|t| t.elapsed() < KEYFRAME_MIN_INTERVAL) {
+            o.keyframe.deferred.store(true, Ordering::Release);
+            self.inner.keyframes_deferred.store(true, Ordering::Release);
+            return;
+        }
+        force_keyframe(&self.inner, o, &mut last);
     }
 
     /// Adds `branch` (a bin with a `sink` ghost pad taking encoded `codec` frames, e.g. a
@@ -972,6 +982,37 @@ fn push_frame(inner: &Inner, id: &str, shared: &InputShared, sample: &gst::Sampl
 /// The room's output clock: every 1/fps s, when something was drawn since the last output (or
 /// [`UNCHANGED_REFRESH`] passed, or a keyframe is due), copies the canvas into a buffer from `pool`
 /// and pushes it into `src`, stamped with the pipeline's running time.
+/// Asks `o`'s encoder for a keyframe from its next input (`GstForceKeyUnit` upstream of it).
+fn force_keyframe(inner: &Inner, o: &Output, last: &mut Option<Instant>) {
+    o.keyframe.deferred.store(false, Ordering::Release);
+    o.keyframe.pending.store(true, Ordering::Release);
+    *last = Some(Instant::now());
+    let ev = gstreamer_video::UpstreamForceKeyUnitEvent::builder().all_headers(true).build();
+    o.sink_pad.push_event(ev);
+    // The encoder makes the keyframe from its next input: let one through now.
+    inner.changes.store(CHANGE_OUTPUTS, Ordering::Release);
+    inner.stats.keyframes_forced.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Forces the deferred keyframes whose [`KEYFRAME_MIN_INTERVAL`] has passed (room clock thread).
+fn force_deferred_keyframes(inner: &Inner) {
+    if !inner.keyframes_deferred.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    let st = inner.state.lock().unwrap();
+    for o in st.outputs.values() {
+        if !o.keyframe.deferred.load(Ordering::Acquire) {
+            continue;
+        }
+        let mut last = o.keyframe.last_request.lock().unwrap();
+        if last.is_some_and(|t| t.elapsed() < KEYFRAME_MIN_INTERVAL) {
+            inner.keyframes_deferred.store(true, Ordering::Release);
+        } else {
+            force_keyframe(inner, o, &mut last);
+        }
+    }
+}
+
 fn spawn_clock_thread(video: Weak<Inner>, src: gst_app::AppSrc, pool: gst::BufferPool, info: gstreamer_video::VideoInfo) {
     let period = Duration::from_nanos(1_000_000_000 / u64::from(info.fps().numer().max(1) as u32));
     let _ = std::thread::Builder::new().name("room-clock".into()).spawn(move || {
@@ -992,6 +1033,7 @@ fn spawn_clock_thread(video: Weak<Inner>, src: gst_app::AppSrc, pool: gst::Buffe
             if inner.stopped.load(Ordering::Relaxed) {
                 break;
             }
+            force_deferred_keyframes(&inner);
             let now = Instant::now();
             let forced = inner.changes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
             let buf = {
