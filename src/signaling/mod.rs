@@ -441,7 +441,16 @@ async fn join(
     }
     let identity = claims.map(|c| c.sub);
     let req = JoinRequest { name, kind, source, offer: offer.to_string(), plan, identity };
-    let (id, answer) = st.rooms.join(&room, req).await?;
+    // A join runs to the end even if the client hangs up meanwhile (hyper then drops this
+    // handler): a half-made participant (a tile without a session) would stay in the room. One
+    // that joined for nobody goes when its connection fails.
+    let rooms = st.rooms.clone();
+    let (id, answer) = {
+        let room = room.clone();
+        tokio::spawn(async move { rooms.join(&room, req).await })
+            .await
+            .map_err(|e| RoomError::Video(crate::media::compositor::VideoError::Gst(format!("join: {e}"))))??
+    };
     let location = format!("/v1/rooms/{room}/participants/{id}");
     Ok((
         StatusCode::CREATED,
