@@ -1167,3 +1167,46 @@ pub(crate) fn watch_bus(pipeline: &gst::Pipeline, room: String) {
         })
         .ok();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The next keyframe start on `rx`, within 5 s.
+    async fn next_keyframe(rx: &mut broadcast::Receiver<Arc<OutPacket>>) -> Instant {
+        let wait = async {
+            loop {
+                match rx.recv().await {
+                    Ok(p) if p.keyframe_start => return Instant::now(),
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => panic!("encoder branch closed"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), wait).await.expect("a keyframe within 5 s")
+    }
+
+    #[tokio::test]
+    async fn forced_keyframes_are_spaced_and_a_request_in_between_is_deferred_not_lost() {
+        let format = OutputFormat { width: 320, height: 180, fps: 30, kbps: 300 };
+        let video = RoomVideo::new("kf-test", format, Backends::new("cpu", None), Layout::Grid, 16).unwrap();
+        let mut rx = video.subscribe(VideoCodec::Vp8).unwrap();
+        next_keyframe(&mut rx).await; // the encoder's first frame
+        let forced = || video.stats().keyframes_forced.load(Ordering::Relaxed);
+
+        let n = forced();
+        video.request_keyframe_tier(VideoCodec::Vp8, Tier::Full);
+        assert_eq!(forced(), n + 1, "the first request forces a keyframe at once");
+        let first = next_keyframe(&mut rx).await;
+
+        // Asked again right after: deferred until KEYFRAME_MIN_INTERVAL has passed, then forced
+        // by the room clock without another request.
+        video.request_keyframe_tier(VideoCodec::Vp8, Tier::Full);
+        assert_eq!(forced(), n + 1, "a request within the minimum interval waits");
+        let second = next_keyframe(&mut rx).await;
+        assert_eq!(forced(), n + 2, "the deferred request was served");
+        let gap = second.duration_since(first);
+        assert!(gap >= KEYFRAME_MIN_INTERVAL - Duration::from_millis(40), "keyframes {gap:?} apart");
+        video.stop();
+    }
+}
