@@ -114,7 +114,7 @@ async fn terminate() {
 }
 
 /// Diagnostics (`TESSERA_LAG_PROBE=1`): four async tasks and one thread that sleep 10 ms in a
-/// loop and log a warning when a sleep overran by 30 ms or more. Async lag alone means a task
+/// loop and log a warning when one takes over 40 ms. Async lag alone means a task
 /// held a runtime worker (blocking work on the transport); both together mean the box is short
 /// of CPU.
 fn spawn_lag_probes() {

@@ -417,23 +417,13 @@ impl PeerConnectionEventHandler for Handler {
             let kind = track.kind().await;
             // As a browser does: a decoder that lost a packet it needs asks for a keyframe (PLI,
             // RFC 4585 §6.3.1), at most every 300 ms. Tessera's encoders make keyframes on request.
-            let keyframe_needed: KeyframeNeeded = {
-                let (track, rt, last) = (track.clone(), tokio::runtime::Handle::current(), Arc::new(Mutex::new(None::<Instant>)));
-                Arc::new(move || {
-                    {
-                        let mut last = last.lock().unwrap();
-                        if last.is_some_and(|t| t.elapsed() < Duration::from_millis(300)) {
-                            return;
-                        }
-                        *last = Some(Instant::now());
-                    }
-                    let track = track.clone();
-                    rt.spawn(async move {
-                        let pli = rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication { sender_ssrc: 0, media_ssrc: ssrc };
-                        let _ = track.write_rtcp(vec![Box::new(pli)]).await;
-                    });
-                })
-            };
+            let keyframe_needed = crate::transport::pli_requester(
+                track.clone(),
+                ssrc,
+                Duration::from_millis(300),
+                tokio::runtime::Handle::current(),
+                || {},
+            );
             let mut src: Option<gst_app::AppSrc> = None;
             while let Some(ev) = track.poll().await {
                 let TrackRemoteEvent::OnRtpPacket(pkt) = ev else { continue };
@@ -469,16 +459,13 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
-/// Asks the sender of a received video track for a keyframe; callable from any thread.
-type KeyframeNeeded = Arc<dyn Fn() + Send + Sync>;
-
 fn decode_pipeline(
     kind: RtpCodecKind,
     mime: &str,
     pt: u8,
     received: Arc<Received>,
     tick: Arc<watch::Sender<u64>>,
-    keyframe_needed: KeyframeNeeded,
+    keyframe_needed: crate::media::ingest::KeyframeNeeded,
 ) -> Result<(gst::Pipeline, gst_app::AppSrc), LoadgenError> {
     let audio = kind == RtpCodecKind::Audio;
     let desc = if audio {
@@ -544,15 +531,8 @@ fn decode_pipeline(
             })
             .build(),
     );
-    if !audio && let Some(pad) = src.static_pad("src") {
-        pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
-            if let Some(ev) = info.event()
-                && gstreamer_video::UpstreamForceKeyUnitEvent::parse(ev).is_ok()
-            {
-                keyframe_needed();
-            }
-            gst::PadProbeReturn::Ok
-        });
+    if !audio {
+        crate::media::ingest::forward_keyframe_requests(&src, keyframe_needed);
     }
     pipeline.set_state(gst::State::Playing).map_err(|e| g(&e))?;
     Ok((pipeline, src))

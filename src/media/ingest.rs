@@ -125,14 +125,7 @@ impl VideoIngest {
                 })
                 .build(),
         );
-        appsrc.static_pad("src").unwrap().add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
-            if let Some(ev) = info.event()
-                && gstreamer_video::UpstreamForceKeyUnitEvent::parse(ev).is_ok()
-            {
-                on_keyframe_needed();
-            }
-            gst::PadProbeReturn::Ok
-        });
+        forward_keyframe_requests(&appsrc, on_keyframe_needed);
         watch_bus(&pipeline, label.to_string());
         pipeline.set_state(gst::State::Playing).map_err(|e| err(&e))?;
         Ok(Self { pipeline, appsrc, valve })
@@ -170,4 +163,18 @@ impl VideoIngest {
         }
         let _ = self.appsrc.push_buffer_list(list);
     }
+}
+
+/// Calls `on_keyframe_needed` for each `GstForceKeyUnit` event that reaches `appsrc` from
+/// downstream (a depayloader with `request-keyframe=true` or a decoder that lost its reference).
+pub fn forward_keyframe_requests(appsrc: &gst_app::AppSrc, on_keyframe_needed: KeyframeNeeded) {
+    let Some(pad) = appsrc.static_pad("src") else { return };
+    pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
+        if let Some(ev) = info.event()
+            && gstreamer_video::UpstreamForceKeyUnitEvent::parse(ev).is_ok()
+        {
+            on_keyframe_needed();
+        }
+        gst::PadProbeReturn::Ok
+    });
 }

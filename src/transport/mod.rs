@@ -366,7 +366,7 @@ impl PeerConnectionEventHandler for Handler {
             track,
             kind,
             ssrc,
-            pli: Arc::new(PliLimiter { interval: self.pli_interval, last: Mutex::new(None), counters: self.counters.clone() }),
+            pli: PliSettings { interval: self.pli_interval, counters: self.counters.clone() },
             runtime: self.runtime.clone(),
         });
     }
@@ -383,9 +383,9 @@ pub enum RemoteKind {
     Unsupported(String),
 }
 
-struct PliLimiter {
+/// `--pli-interval-ms` and where PLIs sent to the participant are counted.
+struct PliSettings {
     interval: Duration,
-    last: Mutex<Option<Instant>>,
     counters: Arc<SessionCounters>,
 }
 
@@ -396,7 +396,7 @@ pub struct RemoteTrack {
     pub kind: RemoteKind,
     /// Its SSRC.
     pub ssrc: u32,
-    pli: Arc<PliLimiter>,
+    pli: PliSettings,
     runtime: tokio::runtime::Handle,
 }
 
@@ -413,26 +413,40 @@ impl RemoteTrack {
     }
 
     /// A handle that asks the publisher for a keyframe (PLI, RFC 4585 §6.3.1), at most once per
-    /// `--pli-interval-ms`; callable from any thread.
+    /// `--pli-interval-ms`; callable from any thread. Each handle keeps its own rate limit.
     pub fn keyframe_requester(&self) -> Arc<dyn Fn() + Send + Sync> {
-        let (track, pli, rt, ssrc) = (self.track.clone(), self.pli.clone(), self.runtime.clone(), self.ssrc);
-        Arc::new(move || {
-            {
-                let mut last = pli.last.lock().unwrap();
-                if last.is_some_and(|t| t.elapsed() < pli.interval) {
-                    return;
-                }
-                *last = Some(Instant::now());
-            }
-            pli.counters.plis_sent.fetch_add(1, Ordering::Relaxed);
-            let track = track.clone();
-            rt.spawn(async move {
-                let _ = track
-                    .write_rtcp(vec![Box::new(PictureLossIndication { sender_ssrc: 0, media_ssrc: ssrc })])
-                    .await;
-            });
+        let counters = self.pli.counters.clone();
+        pli_requester(self.track.clone(), self.ssrc, self.pli.interval, self.runtime.clone(), move || {
+            counters.plis_sent.fetch_add(1, Ordering::Relaxed);
         })
     }
+}
+
+/// A handle that asks the sender of `track` (media SSRC `ssrc`) for a keyframe with a PLI
+/// (RFC 4585 §6.3.1), at most once per `interval`, written from `runtime`; `on_sent` runs for
+/// each PLI sent. Callable from any thread (a GStreamer streaming thread, typically).
+pub fn pli_requester(
+    track: Arc<dyn TrackRemote>,
+    ssrc: u32,
+    interval: Duration,
+    runtime: tokio::runtime::Handle,
+    on_sent: impl Fn() + Send + Sync + 'static,
+) -> Arc<dyn Fn() + Send + Sync> {
+    let last = Mutex::new(None::<Instant>);
+    Arc::new(move || {
+        {
+            let mut last = last.lock().unwrap();
+            if last.is_some_and(|t| t.elapsed() < interval) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        on_sent();
+        let track = track.clone();
+        runtime.spawn(async move {
+            let _ = track.write_rtcp(vec![Box::new(PictureLossIndication { sender_ssrc: 0, media_ssrc: ssrc })]).await;
+        });
+    })
 }
 
 /// A track Tessera sends on (the composite or the mix) with its negotiated payload type.
