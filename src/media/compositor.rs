@@ -144,6 +144,8 @@ struct Inner {
     changes: AtomicU32,
     /// Some output has a deferred keyframe request ([`KEYFRAME_MIN_INTERVAL`]).
     keyframes_deferred: AtomicBool,
+    /// Branches attached with a keyframe interval ([`RoomVideo::attach_encoded`]).
+    periodic_keyframes: AtomicU32,
     /// RTP timestamp offset shared by every encoder branch, so a receiver moved between tiers
     /// sees one timeline (RFC 3550 §5.1: random per room).
     ts_offset: u32,
@@ -310,6 +312,10 @@ struct KeyframeGate {
     last_request: Mutex<Option<Instant>>,
     /// A request waits for [`KEYFRAME_MIN_INTERVAL`] to pass (the room clock forces it).
     deferred: AtomicBool,
+    /// Branches attached to the encoded stream that need a keyframe at least this often (a
+    /// recording's seek points, an egress's segments), by their feeding pad: the room clock
+    /// forces one when the last is older than the shortest of them.
+    every: Mutex<Vec<(gst::Pad, Duration)>>,
 }
 
 impl Drop for Inner {
@@ -441,6 +447,7 @@ impl RoomVideo {
             stopped: AtomicBool::new(false),
             changes: AtomicU32::new(CHANGE_OUTPUTS),
             keyframes_deferred: AtomicBool::new(false),
+            periodic_keyframes: AtomicU32::new(0),
             ts_offset: {
                 use std::hash::{BuildHasher, Hasher};
                 let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -713,24 +720,29 @@ impl RoomVideo {
     /// Adds `branch` (a bin with a `sink` ghost pad taking encoded `codec` frames, e.g. a
     /// recording) to the room pipeline and feeds it the room's encoded video, building that encoder
     /// if no receiver uses it yet. Returns the feeding pad for [`RoomVideo::detach_encoded`]. The
-    /// branch gets the encoder's buffers as they are (room running time); a keyframe is requested.
+    /// branch gets the encoder's buffers as they are (room running time); a keyframe is requested
+    /// now and then at least every `keyframe_every` (the encoders make none unasked) until the
+    /// branch is detached.
     ///
     /// # Errors
     /// [`VideoError`] if the encoder or the link fails.
-    pub fn attach_encoded(&self, codec: VideoCodec, branch: &gst::Bin) -> Result<gst::Pad, VideoError> {
+    pub fn attach_encoded(&self, codec: VideoCodec, branch: &gst::Bin, keyframe_every: Duration) -> Result<gst::Pad, VideoError> {
         let inner = &self.inner;
-        let tee = {
+        let (tee, gate) = {
             let mut st = inner.state.lock().unwrap();
-            match st.outputs.entry((codec, Tier::Full)) {
-                std::collections::hash_map::Entry::Occupied(o) => o.get().encoded.clone(),
-                std::collections::hash_map::Entry::Vacant(v) => v.insert(self.build_output(codec, Tier::Full)?).encoded.clone(),
-            }
+            let o = match st.outputs.entry((codec, Tier::Full)) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => v.insert(self.build_output(codec, Tier::Full)?),
+            };
+            (o.encoded.clone(), o.keyframe.clone())
         };
         inner.pipeline.add(branch).map_err(gst_err)?;
         branch.sync_state_with_parent().map_err(gst_err)?;
         let sink = branch.static_pad("sink").ok_or_else(|| gst_err("branch has no sink pad"))?;
         let src = tee.request_pad_simple("src_%u").ok_or_else(|| gst_err("tee pad"))?;
         src.link(&sink).map_err(gst_err)?;
+        gate.every.lock().unwrap().push((src.clone(), keyframe_every));
+        inner.periodic_keyframes.fetch_add(1, Ordering::AcqRel);
         self.request_keyframe(codec);
         Ok(src)
     }
@@ -744,6 +756,14 @@ impl RoomVideo {
     /// end-of-stream, so muxers finalize; the caller waits for the branch's EOS and then calls
     /// [`RoomVideo::remove_branch`].
     pub fn detach_encoded(&self, pad: &gst::Pad, branch: &gst::Bin) {
+        for o in self.inner.state.lock().unwrap().outputs.values() {
+            let mut every = o.keyframe.every.lock().unwrap();
+            let before = every.len();
+            every.retain(|(p, _)| p != pad);
+            if every.len() < before {
+                self.inner.periodic_keyframes.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
         let sink = branch.static_pad("sink");
         let tee = pad.parent_element();
         let p = pad.clone();
@@ -994,20 +1014,26 @@ fn force_keyframe(inner: &Inner, o: &Output, last: &mut Option<Instant>) {
     inner.stats.keyframes_forced.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Forces the deferred keyframes whose [`KEYFRAME_MIN_INTERVAL`] has passed (room clock thread).
-fn force_deferred_keyframes(inner: &Inner) {
-    if !inner.keyframes_deferred.swap(false, Ordering::AcqRel) {
+/// Room clock thread, each tick: forces the deferred keyframes whose [`KEYFRAME_MIN_INTERVAL`]
+/// has passed, and the ones attached branches need ([`RoomVideo::attach_encoded`]). Costs two
+/// atomic loads when there are neither.
+fn force_due_keyframes(inner: &Inner) {
+    let deferred = inner.keyframes_deferred.swap(false, Ordering::AcqRel);
+    if !deferred && inner.periodic_keyframes.load(Ordering::Acquire) == 0 {
         return;
     }
     let st = inner.state.lock().unwrap();
     for o in st.outputs.values() {
-        if !o.keyframe.deferred.load(Ordering::Acquire) {
+        let every = o.keyframe.every.lock().unwrap().iter().map(|(_, d)| *d).min();
+        let deferred = o.keyframe.deferred.load(Ordering::Acquire);
+        if !deferred && every.is_none() {
             continue;
         }
         let mut last = o.keyframe.last_request.lock().unwrap();
-        if last.is_some_and(|t| t.elapsed() < KEYFRAME_MIN_INTERVAL) {
+        let age = last.map_or(Duration::MAX, |t| t.elapsed());
+        if deferred && age < KEYFRAME_MIN_INTERVAL {
             inner.keyframes_deferred.store(true, Ordering::Release);
-        } else {
+        } else if deferred || every.is_some_and(|e| age >= e) {
             force_keyframe(inner, o, &mut last);
         }
     }
@@ -1033,7 +1059,7 @@ fn spawn_clock_thread(video: Weak<Inner>, src: gst_app::AppSrc, pool: gst::Buffe
             if inner.stopped.load(Ordering::Relaxed) {
                 break;
             }
-            force_deferred_keyframes(&inner);
+            force_due_keyframes(&inner);
             let now = Instant::now();
             let forced = inner.changes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
             let buf = {
@@ -1209,4 +1235,28 @@ mod tests {
         assert!(gap >= KEYFRAME_MIN_INTERVAL - Duration::from_millis(40), "keyframes {gap:?} apart");
         video.stop();
     }
+
+    #[tokio::test]
+    async fn an_attached_branch_gets_keyframes_at_its_interval_until_detached() {
+        let format = OutputFormat { width: 320, height: 180, fps: 30, kbps: 300 };
+        let video = RoomVideo::new("kf-every", format, Backends::new("cpu", None), Layout::Grid, 16).unwrap();
+        let mut rx = video.subscribe(VideoCodec::Vp8).unwrap();
+        next_keyframe(&mut rx).await;
+        let branch = gst::parse::bin_from_description("fakesink sync=false async=false", true).unwrap();
+        let every = Duration::from_millis(400);
+        let pad = video.attach_encoded(VideoCodec::Vp8, &branch, every).unwrap();
+        let mut at = vec![next_keyframe(&mut rx).await]; // the one asked for on attach
+        for _ in 0..2 {
+            at.push(next_keyframe(&mut rx).await);
+        }
+        for w in at.windows(2) {
+            let gap = w[1].duration_since(w[0]);
+            assert!(gap >= every - Duration::from_millis(40) && gap < every * 2, "keyframes {gap:?} apart");
+        }
+        video.detach_encoded(&pad, &branch);
+        let quiet = tokio::time::timeout(every * 3, next_keyframe(&mut rx)).await;
+        assert!(quiet.is_err(), "no keyframe is forced once the branch is detached");
+        video.stop();
+    }
+
 }

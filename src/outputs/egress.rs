@@ -25,6 +25,10 @@ use crate::media::audio::AudioMixer;
 use crate::media::compositor::RoomVideo;
 use crate::media::fanout::VideoCodec;
 
+/// How often an egress needs a keyframe: players and platforms want one at least every 2 s
+/// (HLS segments start at one).
+const EGRESS_KEYFRAME_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Where an egress goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -216,7 +220,7 @@ impl Egress {
                 })
                 .build(),
         );
-        let feed = video.attach_encoded(VideoCodec::H264, &tap).map_err(gst_err)?;
+        let feed = video.attach_encoded(VideoCodec::H264, &tap, EGRESS_KEYFRAME_INTERVAL).map_err(gst_err)?;
         let status = Arc::new(Mutex::new(Status { state: "connecting".into(), connects: 0, last_error: None }));
         let stopped = Arc::new(AtomicBool::new(false));
         // Audio into whatever egress pipeline runs now.
@@ -264,16 +268,10 @@ impl Egress {
                     }
                     on_state("streaming");
                     tracing::info!(egress = %label, "egress streaming");
-                    // Wait for an error or end, checking for stop twice a second. Players and
-                    // platforms want a keyframe at least every 2 s (HLS segments start at one).
-                    let mut last_key = std::time::Instant::now();
+                    // Wait for an error or end, checking for stop twice a second.
                     let error = loop {
                         if stop.load(Ordering::Relaxed) {
                             break None;
-                        }
-                        if last_key.elapsed() >= Duration::from_secs(2) {
-                            v2.request_keyframe(VideoCodec::H264);
-                            last_key = std::time::Instant::now();
                         }
                         let b = bus.clone();
                         let msg = tokio::task::spawn_blocking(move || {

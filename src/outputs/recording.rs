@@ -267,7 +267,7 @@ impl Recording {
             gst::PadProbeReturn::Ok
         });
 
-        let feed = video.attach_encoded(format.codec(), &bin).map_err(gst_err)?;
+        let feed = video.attach_encoded(format.codec(), &bin, RECORDING_KEYFRAME_INTERVAL).map_err(gst_err)?;
         let mut rx = audio.subscribe();
         let (src, v) = (audio_src.clone(), video.clone());
         let codec = format.codec();
@@ -286,12 +286,6 @@ impl Recording {
                                 last_request = Instant::now();
                             }
                             continue;
-                        }
-                        // The encoders make keyframes only on request: one every 10 s keeps the
-                        // file seekable.
-                        if last_request.elapsed() >= RECORDING_KEYFRAME_INTERVAL {
-                            v.request_keyframe(codec);
-                            last_request = Instant::now();
                         }
                         // A mix frame sent at tick T holds the 20 ms before T: stamp its start, on the
                         // room's running time like the composite frames.
