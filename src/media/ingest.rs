@@ -1,10 +1,12 @@
 //! A publisher's video: RTP in → `rtpjitterbuffer` → depayloader → decoder → the room's tile.
 //!
 //! One small pipeline per published video track, so a broken or hostile stream stops only its own
-//! decoder: `appsrc(application/x-rtp) ! rtpjitterbuffer ! rtp<codec>depay ! <decode fragment> !
-//! videoconvert ! appsink(I420)`; the appsink's thread then scales the frame into the room
-//! canvas. When the depayloader or the decoder needs a keyframe (start, loss, corrupt frame) it
-//! sends `GstForceKeyUnit` upstream; that reaches the `appsrc` and is turned into a callback
+//! decoder: `rtpjitterbuffer ! rtp<codec>depay ! <decode fragment> ! videoconvert ! appsink(I420)`;
+//! the appsink's thread (the jitter buffer's) then scales the frame into the room canvas. The
+//! transport task pushes each received frame's packets straight into the jitter buffer through a
+//! source pad of our own (no `appsrc`: its queue and thread were one more hand-over and one more
+//! wake-up per frame). When the depayloader or the decoder needs a keyframe (start, loss, corrupt
+//! frame) it sends `GstForceKeyUnit` upstream; that reaches this pad and is turned into a callback
 //! (the transport answers it with a rate-limited PLI to the publisher).
 
 use std::sync::Arc;
@@ -23,7 +25,8 @@ pub type KeyframeNeeded = Arc<dyn Fn() + Send + Sync>;
 /// The decode pipeline of one published video track.
 pub struct VideoIngest {
     pipeline: gst::Pipeline,
-    appsrc: gst_app::AppSrc,
+    /// Feeds the jitter buffer's sink pad (`application/x-rtp`); not in any element.
+    src: gst::Pad,
     valve: gst::Element,
 }
 
@@ -65,16 +68,12 @@ impl VideoIngest {
             .field("encoding-name", codec.encoding_name())
             .field("payload", payload_type as i32)
             .build();
-        let appsrc = gst_app::AppSrc::builder()
-            .caps(&caps)
-            .is_live(true)
-            .format(gst::Format::Time)
-            .max_bytes(2_000_000)
-            .leaky_type(gst_app::AppLeakyType::Downstream)
-            .build();
         let jitter = gst::ElementFactory::make("rtpjitterbuffer")
             .property("latency", jitter_ms)
             .property("do-lost", true)
+            // Bounded by its latency: a decoder that falls behind loses the oldest packets (and
+            // asks for a keyframe), it does not queue without end.
+            .property("drop-on-latency", true)
             .property_from_str("mode", "none")
             .build()
             .map_err(|e| err(&e))?;
@@ -111,10 +110,15 @@ impl VideoIngest {
             .max_buffers(2)
             .drop(true)
             .build();
-        let elements: Vec<gst::Element> =
-            vec![appsrc.clone().upcast(), jitter, valve.clone(), depay, dec.upcast(), convert, sink.clone().upcast()];
+        // No live source element: without preroll the pipeline goes to PLAYING at once (the jitter
+        // buffer holds data until PLAYING, so a prerolling sink would wait for ever).
+        sink.set_property("async", false);
+        let jitter_sink = jitter.static_pad("sink").ok_or_else(|| err(&"rtpjitterbuffer has no sink pad"))?;
+        let elements: Vec<gst::Element> = vec![jitter, valve.clone(), depay, dec.upcast(), convert, sink.clone().upcast()];
         pipeline.add_many(&elements).map_err(|e| err(&e))?;
         gst::Element::link_many(&elements).map_err(|e| err(&e))?;
+        let src = rtp_source_pad(&caps, on_keyframe_needed);
+        src.link(&jitter_sink).map_err(|e| err(&e))?;
 
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
@@ -125,10 +129,14 @@ impl VideoIngest {
                 })
                 .build(),
         );
-        forward_keyframe_requests(&appsrc, on_keyframe_needed);
         watch_bus(&pipeline, label.to_string());
         pipeline.set_state(gst::State::Playing).map_err(|e| err(&e))?;
-        Ok(Self { pipeline, appsrc, valve })
+        src.set_active(true).map_err(|e| err(&e))?;
+        // Sticky: stored on the pad and sent ahead of the first buffer.
+        let _ = src.push_event(gst::event::StreamStart::new(label));
+        let _ = src.push_event(gst::event::Caps::new(&caps));
+        let _ = src.push_event(gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new()));
+        Ok(Self { pipeline, src, valve })
     }
 
     /// A switch for the room's layout: `false` stops depayloading and decoding (the tile is not
@@ -144,9 +152,10 @@ impl VideoIngest {
         })
     }
 
-    /// Queues the RTP packets of one frame (whole datagrams: header and payload; no copy is made)
-    /// as one buffer list, each stamped with its arrival (the pipeline's running time now): one
-    /// hand-over to the decoder thread per frame instead of one per packet.
+    /// Hands the RTP packets of one frame (whole datagrams: header and payload; no copy is made)
+    /// to the jitter buffer as one buffer list, each stamped with its arrival (the pipeline's
+    /// running time now): one hand-over to the decoder thread per frame. Runs on the caller's
+    /// thread only for the jitter buffer's insert (it decodes on its own thread).
     pub fn push_rtp_frame(&self, packets: &mut Vec<bytes::Bytes>) {
         let now = self.pipeline.current_running_time();
         let mut list = gst::BufferList::new_sized(packets.len());
@@ -161,8 +170,35 @@ impl VideoIngest {
                 l.add(b);
             }
         }
-        let _ = self.appsrc.push_buffer_list(list);
+        let _ = self.src.push_list(list);
     }
+}
+
+/// A source pad outside any element that feeds RTP of `caps` to a jitter buffer: it answers the
+/// latency query (live, no latency of its own) and the caps query, and turns `GstForceKeyUnit`
+/// from downstream into `on_keyframe_needed`.
+fn rtp_source_pad(caps: &gst::Caps, on_keyframe_needed: KeyframeNeeded) -> gst::Pad {
+    let query_caps = caps.clone();
+    gst::Pad::builder(gst::PadDirection::Src)
+        .name("rtp_src")
+        .event_function(move |_, _, ev| {
+            if gstreamer_video::UpstreamForceKeyUnitEvent::parse(&ev).is_ok() {
+                on_keyframe_needed();
+            }
+            true
+        })
+        .query_function(move |_, _, q| match q.view_mut() {
+            gst::QueryViewMut::Latency(l) => {
+                l.set(true, gst::ClockTime::ZERO, gst::ClockTime::NONE);
+                true
+            }
+            gst::QueryViewMut::Caps(c) => {
+                c.set_result(&query_caps);
+                true
+            }
+            _ => false,
+        })
+        .build()
 }
 
 /// Calls `on_keyframe_needed` for each `GstForceKeyUnit` event that reaches `appsrc` from
