@@ -36,15 +36,15 @@ use rtc::shared::marshal::Unmarshal;
 use tokio::sync::broadcast;
 
 use super::canvas::{self, Image, Label, Planes, Yuv};
-use super::fanout::{OutPacket, VideoCodec, is_keyframe_start};
+use super::fanout::{OutFrame, OutPacket, VideoCodec, is_keyframe_start};
 use super::tiers::Tier;
 use crate::pipelines::{Backends, Params, Role};
 use crate::room::layout::{self, Layout, Placement, Rect, TileSource};
 
-/// Packets buffered per encoder branch for receivers that fall behind (~1 s of 720p at 1.5 Mbit/s).
-/// Each packet is handed over on its own: whole frames at once made bursts that starved a
-/// 100-receiver room's audio.
-const FANOUT_CAPACITY: usize = 1024;
+/// Frames buffered per encoder branch for receivers that fall behind (6 s at 30 fps). A frame is
+/// handed over at once (one wake-up per receiver and frame); the receivers' tasks yield every
+/// few packets of a big (key) frame so that it does not starve the room's audio.
+const FANOUT_CAPACITY: usize = 180;
 /// A forced keyframe is asked for again if none came within this long.
 const KEYFRAME_RETRY: Duration = Duration::from_millis(500);
 /// Least time between two forced keyframes of one encoder: requests closer than this (a burst of
@@ -293,7 +293,7 @@ struct InputShared {
 }
 
 struct Output {
-    tx: broadcast::Sender<Arc<OutPacket>>,
+    tx: broadcast::Sender<Arc<OutFrame>>,
     /// The room tee's pad feeding this branch, and the branch's elements (to take it down).
     tee_pad: gst::Pad,
     elements: Vec<gst::Element>,
@@ -640,7 +640,7 @@ impl RoomVideo {
     ///
     /// # Errors
     /// [`VideoError`] if the encoder branch cannot be built.
-    pub fn subscribe(&self, codec: VideoCodec) -> Result<broadcast::Receiver<Arc<OutPacket>>, VideoError> {
+    pub fn subscribe(&self, codec: VideoCodec) -> Result<broadcast::Receiver<Arc<OutFrame>>, VideoError> {
         self.subscribe_tier(codec, Tier::Full)
     }
 
@@ -650,7 +650,7 @@ impl RoomVideo {
     ///
     /// # Errors
     /// [`VideoError`] if the encoder branch cannot be built.
-    pub fn subscribe_tier(&self, codec: VideoCodec, tier: Tier) -> Result<broadcast::Receiver<Arc<OutPacket>>, VideoError> {
+    pub fn subscribe_tier(&self, codec: VideoCodec, tier: Tier) -> Result<broadcast::Receiver<Arc<OutFrame>>, VideoError> {
         let mut st = self.inner.state.lock().unwrap();
         if let Some(o) = st.outputs.get(&(codec, tier)) {
             return Ok(o.tx.subscribe());
@@ -829,7 +829,9 @@ impl RoomVideo {
             .build()
             .map_err(gst_err)?;
         let enc = inner.backends.make_bin(role, params)?;
+        // The payloader pushes each frame's packets as one buffer list: one sample per frame.
         let sink = gst_app::AppSink::builder().sync(false).async_(false).max_buffers(64).drop(false).build();
+        sink.set_property("buffer-list", true);
         let encoded = gst::ElementFactory::make("tee").property("allow-not-linked", true).build().map_err(gst_err)?;
         let mut elements: Vec<gst::Element> = vec![queue.clone()];
         if tier != Tier::Full {
@@ -862,20 +864,31 @@ impl RoomVideo {
             gst_app::AppSinkCallbacks::builder()
                 .new_sample(move |s| {
                     let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let Some(buf) = sample.buffer() else { return Ok(gst::FlowSuccess::Ok) };
-                    let Ok(map) = buf.map_readable() else { return Ok(gst::FlowSuccess::Ok) };
-                    let mut bytes = Bytes::copy_from_slice(map.as_slice());
-                    match rtc::rtp::Packet::unmarshal(&mut bytes) {
-                        Ok(packet) => {
-                            let keyframe_start = is_keyframe_start(codec, &packet.payload);
-                            if keyframe_start {
-                                gate.pending.store(false, Ordering::Release);
+                    let mut frame = OutFrame::with_capacity(sample.buffer_list().map_or(1, |l| l.len()));
+                    let mut add = |buf: &gst::BufferRef| {
+                        let Ok(map) = buf.map_readable() else { return };
+                        let mut bytes = Bytes::copy_from_slice(map.as_slice());
+                        match rtc::rtp::Packet::unmarshal(&mut bytes) {
+                            Ok(packet) => {
+                                let keyframe_start = is_keyframe_start(codec, &packet.payload);
+                                frame.push(OutPacket { packet, keyframe_start });
                             }
-                            // No receiver is not an error: the branch keeps running for the next.
-                            let _ = tx2.send(Arc::new(OutPacket { packet, keyframe_start }));
+                            Err(e) => tracing::warn!(%room, "payloader output is not RTP: {e}"),
                         }
-                        Err(e) => tracing::warn!(%room, "payloader output is not RTP: {e}"),
+                    };
+                    if let Some(list) = sample.buffer_list() {
+                        list.iter().for_each(&mut add);
+                    } else if let Some(buf) = sample.buffer() {
+                        add(buf);
                     }
+                    if frame.is_empty() {
+                        return Ok(gst::FlowSuccess::Ok);
+                    }
+                    if frame.iter().any(|p| p.keyframe_start) {
+                        gate.pending.store(false, Ordering::Release);
+                    }
+                    // No receiver is not an error: the branch keeps running for the next.
+                    let _ = tx2.send(Arc::new(frame));
                     Ok(gst::FlowSuccess::Ok)
                 })
                 .build(),
@@ -1199,11 +1212,11 @@ mod tests {
     use super::*;
 
     /// The next keyframe start on `rx`, within 5 s.
-    async fn next_keyframe(rx: &mut broadcast::Receiver<Arc<OutPacket>>) -> Instant {
+    async fn next_keyframe(rx: &mut broadcast::Receiver<Arc<OutFrame>>) -> Instant {
         let wait = async {
             loop {
                 match rx.recv().await {
-                    Ok(p) if p.keyframe_start => return Instant::now(),
+                    Ok(f) if f.iter().any(|p| p.keyframe_start) => return Instant::now(),
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => panic!("encoder branch closed"),
                 }

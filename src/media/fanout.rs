@@ -32,6 +32,10 @@ pub struct OutPacket {
     pub keyframe_start: bool,
 }
 
+/// The RTP packets of one encoded frame (in sequence order), as one fan-out item: a receiver's
+/// task is woken once per frame, not once per packet.
+pub type OutFrame = Vec<OutPacket>;
+
 /// Whether an RTP payload is the first packet of a keyframe.
 ///
 /// VP8: RFC 7741 §4.2 payload descriptor with S=1 and PID=0, then the VP8 payload header's P bit

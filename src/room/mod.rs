@@ -1039,7 +1039,7 @@ async fn send_video(
     video: RoomVideo,
     p: Arc<Participant>,
     track: Arc<crate::transport::LocalTrack>,
-    mut rx: broadcast::Receiver<Arc<crate::media::fanout::OutPacket>>,
+    mut rx: broadcast::Receiver<Arc<crate::media::fanout::OutFrame>>,
     codec: VideoCodec,
 ) {
     if !p.session.connected().await {
@@ -1050,7 +1050,7 @@ async fn send_video(
     *p.tier.lock().unwrap() = Some(tier);
     let mut selector = TierSelector::new(video.format());
     // The tier being moved to, until its first keyframe arrives.
-    let mut next: Option<(Tier, broadcast::Receiver<Arc<crate::media::fanout::OutPacket>>)> = None;
+    let mut next: Option<(Tier, broadcast::Receiver<Arc<crate::media::fanout::OutFrame>>)> = None;
     video.request_keyframe_tier(codec, tier);
     let mut keyframe_requests = true;
     // Until this receiver has its keyframe, ask again every half second (a request can be lost,
@@ -1066,11 +1066,7 @@ async fn send_video(
                 video.request_keyframe_tier(codec, next.as_ref().map_or(tier, |(t, _)| *t));
             }
             r = rx.recv() => match r {
-                Ok(pkt) => {
-                    if let Some(out) = rw.rewrite(&pkt) {
-                        let _ = track.write(out).await;
-                    }
-                }
+                Ok(frame) => send_frame(&mut rw, &track, &frame).await,
                 Err(RecvError::Lagged(n)) => {
                     tracing::debug!(skipped = n, "receiver fell behind; waiting for a keyframe");
                     rw.resync();
@@ -1079,16 +1075,14 @@ async fn send_video(
                 Err(RecvError::Closed) => break,
             },
             r = async { next.as_mut().expect("guarded").1.recv().await }, if next.is_some() => match r {
-                Ok(pkt) if pkt.keyframe_start => {
+                Ok(frame) if frame.first().is_some_and(|p| p.keyframe_start) => {
                     let (t, new_rx) = next.take().expect("guarded");
                     tracing::info!(from = ?tier, to = ?t, "moved to another output tier at its keyframe");
                     rx = new_rx;
                     tier = t;
                     *p.tier.lock().unwrap() = Some(tier);
                     rw.resync();
-                    if let Some(out) = rw.rewrite(&pkt) {
-                        let _ = track.write(out).await;
-                    }
+                    send_frame(&mut rw, &track, &frame).await;
                     video.release_idle_tiers();
                 }
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
@@ -1125,6 +1119,22 @@ async fn send_video(
     drop(rx);
     drop(next);
     video.release_idle_tiers();
+}
+
+/// Packets of one frame a receiver's task sends before it lets others run: a keyframe (~30
+/// packets at 1280x720) to 100 receivers is 3000 packets, which must not hold up their audio.
+const PACKETS_PER_YIELD: usize = 8;
+
+/// Sends one encoded frame to a receiver, rewritten for its track.
+async fn send_frame(rw: &mut RtpRewriter, track: &crate::transport::LocalTrack, frame: &crate::media::fanout::OutFrame) {
+    for (i, pkt) in frame.iter().enumerate() {
+        if i > 0 && i % PACKETS_PER_YIELD == 0 {
+            tokio::task::yield_now().await;
+        }
+        if let Some(out) = rw.rewrite(pkt) {
+            let _ = track.write(out).await;
+        }
+    }
 }
 
 /// Sends the mix to one receiver: its mix-minus payload when it talks, else the shared one.
