@@ -531,8 +531,8 @@ fn decode_pipeline(
             })
             .build(),
     );
-    if !audio {
-        crate::media::ingest::forward_keyframe_requests(&src, keyframe_needed);
+    if !audio && let Some(pad) = src.static_pad("src") {
+        crate::media::ingest::forward_keyframe_requests(&pad, keyframe_needed);
     }
     pipeline.set_state(gst::State::Playing).map_err(|e| g(&e))?;
     Ok((pipeline, src))

@@ -175,18 +175,13 @@ impl VideoIngest {
 }
 
 /// A source pad outside any element that feeds RTP of `caps` to a jitter buffer: it answers the
-/// latency query (live, no latency of its own) and the caps query, and turns `GstForceKeyUnit`
-/// from downstream into `on_keyframe_needed`.
+/// latency query (live, no latency of its own) and the caps query, accepts upstream events, and
+/// turns `GstForceKeyUnit` from downstream into `on_keyframe_needed`.
 fn rtp_source_pad(caps: &gst::Caps, on_keyframe_needed: KeyframeNeeded) -> gst::Pad {
     let query_caps = caps.clone();
-    gst::Pad::builder(gst::PadDirection::Src)
+    let pad = gst::Pad::builder(gst::PadDirection::Src)
         .name("rtp_src")
-        .event_function(move |_, _, ev| {
-            if gstreamer_video::UpstreamForceKeyUnitEvent::parse(&ev).is_ok() {
-                on_keyframe_needed();
-            }
-            true
-        })
+        .event_function(|_, _, _| true)
         .query_function(move |_, _, q| match q.view_mut() {
             gst::QueryViewMut::Latency(l) => {
                 l.set(true, gst::ClockTime::ZERO, gst::ClockTime::NONE);
@@ -198,13 +193,14 @@ fn rtp_source_pad(caps: &gst::Caps, on_keyframe_needed: KeyframeNeeded) -> gst::
             }
             _ => false,
         })
-        .build()
+        .build();
+    forward_keyframe_requests(&pad, on_keyframe_needed);
+    pad
 }
 
-/// Calls `on_keyframe_needed` for each `GstForceKeyUnit` event that reaches `appsrc` from
+/// Calls `on_keyframe_needed` for each `GstForceKeyUnit` event that reaches source pad `pad` from
 /// downstream (a depayloader with `request-keyframe=true` or a decoder that lost its reference).
-pub fn forward_keyframe_requests(appsrc: &gst_app::AppSrc, on_keyframe_needed: KeyframeNeeded) {
-    let Some(pad) = appsrc.static_pad("src") else { return };
+pub fn forward_keyframe_requests(pad: &gst::Pad, on_keyframe_needed: KeyframeNeeded) {
     pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |_, info| {
         if let Some(ev) = info.event()
             && gstreamer_video::UpstreamForceKeyUnitEvent::parse(ev).is_ok()
@@ -213,4 +209,44 @@ pub fn forward_keyframe_requests(appsrc: &gst_app::AppSrc, on_keyframe_needed: K
         }
         gst::PadProbeReturn::Ok
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::media::compositor::{OutputFormat, RoomVideo};
+    use crate::room::layout::Layout;
+
+    /// A VP8 packet of a delta frame (RFC 7741 §4.2 descriptor with S=1, PID=0; RFC 6386 §9.1
+    /// frame tag with P=1), as a publisher's stream looks when its start was lost.
+    fn vp8_delta_packet(seq: u16) -> bytes::Bytes {
+        let mut p = vec![0x80, 0x60 | 0x80, (seq >> 8) as u8, seq as u8, 0, 0, 0x0b, 0xb8, 0, 0, 0, 1];
+        p.extend_from_slice(&[0x10, 0x01, 0x00, 0x00]);
+        p.extend(std::iter::repeat_n(0u8, 100));
+        bytes::Bytes::from(p)
+    }
+
+    #[test]
+    fn a_stream_without_a_keyframe_makes_the_decoder_ask_for_one() {
+        gst::init().unwrap();
+        let format = OutputFormat { width: 320, height: 180, fps: 30, kbps: 300 };
+        let video = RoomVideo::new("ingest-test", format, Backends::new("cpu", None), Layout::Grid, 16).unwrap();
+        let tile = video.add_input("p1", "P1", false).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = std::sync::Mutex::new(tx);
+        let on_keyframe: KeyframeNeeded = Arc::new(move || {
+            let _ = tx.lock().unwrap().send(());
+        });
+        let ingest = VideoIngest::start("ingest-test-p1", VideoCodec::Vp8, 96, 50, &Backends::new("cpu", None), tile, on_keyframe).unwrap();
+        // A frame every 33 ms (as a publisher sends them) until the request comes, for up to 5 s.
+        let asked = (1..=150u16).any(|seq| {
+            ingest.push_rtp_frame(&mut vec![vp8_delta_packet(seq)]);
+            rx.recv_timeout(Duration::from_millis(33)).is_ok()
+        });
+        assert!(asked, "no keyframe request reached the ingest's source pad");
+        drop(ingest);
+        video.stop();
+    }
 }
