@@ -36,7 +36,7 @@ use rtc::shared::marshal::Unmarshal;
 use tokio::sync::broadcast;
 
 use super::canvas::{self, Image, Label, Planes, Yuv};
-use super::fanout::{OutFrame, OutPacket, VideoCodec, is_keyframe_start};
+use super::fanout::{OutFrame, OutPacket, VideoCodec, is_keyframe_start, starts_keyframe};
 use super::tiers::Tier;
 use crate::pipelines::{Backends, Params, Role};
 use crate::room::layout::{self, Layout, Placement, Rect, TileSource};
@@ -884,7 +884,7 @@ impl RoomVideo {
                     if frame.is_empty() {
                         return Ok(gst::FlowSuccess::Ok);
                     }
-                    if frame.iter().any(|p| p.keyframe_start) {
+                    if starts_keyframe(&frame) {
                         gate.pending.store(false, Ordering::Release);
                     }
                     // No receiver is not an error: the branch keeps running for the next.
@@ -1216,7 +1216,7 @@ mod tests {
         let wait = async {
             loop {
                 match rx.recv().await {
-                    Ok(f) if f.iter().any(|p| p.keyframe_start) => return Instant::now(),
+                    Ok(f) if starts_keyframe(&f) => return Instant::now(),
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => panic!("encoder branch closed"),
                 }

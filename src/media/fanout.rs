@@ -36,6 +36,11 @@ pub struct OutPacket {
 /// task is woken once per frame, not once per packet.
 pub type OutFrame = Vec<OutPacket>;
 
+/// Whether `frame` is a keyframe: its first packet starts one (a receiver may start there).
+pub fn starts_keyframe(frame: &OutFrame) -> bool {
+    frame.first().is_some_and(|p| p.keyframe_start)
+}
+
 /// Whether an RTP payload is the first packet of a keyframe.
 ///
 /// VP8: RFC 7741 §4.2 payload descriptor with S=1 and PID=0, then the VP8 payload header's P bit

@@ -26,7 +26,7 @@ use webrtc::peer_connection::RTCPeerConnectionState;
 use crate::media::audio::speaker::SpeakerUpdate;
 use crate::media::audio::{AudioError, AudioMixer};
 use crate::media::compositor::{OutputFormat, RoomVideo, VideoError, VideoInput};
-use crate::media::fanout::{RtpRewriter, VideoCodec};
+use crate::media::fanout::{RtpRewriter, VideoCodec, starts_keyframe};
 use crate::media::tiers::{BandwidthSample, Tier, TierSelector};
 use crate::media::ingest::VideoIngest;
 use crate::outputs::egress::{Egress, EgressError, EgressInfo};
@@ -1075,7 +1075,7 @@ async fn send_video(
                 Err(RecvError::Closed) => break,
             },
             r = async { next.as_mut().expect("guarded").1.recv().await }, if next.is_some() => match r {
-                Ok(frame) if frame.first().is_some_and(|p| p.keyframe_start) => {
+                Ok(frame) if starts_keyframe(&frame) => {
                     let (t, new_rx) = next.take().expect("guarded");
                     tracing::info!(from = ?tier, to = ?t, "moved to another output tier at its keyframe");
                     rx = new_rx;

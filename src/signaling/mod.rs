@@ -54,6 +54,9 @@ pub enum ApiError {
     /// From the room engine.
     #[error(transparent)]
     Room(#[from] RoomError),
+    /// 500: the server failed in a way the request did not cause (e.g. a join task panicked).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl IntoResponse for ApiError {
@@ -75,7 +78,7 @@ impl IntoResponse for ApiError {
             ApiError::Room(RoomError::NoParticipant(_) | RoomError::NoRecording(_)) => StatusCode::NOT_FOUND,
             ApiError::Room(RoomError::Recording(crate::outputs::recording::RecordingError::BadName(_))) => StatusCode::BAD_REQUEST,
             ApiError::Room(RoomError::Egress(crate::outputs::egress::EgressError::BadTarget(_))) => StatusCode::BAD_REQUEST,
-            ApiError::Room(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Room(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
             tracing::error!(%status, "{self}");
@@ -445,12 +448,10 @@ async fn join(
     // handler): a half-made participant (a tile without a session) would stay in the room. One
     // that joined for nobody goes when its connection fails.
     let rooms = st.rooms.clone();
-    let (id, answer) = {
-        let room = room.clone();
-        tokio::spawn(async move { rooms.join(&room, req).await })
-            .await
-            .map_err(|e| RoomError::Video(crate::media::compositor::VideoError::Gst(format!("join: {e}"))))??
-    };
+    let room_name = room.clone();
+    let (id, answer) = tokio::spawn(async move { rooms.join(&room_name, req).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("join of {room}: {e}")))??;
     let location = format!("/v1/rooms/{room}/participants/{id}");
     Ok((
         StatusCode::CREATED,
