@@ -247,6 +247,19 @@ if version_lt "${cargo_version%%-*}" "$MIN_RUST"; then
   warn "With rustup: rustup update stable. A distribution's cargo is usually too old: use rustup."
 fi
 
+# The tests' lint step (.ci/run) needs rustfmt and clippy; rustup's minimal profile has neither.
+if [[ $want_test -eq 1 ]]; then
+  if ! as_rust_user "$cargo_bin" fmt --version >/dev/null 2>&1 || ! as_rust_user "$cargo_bin" clippy --version >/dev/null 2>&1; then
+    rustup_bin=$(dirname "$cargo_bin")/rustup
+    if [[ -x $rustup_bin ]]; then
+      log "adding rustfmt and clippy"
+      as_rust_user "$rustup_bin" component add rustfmt clippy
+    else
+      warn "cargo fmt / cargo clippy are missing and there is no rustup next to cargo: install them to lint"
+    fi
+  fi
+fi
+
 log "setup done"
 if [[ -n $rust_note ]]; then
   printf '\nNOTE: %s\n' "$rust_note"

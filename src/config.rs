@@ -126,7 +126,9 @@ pub enum ConfigError {
     #[error("invalid output format: {0}")]
     Output(String),
     /// A non-loopback listen address with no `--api-secret` and no `--insecure`.
-    #[error("refusing to listen on {0} without --api-secret: anyone could join and control rooms (pass --insecure to allow)")]
+    #[error(
+        "refusing to listen on {0} without --api-secret: anyone could join and control rooms (pass --insecure to allow)"
+    )]
     Insecure(SocketAddr),
 }
 

@@ -2,14 +2,19 @@
 //! what they publish, composites a video grid and mixes audio (mix-minus: everyone but yourself),
 //! encodes the grid once per room per codec, and sends every participant one video and one audio.
 //!
-//! The data path is the module order: [`signaling`] (HTTP offer/answer, WHIP, WHEP) →
-//! [`transport`] (webrtc-rs peer connections) → [`room`] (participants, join/leave, layout) →
-//! [`media`] (GStreamer decode, compositor, encoders, audio mix-minus, fan-out). Encoder and
-//! decoder backends come from [`pipelines`] text fragments.
+//! Layers, each importing only from the ones below it: [`signaling`] (HTTP offer/answer, WHIP,
+//! WHEP, the rooms API) → [`room`] (the registry, participants, join/leave, events) →
+//! [`transport`] (webrtc-rs peer connections) and [`outputs`] (recordings, egress) → [`media`]
+//! (decode, layout, the compositor seam, encoders, audio mix-minus, fan-out, send loops) →
+//! [`pipelines`] (encoder/decoder fragments) and [`config`]. [`codec`] (the codec table) and
+//! [`ids`] are vocabulary every layer uses. [`client`] (load generator, `tessera record`) talks to
+//! a server like any client; no server code imports it.
 #![deny(missing_docs)]
 
+pub mod client;
+pub mod codec;
 pub mod config;
-pub mod loadgen;
+pub mod ids;
 pub mod media;
 pub mod outputs;
 pub mod pipelines;

@@ -5,7 +5,11 @@ use tessera::config::Config;
 use tessera::server::Server;
 
 #[derive(Parser)]
-#[command(name = "tessera", version, about = "A WebRTC MCU: one composited video and one mix-minus audio per participant")]
+#[command(
+    name = "tessera",
+    version,
+    about = "A WebRTC MCU: one composited video and one mix-minus audio per participant"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -17,11 +21,11 @@ enum Command {
     Serve(Config),
     /// Join a running server with N publishers and M viewers (real WebRTC peers) and report
     /// frame rate, freezes and join time per receiver.
-    Loadgen(tessera::loadgen::cli::LoadgenArgs),
+    Loadgen(tessera::client::loadgen::cli::LoadgenArgs),
     /// Print an access token (HS256 JWT) signed with the server's secret.
     Token(TokenArgs),
     /// Record a room of a running server until Ctrl-C, with a progress line.
-    Record(tessera::outputs::cli::RecordArgs),
+    Record(tessera::client::record::RecordArgs),
 }
 
 #[derive(clap::Args)]
@@ -93,11 +97,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Loadgen(args) => tessera::loadgen::cli::run(args).await,
-        Command::Record(args) => tessera::outputs::cli::run(args).await,
+        Command::Loadgen(args) => tessera::client::loadgen::cli::run(args).await,
+        Command::Record(args) => tessera::client::record::run(args).await,
         Command::Token(t) => {
             let auth = tessera::signaling::auth::Auth::new(Some(&t.api_secret));
-            let grants = tessera::signaling::auth::Grants { publish: !t.no_publish, subscribe: !t.no_subscribe, admin: t.admin };
+            let grants =
+                tessera::signaling::auth::Grants { publish: !t.no_publish, subscribe: !t.no_subscribe, admin: t.admin };
             println!("{}", auth.mint(&t.room, &t.identity, t.name.as_deref(), grants, t.ttl));
             Ok(())
         }

@@ -96,11 +96,7 @@ impl Backends {
         }
         for b in tried {
             if let Some(t) = self.text(b, role) {
-                let body: String = t
-                    .lines()
-                    .filter(|l| !l.trim_start().starts_with('#'))
-                    .collect::<Vec<_>>()
-                    .join(" ");
+                let body: String = t.lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join(" ");
                 let desc = body
                     .replace("{kbps}", &p.kbps.to_string())
                     .replace("{bps}", &(p.kbps as u64 * 1000).to_string())
@@ -112,7 +108,11 @@ impl Backends {
                 if elements_exist(&desc) {
                     return Some((desc.trim().to_string(), b.to_string()));
                 }
-                tracing::warn!(backend = b, ?role, "pipeline fragment names an element this machine lacks; falling back");
+                tracing::warn!(
+                    backend = b,
+                    ?role,
+                    "pipeline fragment names an element this machine lacks; falling back"
+                );
             }
         }
         None

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::media::compositor::OutputFormat;
+use crate::media::tiers::OutputFormat;
 use crate::pipelines::Backends;
 use crate::room::{RoomDeps, Rooms};
 use crate::signaling::{AppState, router};

@@ -213,13 +213,34 @@ impl Label {
 /// Bilinear scale of one 8-bit plane (`sw`×`sh` with stride `ss` → `dw`×`dh` with stride `ds`),
 /// pixel centres aligned; a row copy when the sizes are equal. `tmp` is scratch space.
 #[allow(clippy::too_many_arguments)]
-fn scale_plane(src: &[u8], ss: usize, sw: usize, sh: usize, dst: &mut [u8], ds: usize, dw: usize, dh: usize, tmp: &mut Vec<u16>) {
+fn scale_plane(
+    src: &[u8],
+    ss: usize,
+    sw: usize,
+    sh: usize,
+    dst: &mut [u8],
+    ds: usize,
+    dw: usize,
+    dh: usize,
+    tmp: &mut Vec<u16>,
+) {
     scale_plane_with(src, ss, sw, sh, dst, ds, dw, dh, tmp, true);
 }
 
 /// [`scale_plane`], with the AVX2 path allowed or not (tests compare the two).
 #[allow(clippy::too_many_arguments)]
-fn scale_plane_with(src: &[u8], ss: usize, sw: usize, sh: usize, dst: &mut [u8], ds: usize, dw: usize, dh: usize, tmp: &mut Vec<u16>, simd: bool) {
+fn scale_plane_with(
+    src: &[u8],
+    ss: usize,
+    sw: usize,
+    sh: usize,
+    dst: &mut [u8],
+    ds: usize,
+    dw: usize,
+    dh: usize,
+    tmp: &mut Vec<u16>,
+    simd: bool,
+) {
     if sw == 0 || sh == 0 || dw == 0 || dh == 0 {
         return;
     }
@@ -442,7 +463,12 @@ mod tests {
         assert_eq!(c.data[63], 100);
         assert_eq!(c.data[57], 16);
         // A 4x2 label: left half text (alpha 255, luma 235), right half box only.
-        let label = Label { width: 4, height: 2, luma: vec![235, 235, 0, 0, 235, 235, 0, 0], alpha: vec![255, 255, 0, 0, 255, 255, 0, 0] };
+        let label = Label {
+            width: 4,
+            height: 2,
+            luma: vec![235, 235, 0, 0, 235, 235, 0, 0],
+            alpha: vec![255, 255, 0, 0, 255, 255, 0, 0],
+        };
         c.draw_label(&label, 0, 0);
         assert_eq!(c.data[0], 235);
         assert_eq!(c.data[2], 0, "box darkens black to 0 (16 - 80 saturates)");
@@ -472,6 +498,9 @@ mod tests {
         for _ in 0..n {
             dst.scale_from(&src.planes());
         }
-        eprintln!("canvas: 640x360 -> 426x240 I420 bilinear {:.3} ms per frame", t.elapsed().as_secs_f64() * 1e3 / n as f64);
+        eprintln!(
+            "canvas: 640x360 -> 426x240 I420 bilinear {:.3} ms per frame",
+            t.elapsed().as_secs_f64() * 1e3 / n as f64
+        );
     }
 }

@@ -11,12 +11,13 @@
 
 use std::sync::Arc;
 
+use gst::prelude::*;
 use gstreamer as gst;
 use gstreamer_app as gst_app;
-use gst::prelude::*;
 
-use super::compositor::{VideoError, VideoInput, watch_bus};
-use super::fanout::VideoCodec;
+use super::bus::watch_bus;
+use super::video::{VideoError, VideoInput};
+use crate::codec::VideoCodec;
 use crate::pipelines::{Backends, Params, Role};
 
 /// Called (from a GStreamer thread) when the decoder needs a keyframe from the publisher.
@@ -114,7 +115,8 @@ impl VideoIngest {
         // buffer holds data until PLAYING, so a prerolling sink would wait for ever).
         sink.set_property("async", false);
         let jitter_sink = jitter.static_pad("sink").ok_or_else(|| err(&"rtpjitterbuffer has no sink pad"))?;
-        let elements: Vec<gst::Element> = vec![jitter, valve.clone(), depay, dec.upcast(), convert, sink.clone().upcast()];
+        let elements: Vec<gst::Element> =
+            vec![jitter, valve.clone(), depay, dec.upcast(), convert, sink.clone().upcast()];
         pipeline.add_many(&elements).map_err(|e| err(&e))?;
         gst::Element::link_many(&elements).map_err(|e| err(&e))?;
         let src = rtp_source_pad(&caps, on_keyframe_needed);
@@ -174,6 +176,42 @@ impl VideoIngest {
     }
 }
 
+/// Most packets one frame hands to the decoder at once; a longer frame goes in pieces.
+pub const MAX_FRAME_PACKETS: usize = 64;
+
+/// Groups a publisher's RTP packets (whole datagrams) into frames, so the decoder thread is woken
+/// once per frame: a frame ends at the marker bit (RFC 3550 §5.1: the frame's last packet), or
+/// when a packet of another frame (timestamp) shows that the marker was lost, or at
+/// [`MAX_FRAME_PACKETS`]. Pure.
+#[derive(Debug, Default)]
+pub struct FrameAssembler {
+    packets: Vec<bytes::Bytes>,
+    timestamp: u32,
+}
+
+impl FrameAssembler {
+    /// Adds packet `bytes` (RTP timestamp `timestamp`, marker bit `marker`); calls `ready` with
+    /// every frame it completes, before or with this packet.
+    pub fn push(
+        &mut self,
+        bytes: bytes::Bytes,
+        timestamp: u32,
+        marker: bool,
+        mut ready: impl FnMut(&mut Vec<bytes::Bytes>),
+    ) {
+        if !self.packets.is_empty() && timestamp != self.timestamp {
+            ready(&mut self.packets);
+            self.packets.clear();
+        }
+        self.timestamp = timestamp;
+        self.packets.push(bytes);
+        if marker || self.packets.len() >= MAX_FRAME_PACKETS {
+            ready(&mut self.packets);
+            self.packets.clear();
+        }
+    }
+}
+
 /// A source pad outside any element that feeds RTP of `caps` to a jitter buffer: it answers the
 /// latency query (live, no latency of its own) and the caps query, accepts upstream events, and
 /// turns `GstForceKeyUnit` from downstream into `on_keyframe_needed`.
@@ -216,8 +254,26 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::media::compositor::{OutputFormat, RoomVideo};
-    use crate::room::layout::Layout;
+    use crate::media::layout::Layout;
+    use crate::media::tiers::OutputFormat;
+    use crate::media::video::RoomVideo;
+
+    #[test]
+    fn frames_end_at_the_marker_a_new_timestamp_or_the_packet_cap() {
+        let mut a = FrameAssembler::default();
+        let mut frames: Vec<usize> = vec![];
+        let b = || bytes::Bytes::from_static(b"p");
+        a.push(b(), 1, false, |f| frames.push(f.len()));
+        a.push(b(), 1, true, |f| frames.push(f.len()));
+        assert_eq!(frames, [2], "the marker ends a frame");
+        a.push(b(), 2, false, |f| frames.push(f.len()));
+        a.push(b(), 3, false, |f| frames.push(f.len()));
+        assert_eq!(frames, [2, 1], "a new timestamp ends a frame whose marker was lost");
+        for _ in 0..MAX_FRAME_PACKETS * 2 {
+            a.push(b(), 4, false, |f| frames.push(f.len()));
+        }
+        assert_eq!(frames, [2, 1, 1, MAX_FRAME_PACKETS, MAX_FRAME_PACKETS]);
+    }
 
     /// A VP8 packet of a delta frame (RFC 7741 §4.2 descriptor with S=1, PID=0; RFC 6386 §9.1
     /// frame tag with P=1), as a publisher's stream looks when its start was lost.
@@ -239,7 +295,16 @@ mod tests {
         let on_keyframe: KeyframeNeeded = Arc::new(move || {
             let _ = tx.lock().unwrap().send(());
         });
-        let ingest = VideoIngest::start("ingest-test-p1", VideoCodec::Vp8, 96, 50, &Backends::new("cpu", None), tile, on_keyframe).unwrap();
+        let ingest = VideoIngest::start(
+            "ingest-test-p1",
+            VideoCodec::Vp8,
+            96,
+            50,
+            &Backends::new("cpu", None),
+            tile,
+            on_keyframe,
+        )
+        .unwrap();
         // A frame every 33 ms (as a publisher sends them) until the request comes, for up to 5 s.
         let asked = (1..=150u16).any(|seq| {
             ingest.push_rtp_frame(&mut vec![vp8_delta_packet(seq)]);

@@ -1,9 +1,13 @@
 //! Media: the GStreamer and Opus work of a room. Ingest (publisher RTP → decoded frames), the
-//! compositor and its encoders, the audio mix-minus, and the fan-out of encoded packets.
+//! room's video (tiles, the compositor seam, encoders, the room clock), the audio mix-minus, the
+//! fan-out of encoded packets and the send loops toward each receiver.
 
 pub mod audio;
+pub mod bus;
 pub mod canvas;
-pub mod compositor;
+pub mod downstream;
 pub mod fanout;
 pub mod ingest;
+pub mod layout;
 pub mod tiers;
+pub mod video;

@@ -8,7 +8,18 @@
 
 use serde::Serialize;
 
-use super::compositor::OutputFormat;
+/// Output format of a room's composite (its full tier).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OutputFormat {
+    /// Width, pixels (even).
+    pub width: u32,
+    /// Height, pixels (even).
+    pub height: u32,
+    /// Frames per second.
+    pub fps: u32,
+    /// Target bitrate of the full tier's encode, kbit/s.
+    pub kbps: u32,
+}
 
 /// One size of the room's composite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

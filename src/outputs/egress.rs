@@ -16,14 +16,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gst::prelude::*;
 use gstreamer as gst;
 use gstreamer_app as gst_app;
-use gst::prelude::*;
 use serde::Serialize;
 
+use crate::codec::VideoCodec;
 use crate::media::audio::AudioMixer;
-use crate::media::compositor::RoomVideo;
-use crate::media::fanout::VideoCodec;
+use crate::media::video::RoomVideo;
 
 /// How often an egress needs a keyframe: players and platforms want one at least every 2 s
 /// (HLS segments start at one).
@@ -91,7 +91,9 @@ pub fn target(url: Option<&str>, hls: Option<&str>, hls_root: &std::path::Path) 
             Ok(Target::Hls { dir: hls_root.join(h) })
         }
         (None, Some(h)) => Err(EgressError::BadTarget(format!("hls {h:?}: a plain folder name"))),
-        _ => Err(EgressError::BadTarget("give either \"url\" (rtmp://, rtmps://, srt://) or \"hls\" (a folder name)".into())),
+        _ => Err(EgressError::BadTarget(
+            "give either \"url\" (rtmp://, rtmps://, srt://) or \"hls\" (a folder name)".into(),
+        )),
     }
 }
 
@@ -141,7 +143,9 @@ fn gst_err(e: impl std::fmt::Display) -> EgressError {
 
 fn build(target: &Target) -> Result<(gst::Pipeline, gst_app::AppSrc, gst_app::AppSrc), EgressError> {
     let tail = match target {
-        Target::Rtmp { url } => format!("flvmux name=m streamable=true ! rtmp2sink name=out location=\"{url}\" async=false sync=false"),
+        Target::Rtmp { url } => {
+            format!("flvmux name=m streamable=true ! rtmp2sink name=out location=\"{url}\" async=false sync=false")
+        }
         Target::Srt { url } => format!("mpegtsmux name=m ! srtsink name=out uri=\"{url}\" async=false sync=false"),
         Target::Hls { dir } => {
             std::fs::create_dir_all(dir).map_err(|e| EgressError::BadTarget(format!("{}: {e}", dir.display())))?;
@@ -164,7 +168,10 @@ fn build(target: &Target) -> Result<(gst::Pipeline, gst_app::AppSrc, gst_app::Ap
            ! audio/x-raw,rate=48000,channels=2 ! avenc_aac bitrate=128000 ! aacparse ! queue ! {apad} \
          {tail}"
     );
-    let p = gst::parse::launch(&desc).map_err(gst_err)?.downcast::<gst::Pipeline>().map_err(|_| gst_err("not a pipeline"))?;
+    let p = gst::parse::launch(&desc)
+        .map_err(gst_err)?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| gst_err("not a pipeline"))?;
     let v = p.by_name("v").and_then(|e| e.downcast::<gst_app::AppSrc>().ok()).ok_or_else(|| gst_err("appsrc"))?;
     let a = p.by_name("a").and_then(|e| e.downcast::<gst_app::AppSrc>().ok()).ok_or_else(|| gst_err("appsrc"))?;
     Ok((p, v, a))
@@ -175,14 +182,24 @@ impl Egress {
     ///
     /// # Errors
     /// [`EgressError`] when the room's H.264 encode cannot be tapped or the target is unusable.
-    pub fn start(id: &str, target: Target, video: &RoomVideo, audio: &AudioMixer, on_state: Arc<dyn Fn(&str) + Send + Sync>) -> Result<Arc<Self>, EgressError> {
+    pub fn start(
+        id: &str,
+        target: Target,
+        video: &RoomVideo,
+        audio: &AudioMixer,
+        on_state: Arc<dyn Fn(&str) + Send + Sync>,
+    ) -> Result<Arc<Self>, EgressError> {
         // Fail early on a target that cannot even be built.
         let (p, _, _) = build(&target)?;
         drop(p);
         let sources: Arc<Mutex<Option<(gst_app::AppSrc, gst_app::AppSrc)>>> = Arc::default();
         // Tap: encoded H.264 from the room into whatever egress pipeline runs now.
         let tap = gst::Bin::with_name(&format!("egress-{id}"));
-        let q = gst::ElementFactory::make("queue").property_from_str("leaky", "downstream").property("max-size-buffers", 60u32).build().map_err(gst_err)?;
+        let q = gst::ElementFactory::make("queue")
+            .property_from_str("leaky", "downstream")
+            .property("max-size-buffers", 60u32)
+            .build()
+            .map_err(gst_err)?;
         let sink = gst_app::AppSink::builder().sync(false).async_(false).max_buffers(60).drop(true).build();
         tap.add_many([&q, sink.upcast_ref()]).map_err(gst_err)?;
         q.link(&sink).map_err(gst_err)?;
@@ -275,7 +292,10 @@ impl Egress {
                         }
                         let b = bus.clone();
                         let msg = tokio::task::spawn_blocking(move || {
-                            b.timed_pop_filtered(gst::ClockTime::from_mseconds(500), &[gst::MessageType::Error, gst::MessageType::Eos])
+                            b.timed_pop_filtered(
+                                gst::ClockTime::from_mseconds(500),
+                                &[gst::MessageType::Error, gst::MessageType::Eos],
+                            )
                         })
                         .await
                         .ok()
@@ -345,6 +365,12 @@ impl Egress {
     /// The egress as the API shows it.
     pub fn info(&self) -> EgressInfo {
         let s = self.status.lock().unwrap();
-        EgressInfo { id: self.id.clone(), target: self.target.clone(), state: s.state.clone(), connects: s.connects, last_error: s.last_error.clone() }
+        EgressInfo {
+            id: self.id.clone(),
+            target: self.target.clone(),
+            state: s.state.clone(),
+            connects: s.connects,
+            last_error: s.last_error.clone(),
+        }
     }
 }

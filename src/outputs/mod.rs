@@ -2,6 +2,5 @@
 //! They tap the room's encoded video and mixed audio, so a recording costs a mux, not an encode,
 //! when the container takes the room's codec.
 
-pub mod cli;
 pub mod egress;
 pub mod recording;

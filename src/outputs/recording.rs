@@ -12,14 +12,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use gst::prelude::*;
 use gstreamer as gst;
 use gstreamer_app as gst_app;
-use gst::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::codec::VideoCodec;
 use crate::media::audio::AudioMixer;
-use crate::media::compositor::RoomVideo;
-use crate::media::fanout::VideoCodec;
+use crate::media::video::RoomVideo;
 
 /// How often a recording asks the encoder for a keyframe (its seek points).
 const RECORDING_KEYFRAME_INTERVAL: Duration = Duration::from_secs(10);
@@ -116,7 +116,13 @@ fn gst_err(e: impl std::fmt::Display) -> RecordingError {
 /// # Errors
 /// [`RecordingError::BadName`] for names with path separators, `..`, control characters or more
 /// than 128 characters.
-pub fn file_path(dir: &Path, room: &str, id: &str, format: Format, file: Option<&str>) -> Result<PathBuf, RecordingError> {
+pub fn file_path(
+    dir: &Path,
+    room: &str,
+    id: &str,
+    format: Format,
+    file: Option<&str>,
+) -> Result<PathBuf, RecordingError> {
     let name = match file {
         None => format!("{room}-{id}.{}", format.extension()),
         Some(f) => {
@@ -126,7 +132,9 @@ pub fn file_path(dir: &Path, room: &str, id: &str, format: Format, file: Option<
                 || f.starts_with('.')
                 || f.chars().any(char::is_control);
             if bad {
-                return Err(RecordingError::BadName(format!("file {f:?}: a plain file name, no folders, at most 128 characters")));
+                return Err(RecordingError::BadName(format!(
+                    "file {f:?}: a plain file name, no folders, at most 128 characters"
+                )));
             }
             let ext = format!(".{}", format.extension());
             if f.ends_with(&ext) { f.to_string() } else { format!("{f}{ext}") }
@@ -157,7 +165,13 @@ impl Recording {
     ///
     /// # Errors
     /// [`RecordingError`] when the file or the GStreamer branch cannot be made.
-    pub fn start(id: &str, format: Format, path: PathBuf, video: &RoomVideo, audio: &AudioMixer) -> Result<Arc<Self>, RecordingError> {
+    pub fn start(
+        id: &str,
+        format: Format,
+        path: PathBuf,
+        video: &RoomVideo,
+        audio: &AudioMixer,
+    ) -> Result<Arc<Self>, RecordingError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|err| RecordingError::Io { path: dir.display().to_string(), err })?;
         }
@@ -172,7 +186,9 @@ impl Recording {
             .build()
             .map_err(gst_err)?;
         let mux = match format {
-            Format::Mp4 => gst::ElementFactory::make("mp4mux").property("fragment-duration", 1000u32).build().map_err(gst_err)?,
+            Format::Mp4 => {
+                gst::ElementFactory::make("mp4mux").property("fragment-duration", 1000u32).build().map_err(gst_err)?
+            }
             Format::Webm | Format::Mkv => {
                 let m = make(if format == Format::Webm { "webmmux" } else { "matroskamux" })?;
                 m.set_property("min-cluster-duration", 500_000_000i64);
@@ -223,38 +239,43 @@ impl Recording {
         // Encoders stamp in their own segment (x264enc adds 1000 h to every PTS): convert each
         // buffer to running time with the upstream segment, and hand the muxer a plain segment.
         let upstream: Arc<Mutex<Option<gst::FormattedSegment<gst::ClockTime>>>> = Arc::default();
-        vqueue.static_pad("sink").unwrap().add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
-            match &mut info.data {
-                Some(gst::PadProbeData::Event(ev)) => {
-                    if let gst::EventView::Segment(seg) = ev.view() {
-                        *upstream.lock().unwrap() = seg.segment().downcast_ref::<gst::ClockTime>().cloned();
-                        *ev = gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new());
-                    }
-                    gst::PadProbeReturn::Ok
-                }
-                Some(gst::PadProbeData::Buffer(buffer)) => {
-                    let seg = upstream.lock().unwrap().clone();
-                    let running = |t: Option<gst::ClockTime>| t.and_then(|t| seg.as_ref().map_or(Some(t), |s| s.to_running_time(t)));
-                    let Some(pts) = running(buffer.pts()) else { return gst::PadProbeReturn::Drop };
-                    let mut start = b0.load(Ordering::Acquire);
-                    if start == u64::MAX {
-                        if buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) {
-                            return gst::PadProbeReturn::Drop;
+        vqueue.static_pad("sink").unwrap().add_probe(
+            gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+            move |_, info| {
+                match &mut info.data {
+                    Some(gst::PadProbeData::Event(ev)) => {
+                        if let gst::EventView::Segment(seg) = ev.view() {
+                            *upstream.lock().unwrap() = seg.segment().downcast_ref::<gst::ClockTime>().cloned();
+                            *ev = gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new());
                         }
-                        start = pts.nseconds();
-                        b0.store(start, Ordering::Release);
+                        gst::PadProbeReturn::Ok
                     }
-                    let Some(rel) = pts.nseconds().checked_sub(start) else { return gst::PadProbeReturn::Drop };
-                    let dts = running(buffer.dts()).and_then(|d| d.nseconds().checked_sub(start));
-                    let b = buffer.make_mut();
-                    b.set_pts(gst::ClockTime::from_nseconds(rel));
-                    // No B-frames: decode order is presentation order (mp4mux needs a DTS).
-                    b.set_dts(gst::ClockTime::from_nseconds(dts.unwrap_or(rel)));
-                    gst::PadProbeReturn::Ok
+                    Some(gst::PadProbeData::Buffer(buffer)) => {
+                        let seg = upstream.lock().unwrap().clone();
+                        let running = |t: Option<gst::ClockTime>| {
+                            t.and_then(|t| seg.as_ref().map_or(Some(t), |s| s.to_running_time(t)))
+                        };
+                        let Some(pts) = running(buffer.pts()) else { return gst::PadProbeReturn::Drop };
+                        let mut start = b0.load(Ordering::Acquire);
+                        if start == u64::MAX {
+                            if buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) {
+                                return gst::PadProbeReturn::Drop;
+                            }
+                            start = pts.nseconds();
+                            b0.store(start, Ordering::Release);
+                        }
+                        let Some(rel) = pts.nseconds().checked_sub(start) else { return gst::PadProbeReturn::Drop };
+                        let dts = running(buffer.dts()).and_then(|d| d.nseconds().checked_sub(start));
+                        let b = buffer.make_mut();
+                        b.set_pts(gst::ClockTime::from_nseconds(rel));
+                        // No B-frames: decode order is presentation order (mp4mux needs a DTS).
+                        b.set_dts(gst::ClockTime::from_nseconds(dts.unwrap_or(rel)));
+                        gst::PadProbeReturn::Ok
+                    }
+                    _ => gst::PadProbeReturn::Ok,
                 }
-                _ => gst::PadProbeReturn::Ok,
-            }
-        });
+            },
+        );
         // The end: EOS reaching the file.
         let eos = Arc::new(tokio::sync::Notify::new());
         let got_eos = Arc::new(AtomicBool::new(false));
@@ -312,7 +333,7 @@ impl Recording {
             format,
             path,
             started: Instant::now(),
-            started_ms: crate::room::events::now_ms(),
+            started_ms: crate::ids::now_ms(),
             ended: Mutex::new(None),
             bin,
             feed,
@@ -351,7 +372,8 @@ impl Recording {
         self.audio_task.abort();
         let _ = self.audio_src.end_of_stream();
         self.video.detach_encoded(&self.feed, &self.bin);
-        let finished = self.got_eos.load(Ordering::Relaxed) || tokio::time::timeout(Duration::from_secs(5), waiting).await.is_ok();
+        let finished =
+            self.got_eos.load(Ordering::Relaxed) || tokio::time::timeout(Duration::from_secs(5), waiting).await.is_ok();
         self.video.remove_branch(&self.bin);
         let state = if finished { State::Stopped } else { State::Failed };
         *self.ended.lock().unwrap() = Some((Instant::now(), state));

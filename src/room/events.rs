@@ -1,19 +1,21 @@
-//! Room events: what happens in a room, as JSON on every participant's data channel, plus the
-//! chat messages participants send each other through the server.
+//! Room events: what happens in a room, as JSON on every participant's data channel, and the
+//! data-channel protocol itself: a `welcome` first, then every event; chat and self-mute in.
+
+use std::sync::Arc;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::RecvError;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
 
-use super::layout::LayoutSpec;
+use super::Room;
+use crate::ids::now_ms;
+use crate::media::layout::LayoutSpec;
 
 /// Largest chat message, characters.
 pub const CHAT_MAX_CHARS: usize = 1000;
 /// Chat messages one participant may send per second (a burst of this many, refilled per second).
 pub const CHAT_PER_SECOND: f64 = 5.0;
-
-/// Milliseconds since the Unix epoch, server time.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 
 /// A participant as events name it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -133,24 +135,23 @@ pub enum ClientMessage {
     },
 }
 
-/// A token bucket: `rate` messages per second, bursts of `rate`.
+/// A token bucket: `rate` messages per second, bursts of `rate`. Pure: callers pass `now`.
 #[derive(Debug)]
 pub struct RateLimit {
     tokens: f64,
     rate: f64,
-    last: std::time::Instant,
+    last: Instant,
 }
 
 impl RateLimit {
-    /// A full bucket.
-    pub fn new(rate: f64) -> Self {
-        Self { tokens: rate, rate, last: std::time::Instant::now() }
+    /// A full bucket at `now`.
+    pub fn new(rate: f64, now: Instant) -> Self {
+        Self { tokens: rate, rate, last: now }
     }
 
-    /// Takes one token if there is one.
-    pub fn allow(&mut self) -> bool {
-        let now = std::time::Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
+    /// Takes one token at `now`, if there is one.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        self.tokens = (self.tokens + now.saturating_duration_since(self.last).as_secs_f64() * self.rate).min(self.rate);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -173,6 +174,76 @@ pub fn check_chat(text: &str) -> Result<String, String> {
     Ok(t.chars().filter(|c| !c.is_control() || *c == '\n').collect())
 }
 
+/// One participant's data channel: room events out (a `welcome` first), chat and self-mute in.
+/// Refused messages get an `error` event back (not broadcast) and a log line.
+pub(super) async fn data_channel(room: Arc<Room>, me: Who, dc: Arc<dyn DataChannel>) {
+    let mut events = room.subscribe_events();
+    let mut limit = RateLimit::new(CHAT_PER_SECOND, Instant::now());
+    let mut open = false;
+    let send = |e: &RoomEvent| serde_json::to_string(e).unwrap_or_default();
+    let welcome = || {
+        let participants = room.participants.lock().unwrap().iter().map(|x| x.who()).collect();
+        let speaker = room.video.speaker().and_then(|id| room.who(&id));
+        RoomEvent::Welcome { ts: now_ms(), you: me.clone(), participants, layout: room.layout().into(), speaker }
+    };
+    // The channel may already be open when it is announced.
+    if matches!(dc.ready_state().await, Ok(webrtc::data_channel::RTCDataChannelState::Open)) {
+        open = true;
+        let _ = dc.send_text(&send(&welcome())).await;
+    }
+    loop {
+        tokio::select! {
+            ev = dc.poll() => match ev {
+                Some(DataChannelEvent::OnOpen) => {
+                    if !open {
+                        open = true;
+                        let _ = dc.send_text(&send(&welcome())).await;
+                    }
+                }
+                Some(DataChannelEvent::OnMessage(m)) => {
+                    if let Some(reason) = handle_message(&room, &me, &m.data, &mut limit) {
+                        tracing::info!(%reason, "data channel message refused");
+                        let _ = dc.send_text(&send(&RoomEvent::Error { ts: now_ms(), reason })).await;
+                    }
+                }
+                Some(DataChannelEvent::OnClose) | None => break,
+                Some(_) => {}
+            },
+            e = events.recv() => match e {
+                Ok(e) => {
+                    if open {
+                        let _ = dc.send_text(&send(&e)).await;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => tracing::warn!(skipped = n, "data channel fell behind; events dropped"),
+                Err(RecvError::Closed) => break,
+            },
+        }
+    }
+}
+
+/// Acts on one message from participant `me`; returns the reason when it is refused.
+fn handle_message(room: &Room, me: &Who, data: &[u8], limit: &mut RateLimit) -> Option<String> {
+    match serde_json::from_slice::<ClientMessage>(data) {
+        Ok(ClientMessage::Chat { text }) => {
+            if !limit.allow(Instant::now()) {
+                return Some(format!("chat rate limit: at most {CHAT_PER_SECOND} messages per second"));
+            }
+            match check_chat(&text) {
+                Ok(text) => {
+                    room.emit(RoomEvent::Chat { ts: now_ms(), from: me.clone(), text });
+                    None
+                }
+                Err(e) => Some(e),
+            }
+        }
+        Ok(ClientMessage::Mute { audio, video }) => {
+            room.mute(&me.id, audio, video, "self").err().map(|e| e.to_string())
+        }
+        Err(e) => Some(format!("unknown message: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,7 +251,10 @@ mod tests {
     #[test]
     fn wire_format() {
         let e = RoomEvent::Chat { ts: 5, from: Who { id: "p1".into(), name: "a".into() }, text: "hi".into() };
-        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"type":"chat","ts":5,"from":{"id":"p1","name":"a"},"text":"hi"}"#);
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"type":"chat","ts":5,"from":{"id":"p1","name":"a"},"text":"hi"}"#
+        );
         let m: ClientMessage = serde_json::from_str(r#"{"type":"mute","audio":true}"#).unwrap();
         assert_eq!(m, ClientMessage::Mute { audio: Some(true), video: None });
     }
@@ -190,7 +264,10 @@ mod tests {
         assert!(check_chat("  ").is_err());
         assert!(check_chat(&"x".repeat(1001)).is_err());
         assert_eq!(check_chat(" hi\u{7}\n").unwrap(), "hi");
-        let mut r = RateLimit::new(5.0);
-        assert_eq!((0..10).filter(|_| r.allow()).count(), 5);
+        let t0 = Instant::now();
+        let mut r = RateLimit::new(5.0, t0);
+        assert_eq!((0..10).filter(|_| r.allow(t0)).count(), 5);
+        assert!(!r.allow(t0 + std::time::Duration::from_millis(100)), "half a token after 100 ms");
+        assert!(r.allow(t0 + std::time::Duration::from_millis(200)), "a whole one after 200 ms");
     }
 }

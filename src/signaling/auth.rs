@@ -189,7 +189,8 @@ mod tests {
         let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &old, enc).unwrap();
         assert_eq!(a.check(&bearer(&t), Some("r1"), Need::Member), Err(AuthError::Expired));
         // A `*` admin token covers every room and server-wide calls.
-        let admin = a.mint("*", "ops", None, Grants { publish: false, subscribe: false, admin: true }, Duration::from_secs(60));
+        let admin =
+            a.mint("*", "ops", None, Grants { publish: false, subscribe: false, admin: true }, Duration::from_secs(60));
         assert!(a.check(&bearer(&admin), None, Need::Admin).is_ok());
         assert!(a.check(&bearer(&admin), Some("any"), Need::Subscribe).is_ok());
         assert_eq!(Auth::new(None).check(&HeaderMap::new(), None, Need::Admin), Ok(None));

@@ -35,12 +35,15 @@ pub(super) async fn handler(State(st): State<AppState>) -> Response {
     r.register(Box::new(rooms_g.clone())).expect("unique metric");
     let participants = gauge(&r, "tessera_participants", "Participants in the room");
     let encoders = gauge(&r, "tessera_video_encoders", "Video encoder branches running (one per codec)");
-    let audio_encodes = gauge(&r, "tessera_audio_encodes_per_tick", "Opus encodes in the last 20 ms tick (talkers + 1 at most)");
-    let fps = GaugeVec::new(Opts::new("tessera_output_fps", "Composite frames per second since the last scrape"), &["room"])
-        .expect("valid metric");
+    let audio_encodes =
+        gauge(&r, "tessera_audio_encodes_per_tick", "Opus encodes in the last 20 ms tick (talkers + 1 at most)");
+    let fps =
+        GaugeVec::new(Opts::new("tessera_output_fps", "Composite frames per second since the last scrape"), &["room"])
+            .expect("valid metric");
     r.register(Box::new(fps.clone())).expect("unique metric");
     let frames = counter(&r, "tessera_frames_out_total", "Composite frames produced");
-    let dropped = counter(&r, "tessera_frames_dropped_total", "Decoded input frames that could not be drawn into the composite");
+    let dropped =
+        counter(&r, "tessera_frames_dropped_total", "Decoded input frames that could not be drawn into the composite");
     let keyframes = counter(&r, "tessera_keyframes_forced_total", "Keyframes forced on the room's encoders");
     let plis = counter(&r, "tessera_plis_sent_total", "PLIs sent to publishers");
     let requests = counter(&r, "tessera_keyframe_requests_received_total", "PLI/FIR received from receivers");
@@ -61,7 +64,9 @@ pub(super) async fn handler(State(st): State<AppState>) -> Response {
         plis.with_label_values(&l).inc_by(info.plis_sent_total);
         requests.with_label_values(&l).inc_by(info.keyframe_requests_total);
         let rate = match last.insert(info.room.clone(), (now, info.frames_out)) {
-            Some((t, n)) if now > t && info.frames_out >= n => (info.frames_out - n) as f64 / now.duration_since(t).as_secs_f64(),
+            Some((t, n)) if now > t && info.frames_out >= n => {
+                (info.frames_out - n) as f64 / now.duration_since(t).as_secs_f64()
+            }
             _ => info.frames_out as f64 / info.age_s.max(1e-3),
         };
         fps.with_label_values(&l).set(rate);

@@ -14,12 +14,12 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use rust_embed::RustEmbed;
 use serde::Deserialize;
 use tower_http::cors::{Any, CorsLayer};
 
-use crate::room::layout::{Layout, LayoutSpec};
+use crate::media::layout::{Layout, LayoutSpec};
 use crate::room::{JoinKind, JoinRequest, RoomError, RoomOptions, Rooms, Source};
 use crate::transport::TransportError;
 use auth::{Auth, AuthError, Need};
@@ -76,8 +76,12 @@ impl IntoResponse for ApiError {
             ApiError::Room(RoomError::Full(_) | RoomError::Conflict(_)) => StatusCode::CONFLICT,
             ApiError::Room(RoomError::Invalid(_)) => StatusCode::BAD_REQUEST,
             ApiError::Room(RoomError::NoParticipant(_) | RoomError::NoRecording(_)) => StatusCode::NOT_FOUND,
-            ApiError::Room(RoomError::Recording(crate::outputs::recording::RecordingError::BadName(_))) => StatusCode::BAD_REQUEST,
-            ApiError::Room(RoomError::Egress(crate::outputs::egress::EgressError::BadTarget(_))) => StatusCode::BAD_REQUEST,
+            ApiError::Room(RoomError::Recording(crate::outputs::recording::RecordingError::BadName(_))) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::Room(RoomError::Egress(crate::outputs::egress::EgressError::BadTarget(_))) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::Room(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
@@ -85,7 +89,8 @@ impl IntoResponse for ApiError {
         } else {
             tracing::info!(%status, "refused: {self}");
         }
-        let mut r = (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{self}\n")).into_response();
+        let mut r =
+            (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{self}\n")).into_response();
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
@@ -110,42 +115,49 @@ impl AppState {
     }
 }
 
-/// The HTTP routes.
+/// The HTTP routes: the API, the OpenAPI document's paths (a test checks that they agree), CORS
+/// open to any origin, bodies capped at [`MAX_SDP_BYTES`].
 pub fn router(state: AppState) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS])
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::IF_MATCH])
         .expose_headers([header::LOCATION, header::LINK, header::ETAG]);
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics::handler))
-        .route("/v1/openapi.json", get(openapi))
-        .route("/v1/config", get(client_config))
-        .route("/v1/rooms", get(list_rooms))
-        .route("/v1/rooms/{room}", get(get_room).put(put_room).delete(delete_room))
-        .route("/v1/rooms/{room}/layout", get(get_layout).put(put_layout))
-        .route("/v1/rooms/{room}/participants", post(join_participant).options(sdp_options))
-        .route(
-            "/v1/rooms/{room}/participants/{id}",
-            axum::routing::delete(leave)
-                .patch(|| async {
-                    (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "DELETE")], "trickle ICE is not supported: send a complete offer\n")
-                }),
-        )
-        .route("/v1/rooms/{room}/participants/{id}/mute", put(mute))
-        .route("/v1/rooms/{room}/recordings", post(start_recording).get(list_recordings))
-        .route("/v1/rooms/{room}/recordings/{id}", get(get_recording).delete(stop_recording))
-        .route("/v1/rooms/{room}/recordings/{id}/file", get(recording_file))
-        .route("/v1/rooms/{room}/egress", post(start_egress).get(list_egress))
-        .route("/v1/rooms/{room}/egress/{id}", axum::routing::delete(stop_egress))
-        .route("/whip/{room}", post(join_whip).options(sdp_options))
-        .route("/whep/{room}", post(join_whep).options(sdp_options))
-        .route("/", get(|| asset("index.html".to_string())))
-        .route("/{file}", get(|Path(file): Path<String>| asset(file)))
+    routes()
+        .into_iter()
+        .fold(Router::new(), |r, (path, methods)| r.route(path, methods))
         .layer(DefaultBodyLimit::max(MAX_SDP_BYTES))
         .layer(cors)
         .with_state(state)
+}
+
+/// Every route: its path (axum syntax, as in `openapi.json`) and handlers by method.
+fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    let no_trickle = || async {
+        let reason = "trickle ICE is not supported: send a complete offer\n";
+        (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "DELETE")], reason)
+    };
+    vec![
+        ("/healthz", get(|| async { "ok\n" })),
+        ("/metrics", get(metrics::handler)),
+        ("/v1/openapi.json", get(openapi)),
+        ("/v1/config", get(client_config)),
+        ("/v1/rooms", get(list_rooms)),
+        ("/v1/rooms/{room}", get(get_room).put(put_room).delete(delete_room)),
+        ("/v1/rooms/{room}/layout", get(get_layout).put(put_layout)),
+        ("/v1/rooms/{room}/participants", post(join_participant).options(sdp_options)),
+        ("/v1/rooms/{room}/participants/{id}", delete(leave).patch(no_trickle)),
+        ("/v1/rooms/{room}/participants/{id}/mute", put(mute)),
+        ("/v1/rooms/{room}/recordings", post(start_recording).get(list_recordings)),
+        ("/v1/rooms/{room}/recordings/{id}", get(get_recording).delete(stop_recording)),
+        ("/v1/rooms/{room}/recordings/{id}/file", get(recording_file)),
+        ("/v1/rooms/{room}/egress", post(start_egress).get(list_egress)),
+        ("/v1/rooms/{room}/egress/{id}", delete(stop_egress)),
+        ("/whip/{room}", post(join_whip).options(sdp_options)),
+        ("/whep/{room}", post(join_whep).options(sdp_options)),
+        ("/", get(|| asset("index.html".to_string()))),
+        ("/{file}", get(|Path(file): Path<String>| asset(file))),
+    ]
 }
 
 async fn asset(file: String) -> Response {
@@ -216,12 +228,21 @@ async fn list_rooms(State(st): State<AppState>, headers: HeaderMap) -> Result<Re
     Ok(axum::Json(serde_json::json!({ "rooms": rooms })).into_response())
 }
 
-async fn get_room(State(st): State<AppState>, Path(room): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn get_room(
+    State(st): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     st.auth.check(&headers, Some(&room), Need::Member)?;
     Ok(axum::Json(room_of(&st, &room)?.info()).into_response())
 }
 
-async fn put_room(State(st): State<AppState>, Path(room): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn put_room(
+    State(st): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     check_room_name(&room)?;
     st.auth.check(&headers, Some(&room), Need::Admin)?;
     let options: RoomOptions = if body.is_empty() { RoomOptions::default() } else { json_body(&headers, &body)? };
@@ -230,7 +251,11 @@ async fn put_room(State(st): State<AppState>, Path(room): Path<String>, headers:
     Ok((status, axum::Json(r.info())).into_response())
 }
 
-async fn delete_room(State(st): State<AppState>, Path(room): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn delete_room(
+    State(st): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     st.auth.check(&headers, Some(&room), Need::Admin)?;
     if st.rooms.end(&room).await {
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -239,13 +264,22 @@ async fn delete_room(State(st): State<AppState>, Path(room): Path<String>, heade
     }
 }
 
-async fn get_layout(State(st): State<AppState>, Path(room): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn get_layout(
+    State(st): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     st.auth.check(&headers, Some(&room), Need::Member)?;
     let spec: LayoutSpec = room_of(&st, &room)?.layout().into();
     Ok(axum::Json(spec).into_response())
 }
 
-async fn put_layout(State(st): State<AppState>, Path(room): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn put_layout(
+    State(st): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     st.auth.check(&headers, Some(&room), Need::Admin)?;
     let r = room_of(&st, &room)?;
     let spec: LayoutSpec = json_body(&headers, &body)?;
@@ -275,7 +309,8 @@ async fn mute(
         return Err(ApiError::BadRequest("give \"audio\" and/or \"video\" (true = muted)".into()));
     }
     r.mute(&id, m.audio, m.video, "server")?;
-    let p = r.info().participants.into_iter().find(|p| p.id == id).ok_or_else(|| RoomError::NoParticipant(id.clone()))?;
+    let p =
+        r.info().participants.into_iter().find(|p| p.id == id).ok_or_else(|| RoomError::NoParticipant(id.clone()))?;
     Ok(axum::Json(p).into_response())
 }
 
@@ -286,27 +321,45 @@ struct RecordingBody {
     file: Option<String>,
 }
 
-async fn start_recording(State(st): State<AppState>, Path(room): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn start_recording(
+    State(st): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     st.auth.check(&headers, Some(&room), Need::Admin)?;
     let r = room_of(&st, &room)?;
     let b: RecordingBody = json_body(&headers, &body)?;
     let info = r.start_recording(b.format, b.file.as_deref())?;
     let location = format!("/v1/rooms/{room}/recordings/{}", info.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, HeaderValue::from_str(&location).expect("ascii"))], axum::Json(info)).into_response())
+    Ok((StatusCode::CREATED, [(header::LOCATION, HeaderValue::from_str(&location).expect("ascii"))], axum::Json(info))
+        .into_response())
 }
 
-async fn list_recordings(State(st): State<AppState>, Path(room): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn list_recordings(
+    State(st): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     st.auth.check(&headers, Some(&room), Need::Admin)?;
     Ok(axum::Json(serde_json::json!({ "recordings": room_of(&st, &room)?.recordings() })).into_response())
 }
 
-async fn get_recording(State(st): State<AppState>, Path((room, id)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn get_recording(
+    State(st): State<AppState>,
+    Path((room, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     st.auth.check(&headers, Some(&room), Need::Admin)?;
     let rec = room_of(&st, &room)?.recording(&id).ok_or(RoomError::NoRecording(id))?;
     Ok(axum::Json(rec.info()).into_response())
 }
 
-async fn stop_recording(State(st): State<AppState>, Path((room, id)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn stop_recording(
+    State(st): State<AppState>,
+    Path((room, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     st.auth.check(&headers, Some(&room), Need::Admin)?;
     let info = room_of(&st, &room)?.stop_recording(&id).await?;
     Ok(axum::Json(info).into_response())
@@ -333,21 +386,35 @@ struct EgressBody {
     hls: Option<String>,
 }
 
-async fn start_egress(State(st): State<AppState>, Path(room): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn start_egress(
+    State(st): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     st.auth.check(&headers, Some(&room), Need::Admin)?;
     let r = room_of(&st, &room)?;
     let b: EgressBody = json_body(&headers, &body)?;
     let info = r.start_egress(b.url.as_deref(), b.hls.as_deref())?;
     let location = format!("/v1/rooms/{room}/egress/{}", info.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, HeaderValue::from_str(&location).expect("ascii"))], axum::Json(info)).into_response())
+    Ok((StatusCode::CREATED, [(header::LOCATION, HeaderValue::from_str(&location).expect("ascii"))], axum::Json(info))
+        .into_response())
 }
 
-async fn list_egress(State(st): State<AppState>, Path(room): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn list_egress(
+    State(st): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     st.auth.check(&headers, Some(&room), Need::Admin)?;
     Ok(axum::Json(serde_json::json!({ "egress": room_of(&st, &room)?.egresses() })).into_response())
 }
 
-async fn stop_egress(State(st): State<AppState>, Path((room, id)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn stop_egress(
+    State(st): State<AppState>,
+    Path((room, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     st.auth.check(&headers, Some(&room), Need::Admin)?;
     let info = room_of(&st, &room)?.stop_egress(&id).await?;
     Ok(axum::Json(info).into_response())
@@ -413,14 +480,10 @@ async fn join(
         Some("screen") => Source::Screen,
         Some(s) => return Err(ApiError::BadRequest(format!("source {s:?}: use camera or screen"))),
     };
-    let name = claims
-        .as_ref()
-        .and_then(|c| c.name.clone())
-        .or(q.name)
-        .unwrap_or_else(|| match kind {
-            JoinKind::Whep => "viewer".into(),
-            _ => "guest".into(),
-        });
+    let name = claims.as_ref().and_then(|c| c.name.clone()).or(q.name).unwrap_or_else(|| match kind {
+        JoinKind::Whep => "viewer".into(),
+        _ => "guest".into(),
+    });
     if name.chars().count() > 64 || name.chars().any(char::is_control) {
         return Err(ApiError::BadRequest("name: at most 64 printable characters".into()));
     }
@@ -467,7 +530,11 @@ async fn join(
 
 /// `DELETE` a participant: the participant itself (a token with its identity) leaves; an admin
 /// kicks.
-async fn leave(State(st): State<AppState>, Path((room, id)): Path<(String, String)>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn leave(
+    State(st): State<AppState>,
+    Path((room, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let claims = st.auth.check(&headers, Some(&room), Need::Member)?;
     let r = room_of(&st, &room)?;
     let owner = r.identity_of(&id).ok_or_else(|| ApiError::NotFound(format!("participant {id:?} in room {room:?}")))?;
@@ -481,5 +548,82 @@ async fn leave(State(st): State<AppState>, Path((room, id)): Path<(String, Strin
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::NotFound(format!("participant {id:?} in room {room:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    const METHODS: [Method; 6] =
+        [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS];
+
+    fn state() -> AppState {
+        let cfg = crate::config::Config::default();
+        let deps = crate::room::RoomDeps {
+            transport: crate::transport::Transport::new(&cfg),
+            backends: crate::pipelines::Backends::new("cpu", None),
+            format: crate::media::tiers::OutputFormat { width: 320, height: 180, fps: 30, kbps: 300 },
+            audio_kbps: 32,
+            jitter_ms: 50,
+            recordings_dir: std::env::temp_dir(),
+        };
+        AppState::new(Arc::new(Rooms::new(deps)), Auth::new(None))
+    }
+
+    /// Whether `method` on `path` reaches a handler: axum answers an unrouted one with an empty
+    /// 404 or 405; every handler of Tessera's answers with a reason or content. The request is
+    /// one no handler acts on (`text/plain` body, names of nothing that exists).
+    async fn routed(app: &Router, method: &Method, path: &str) -> bool {
+        let uri =
+            path.replace("{room}", "no-such-room").replace("{id}", "no-such-id").replace("{file}", "no-such-file");
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Body::from("x"))
+            .unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        !(matches!(status, StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) && body.is_empty())
+    }
+
+    #[tokio::test]
+    async fn every_route_is_documented_and_every_documented_path_is_routed() {
+        let doc: serde_json::Value = serde_json::from_str(include_str!("openapi.json")).expect("openapi.json parses");
+        let documented: BTreeMap<String, BTreeSet<String>> = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .map(|(path, ops)| {
+                let methods = ops
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .filter(|m| METHODS.iter().any(|x| x.as_str().eq_ignore_ascii_case(m)));
+                (path.clone(), methods.map(|m| m.to_ascii_uppercase()).collect())
+            })
+            .collect();
+        // Without the CORS layer, which answers every OPTIONS itself.
+        let app =
+            routes().into_iter().fold(Router::new(), |r, (path, methods)| r.route(path, methods)).with_state(state());
+        let mut served = BTreeMap::new();
+        for (path, _) in routes() {
+            let mut methods = BTreeSet::new();
+            for m in &METHODS {
+                if routed(&app, m, path).await {
+                    methods.insert(m.to_string());
+                }
+            }
+            served.insert(path.to_string(), methods);
+        }
+        assert_eq!(served, documented, "routes (left) and openapi.json paths (right) differ");
     }
 }

@@ -4,7 +4,7 @@ use std::io::Cursor;
 
 use rtc::sdp::description::session::SessionDescription;
 
-use crate::media::fanout::VideoCodec;
+use crate::codec::{self, VideoCodec};
 use crate::transport::SessionPlan;
 
 /// Why an offer is refused; the text goes back to the client.
@@ -102,9 +102,9 @@ pub fn summarize(sdp: &str) -> Result<OfferSummary, OfferError> {
                     .attributes
                     .iter()
                     .filter(|a| a.key == "extmap")
-                    .filter_map(|a| a.value.as_deref())
-                    .find(|v| v.split_whitespace().nth(1) == Some(crate::transport::AUDIO_LEVEL_URI))
-                    .and_then(|v| v.split([' ', '/']).next()?.parse().ok());
+                    .filter_map(|a| codec::parse_extmap(a.value.as_deref()?))
+                    .find(|(_, uri)| *uri == codec::extmap::AUDIO_LEVEL)
+                    .map(|(id, _)| id);
                 let opus = codecs.values().any(|c| c.name.eq_ignore_ascii_case("opus") && c.clock_rate == 48000);
                 audio = Some((dir, opus));
             }
@@ -113,7 +113,8 @@ pub fn summarize(sdp: &str) -> Result<OfferSummary, OfferError> {
                 let h264 = codecs.values().any(|c| {
                     c.name.eq_ignore_ascii_case("h264")
                         && c.fmtp.contains("packetization-mode=1")
-                        && fmtp_value(&c.fmtp, "profile-level-id").is_some_and(|p| p.len() == 6 && p[..2].eq_ignore_ascii_case("42"))
+                        && fmtp_value(&c.fmtp, "profile-level-id")
+                            .is_some_and(|p| p.len() == 6 && p[..2].eq_ignore_ascii_case("42"))
                 });
                 video = Some((dir, vp8, h264));
             }
@@ -227,8 +228,14 @@ mod tests {
             plan(&offer("sendrecv", "sendrecv", "a=rtpmap:96 AV1/90000\r\n"), Endpoint::Participant),
             Err(OfferError::NoCommonCodec("video"))
         );
-        assert!(matches!(plan(&offer("sendonly", "sendonly", VP8), Endpoint::Whep), Err(OfferError::WrongDirection(_))));
-        assert!(matches!(plan(&offer("recvonly", "recvonly", VP8), Endpoint::Whip), Err(OfferError::WrongDirection(_))));
+        assert!(matches!(
+            plan(&offer("sendonly", "sendonly", VP8), Endpoint::Whep),
+            Err(OfferError::WrongDirection(_))
+        ));
+        assert!(matches!(
+            plan(&offer("recvonly", "recvonly", VP8), Endpoint::Whip),
+            Err(OfferError::WrongDirection(_))
+        ));
         assert_eq!(plan(&offer("inactive", "inactive", VP8), Endpoint::Participant), Err(OfferError::NothingToDo));
         let no_media = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
         assert_eq!(plan(no_media, Endpoint::Participant), Err(OfferError::NoMedia));

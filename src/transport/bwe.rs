@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use rtc::interceptor::{BandwidthEstimator, CongestionControlBuilder, EstimatorStats, Gcc, PacketReport, Registry, Slot};
+use rtc::interceptor::{
+    BandwidthEstimator, CongestionControlBuilder, EstimatorStats, Gcc, PacketReport, Registry, Slot,
+};
 use rtc::peer_connection::configuration::interceptor_registry::configure_twcc_sender_only;
 use webrtc::peer_connection::MediaEngine;
 
@@ -31,6 +33,17 @@ fn load(a: &AtomicU64) -> Option<f64> {
     match a.load(Ordering::Relaxed) {
         0 => None,
         b => Some(f64::from_bits(b)),
+    }
+}
+
+impl crate::media::downstream::BandwidthSource for Estimate {
+    fn sample(&self) -> Option<crate::media::tiers::BandwidthSample> {
+        let bps = self.bps()?;
+        Some(crate::media::tiers::BandwidthSample {
+            bps,
+            delay_bps: self.delay_based_bps().unwrap_or(bps),
+            loss: self.loss(),
+        })
     }
 }
 
@@ -101,7 +114,11 @@ impl BandwidthEstimator for Publishing {
 ///
 /// # Errors
 /// When the media engine refuses the header extension.
-pub fn configure(registry: Registry, media_engine: &mut MediaEngine, initial_bps: f64) -> Result<(Registry, Arc<Estimate>), rtc::shared::error::Error> {
+pub fn configure(
+    registry: Registry,
+    media_engine: &mut MediaEngine,
+    initial_bps: f64,
+) -> Result<(Registry, Arc<Estimate>), rtc::shared::error::Error> {
     let out = Arc::new(Estimate::default());
     let registry = configure_twcc_sender_only(registry, media_engine)?;
     let est = Publishing { gcc: Gcc::new(initial_bps, MIN_BPS, MAX_BPS), out: out.clone(), fed: false };

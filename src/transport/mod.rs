@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
@@ -26,8 +25,9 @@ use webrtc::peer_connection::{
     SettingEngineBuilder, register_default_interceptors,
 };
 
+use crate::codec::{self, CodecSpec, MediaKind, VideoCodec};
 use crate::config::{Config, PortRange};
-use crate::media::fanout::VideoCodec;
+use crate::media::downstream::ReceiverTrack;
 
 /// How long the answer waits for ICE gathering to complete.
 const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -75,9 +75,6 @@ pub trait SessionEvents: Send + Sync + 'static {
     /// The peer opened a data channel (room events and chat travel on it).
     fn on_data_channel(&self, _channel: Arc<dyn webrtc::data_channel::DataChannel>) {}
 }
-
-/// RFC 6464 client-to-mixer audio level header extension.
-pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 
 /// RTCP counters of one session, shown in the rooms API.
 #[derive(Debug, Default)]
@@ -133,48 +130,6 @@ impl Transport {
         &self.ice_servers
     }
 
-    fn media_engine() -> Result<MediaEngine, TransportError> {
-        let mut m = MediaEngine::default();
-        let fb = |typ: &str, parameter: &str| RTCPFeedback { typ: typ.into(), parameter: parameter.into() };
-        let video_fb = vec![fb("nack", ""), fb("nack", "pli"), fb("ccm", "fir"), fb("goog-remb", "")];
-        let codec = |mime: &str, clock_rate: u32, channels: u16, fmtp: &str, rtcp_feedback: Vec<RTCPFeedback>, pt: u8| {
-            RTCRtpCodecParameters {
-                rtp_codec: RTCRtpCodec {
-                    mime_type: mime.into(),
-                    clock_rate,
-                    channels,
-                    sdp_fmtp_line: fmtp.into(),
-                    rtcp_feedback,
-                },
-                payload_type: pt,
-            }
-        };
-        m.register_codec(codec(MIME_TYPE_OPUS, 48000, 2, "minptime=10;useinbandfec=1", vec![], 111), RtpCodecKind::Audio)
-            .map_err(rtc_err)?;
-        m.register_header_extension(
-            rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability { uri: AUDIO_LEVEL_URI.into() },
-            RtpCodecKind::Audio,
-            None,
-        )
-        .map_err(rtc_err)?;
-        for c in [
-            codec(MIME_TYPE_VP8, 90000, 0, "", video_fb.clone(), 96),
-            codec(MIME_TYPE_RTX, 90000, 0, "apt=96", vec![], 97),
-            codec(
-                MIME_TYPE_H264,
-                90000,
-                0,
-                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
-                video_fb.clone(),
-                102,
-            ),
-            codec(MIME_TYPE_RTX, 90000, 0, "apt=102", vec![], 103),
-        ] {
-            m.register_codec(c, RtpCodecKind::Video).map_err(rtc_err)?;
-        }
-        Ok(m)
-    }
-
     /// Answers `offer` (SDP text) for participant `id`: builds the peer connection, adds the local
     /// tracks `plan` asks for, and returns the session with the complete answer (all candidates
     /// inline) once ICE gathering is done or after 5 s.
@@ -189,7 +144,8 @@ impl Transport {
         plan: SessionPlan,
         events: Arc<dyn SessionEvents>,
     ) -> Result<(Session, String), TransportError> {
-        let offer = RTCSessionDescription::offer(offer.to_string()).map_err(|e| TransportError::Offer(e.to_string()))?;
+        let offer =
+            RTCSessionDescription::offer(offer.to_string()).map_err(|e| TransportError::Offer(e.to_string()))?;
         let (gather_tx, mut gather_rx) = mpsc::channel(1);
         let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
         let counters = Arc::new(SessionCounters::default());
@@ -206,11 +162,13 @@ impl Transport {
         let result = async {
             pc.set_remote_description(offer).await.map_err(|e| TransportError::Offer(e.to_string()))?;
             let video = match plan.receive_video {
-                Some(codec) => Some(LocalTrack::add(&pc, id, RtpCodecKind::Video, codec_of(codec)).await?),
+                Some(codec) => Some(
+                    LocalTrack::add(&pc, id, RtpCodecKind::Video, rtp_codec(codec.spec()), counters.clone()).await?,
+                ),
                 None => None,
             };
             let audio = if plan.receive_audio {
-                Some(LocalTrack::add(&pc, id, RtpCodecKind::Audio, codec_of_audio()).await?)
+                Some(LocalTrack::add(&pc, id, RtpCodecKind::Audio, rtp_codec(&codec::OPUS), counters.clone()).await?)
             } else {
                 None
             };
@@ -253,7 +211,7 @@ impl Transport {
                     p
                 }
             };
-            let mut media_engine = Self::media_engine()?;
+            let mut media_engine = media_engine(Feedback::Full)?;
             let registry = register_default_interceptors(Registry::new(), &mut media_engine).map_err(rtc_err)?;
             let registry = registry.with(rtcp::SLOT.into(), rtcp::KeyframeRequestInterceptor::default());
             let (registry, bandwidth) = if estimate {
@@ -264,7 +222,8 @@ impl Transport {
             };
             // No mDNS: Tessera announces plain IPs, and joining the multicast group fails on
             // hosts without a multicast-capable interface (a loopback-only container).
-            let mut settings = SettingEngineBuilder::new().with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
+            let mut settings =
+                SettingEngineBuilder::new().with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
             if self.bind_ip.is_loopback() {
                 settings = settings.with_include_loopback_candidate(true);
             }
@@ -296,22 +255,68 @@ impl Transport {
     }
 }
 
-fn codec_of(codec: VideoCodec) -> RTCRtpCodec {
-    let (mime, fmtp) = match codec {
-        VideoCodec::Vp8 => (MIME_TYPE_VP8, ""),
-        VideoCodec::H264 => (MIME_TYPE_H264, "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"),
-    };
-    RTCRtpCodec { mime_type: mime.into(), clock_rate: 90000, channels: 0, sdp_fmtp_line: fmtp.into(), rtcp_feedback: vec![] }
-}
-
-fn codec_of_audio() -> RTCRtpCodec {
+/// The codec of a track sending `spec` (no feedback: that is negotiated per m-section).
+pub fn rtp_codec(spec: &CodecSpec) -> RTCRtpCodec {
     RTCRtpCodec {
-        mime_type: MIME_TYPE_OPUS.into(),
-        clock_rate: 48000,
-        channels: 2,
-        sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+        mime_type: spec.mime.into(),
+        clock_rate: spec.clock_rate,
+        channels: spec.channels,
+        sdp_fmtp_line: spec.fmtp.into(),
         rtcp_feedback: vec![],
     }
+}
+
+/// What a media engine negotiates beyond the codecs themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feedback {
+    /// Each codec's RTCP feedback (NACK, PLI, FIR, REMB) and RTX for the video codecs: the server.
+    Full,
+    /// Codecs only: the load generator's peers, which ask for keyframes with plain PLIs and do not
+    /// NACK (so a capped downlink is not made worse by retransmissions of what it dropped).
+    None,
+}
+
+/// A media engine with the codec table ([`codec::CODECS`]: Opus, VP8 and H.264, in that order),
+/// `feedback` as asked, and the RFC 6464 audio-level header extension. The server and the load
+/// generator both build theirs here, from the one table.
+///
+/// # Errors
+/// [`TransportError::WebRtc`] if webrtc-rs refuses a registration.
+pub fn media_engine(feedback: Feedback) -> Result<MediaEngine, TransportError> {
+    let full = feedback == Feedback::Full;
+    let mut m = MediaEngine::default();
+    for spec in codec::CODECS {
+        let kind = match spec.kind {
+            MediaKind::Audio => RtpCodecKind::Audio,
+            MediaKind::Video => RtpCodecKind::Video,
+        };
+        let rtcp_feedback = spec
+            .rtcp_feedback
+            .iter()
+            .filter(|_| full)
+            .map(|(t, p)| RTCPFeedback { typ: (*t).into(), parameter: (*p).into() })
+            .collect();
+        let rtp_codec = RTCRtpCodec { rtcp_feedback, ..rtp_codec(spec) };
+        m.register_codec(RTCRtpCodecParameters { rtp_codec, payload_type: spec.payload_type }, kind)
+            .map_err(rtc_err)?;
+        if let Some(rtx) = spec.rtx_payload_type.filter(|_| full) {
+            let rtp_codec = RTCRtpCodec {
+                mime_type: codec::RTX_MIME.into(),
+                clock_rate: spec.clock_rate,
+                channels: 0,
+                sdp_fmtp_line: format!("apt={}", spec.payload_type),
+                rtcp_feedback: vec![],
+            };
+            m.register_codec(RTCRtpCodecParameters { rtp_codec, payload_type: rtx }, kind).map_err(rtc_err)?;
+        }
+    }
+    m.register_header_extension(
+        rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability { uri: codec::extmap::AUDIO_LEVEL.into() },
+        RtpCodecKind::Audio,
+        None,
+    )
+    .map_err(rtc_err)?;
+    Ok(m)
 }
 
 struct Handler {
@@ -344,21 +349,15 @@ impl PeerConnectionEventHandler for Handler {
         let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
         let kind = track.kind().await;
         let codec = track.codec(ssrc).await;
-        let (mime, payload_type) =
-            codec.map(|c| (c.mime_type.to_ascii_lowercase(), 0u8)).unwrap_or_default();
-        let video_codec = if mime == MIME_TYPE_VP8.to_ascii_lowercase() {
-            Some(VideoCodec::Vp8)
-        } else if mime == MIME_TYPE_H264.to_ascii_lowercase() {
-            Some(VideoCodec::H264)
-        } else {
-            None
-        };
+        let (mime, payload_type) = codec.map(|c| (c.mime_type.to_ascii_lowercase(), 0u8)).unwrap_or_default();
+        let video_codec =
+            [VideoCodec::Vp8, VideoCodec::H264].into_iter().find(|c| c.spec().mime.eq_ignore_ascii_case(&mime));
         let kind = match kind {
             RtpCodecKind::Video => match video_codec {
                 Some(c) => RemoteKind::Video(c),
                 None => RemoteKind::Unsupported(mime),
             },
-            RtpCodecKind::Audio if mime == MIME_TYPE_OPUS.to_ascii_lowercase() => RemoteKind::Audio,
+            RtpCodecKind::Audio if codec::OPUS.mime.eq_ignore_ascii_case(&mime) => RemoteKind::Audio,
             _ => RemoteKind::Unsupported(mime),
         };
         let _ = payload_type;
@@ -457,11 +456,18 @@ pub struct LocalTrack {
     pub ssrc: u32,
     payload_type: AtomicU16,
     mime: String,
+    counters: Arc<SessionCounters>,
 }
 
 impl LocalTrack {
-    async fn add(pc: &Arc<dyn PeerConnection>, id: &str, kind: RtpCodecKind, codec: RTCRtpCodec) -> Result<Arc<Self>, TransportError> {
-        let ssrc = rand_u32();
+    async fn add(
+        pc: &Arc<dyn PeerConnection>,
+        id: &str,
+        kind: RtpCodecKind,
+        codec: RTCRtpCodec,
+        counters: Arc<SessionCounters>,
+    ) -> Result<Arc<Self>, TransportError> {
+        let ssrc = crate::ids::random_ssrc();
         let mime = codec.mime_type.clone();
         let label = match kind {
             RtpCodecKind::Audio => "mix",
@@ -480,12 +486,13 @@ impl LocalTrack {
             }],
         )));
         let sender = pc.add_track(track.clone()).await.map_err(rtc_err)?;
-        Ok(Arc::new(Self { track, sender, ssrc, payload_type: AtomicU16::new(0), mime }))
+        Ok(Arc::new(Self { track, sender, ssrc, payload_type: AtomicU16::new(0), mime, counters }))
     }
 
     async fn resolve_payload_type(&self) {
         if let Ok(p) = self.sender.get_parameters().await
-            && let Some(c) = p.rtp_parameters.codecs.iter().find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&self.mime))
+            && let Some(c) =
+                p.rtp_parameters.codecs.iter().find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&self.mime))
         {
             self.payload_type.store(c.payload_type as u16, Ordering::Relaxed);
         }
@@ -504,12 +511,13 @@ impl LocalTrack {
         self.track.write_rtp(p).await.map_err(rtc_err)
     }
 
-    /// Waits for the next keyframe request (PLI or FIR) from this receiver; `None` once the track
-    /// is unbound.
+    /// Waits for the next keyframe request (PLI or FIR) from this receiver, counting it in
+    /// [`SessionCounters::keyframe_requests_received`]; `None` once the track is unbound.
     pub async fn keyframe_request(&self) -> Option<()> {
         loop {
             match self.track.poll().await? {
                 TrackLocalEvent::OnRtcpPacket(pkts) if pkts.iter().any(|p| rtcp::is_keyframe_request(p.as_ref())) => {
+                    self.counters.keyframe_requests_received.fetch_add(1, Ordering::Relaxed);
                     return Some(());
                 }
                 _ => {}
@@ -518,11 +526,22 @@ impl LocalTrack {
     }
 }
 
-fn rand_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
-    (h.finish() as u32).max(1)
+impl ReceiverTrack for LocalTrack {
+    fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    fn payload_type(&self) -> u8 {
+        LocalTrack::payload_type(self)
+    }
+
+    async fn write(&self, packet: rtc::rtp::Packet) -> bool {
+        LocalTrack::write(self, packet).await.is_ok()
+    }
+
+    async fn keyframe_request(&self) -> Option<()> {
+        LocalTrack::keyframe_request(self).await
+    }
 }
 
 /// One participant's peer connection and the tracks Tessera sends on it.
@@ -542,15 +561,23 @@ pub struct Session {
 impl Session {
     /// Waits until the connection is `Connected`; `false` if it failed or closed first.
     pub async fn connected(&self) -> bool {
+        self.wait_connected().await
+    }
+
+    /// A future that resolves like [`Session::connected`] and owns what it needs (to hand to a
+    /// spawned task).
+    pub fn wait_connected(&self) -> impl std::future::Future<Output = bool> + Send + 'static {
         let mut rx = self.state.clone();
-        loop {
-            match *rx.borrow_and_update() {
-                RTCPeerConnectionState::Connected => return true,
-                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => return false,
-                _ => {}
-            }
-            if rx.changed().await.is_err() {
-                return false;
+        async move {
+            loop {
+                match *rx.borrow_and_update() {
+                    RTCPeerConnectionState::Connected => return true,
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => return false,
+                    _ => {}
+                }
+                if rx.changed().await.is_err() {
+                    return false;
+                }
             }
         }
     }

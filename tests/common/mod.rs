@@ -1,23 +1,23 @@
 //! Test harness: a Tessera server in-process on loopback, and the library's load-generator peer
-//! (`tessera::loadgen`) as the webrtc-rs test client: it publishes a solid colour (VP8 from
+//! (`tessera::client::loadgen`) as the webrtc-rs test client: it publishes a solid colour (VP8 from
 //! GStreamer) and a sine tone (Opus) and decodes what it receives.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
 
-pub use tessera::loadgen::analysis::{Frame, close, tone_db};
+pub use tessera::client::loadgen::analysis::{Frame, close, tone_db};
 #[allow(unused_imports)]
-pub use tessera::loadgen::{HttpResponse as Resp, Peer, PeerOpts, VideoSource, Via};
+pub use tessera::client::loadgen::{HttpResponse as Resp, Peer, PeerOpts, Via, VideoSource};
 use tessera::config::{Config, PortRange};
 use tessera::server::Server;
 
-/// Media tests share two cores: one at a time keeps their timing honest.
-static SERIAL: Mutex<()> = Mutex::new(());
+/// Media tests share two cores: one at a time keeps their timing honest. An async lock (each
+/// test has its own runtime; a panicking test releases it as it unwinds).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Holds the media-test lock for the test's duration.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+/// Waits for, then holds, the media-test lock for the test's duration.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 /// Starts a server on 127.0.0.1:0 with ephemeral media ports and the default 1280x720 output.
@@ -50,7 +50,7 @@ pub async fn join(addr: SocketAddr, room: &str, opts: PeerOpts) -> Peer {
 
 /// Sends one HTTP request to the server.
 pub async fn http(method: &str, url: String, content_type: Option<&str>, body: Vec<u8>) -> Resp {
-    tessera::loadgen::http(method, &url, content_type, body).await.expect("http request")
+    tessera::client::loadgen::http(method, &url, content_type, body).await.expect("http request")
 }
 
 /// `GET /v1/rooms/{room}` as JSON (`Null` on 404).
@@ -73,8 +73,14 @@ pub fn save(frame: &Frame, name: &str) -> std::path::PathBuf {
 }
 
 /// Sends one HTTP request with a bearer token.
-pub async fn http_auth(method: &str, url: String, content_type: Option<&str>, body: Vec<u8>, token: Option<&str>) -> Resp {
-    tessera::loadgen::http_auth(method, &url, content_type, body, token).await.expect("http request")
+pub async fn http_auth(
+    method: &str,
+    url: String,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+    token: Option<&str>,
+) -> Resp {
+    tessera::client::loadgen::http_auth(method, &url, content_type, body, token).await.expect("http request")
 }
 
 /// `PUT`s JSON to the server; returns the response.
@@ -84,5 +90,5 @@ pub async fn put_json(addr: SocketAddr, path: &str, body: serde_json::Value) -> 
 
 /// `GET url`; `Some(status)` when the server answered.
 pub async fn http_ok(url: &str) -> Option<u16> {
-    tessera::loadgen::http("GET", url, None, vec![]).await.ok().map(|r| r.status)
+    tessera::client::loadgen::http("GET", url, None, vec![]).await.ok().map(|r| r.status)
 }

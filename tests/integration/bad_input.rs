@@ -6,7 +6,7 @@ use crate::common::{self, PeerOpts, http};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_refused_and_the_room_keeps_streaming() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let srv = common::server().await;
     let a = srv.addr;
     let publisher = common::join(a, "bad", PeerOpts::publisher("pub", (220, 40, 40), 500.0)).await;
@@ -34,7 +34,13 @@ async fn bad_requests_are_refused_and_the_room_keeps_streaming() {
     let no_ice = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendrecv\r\na=rtpmap:111 opus/48000/2\r\n";
     let r = http("POST", join.clone(), sdp, no_ice.as_bytes().to_vec()).await;
     assert_eq!(r.status, 400, "{}", r.body);
-    let r = http("POST", format!("http://{a}/whep/bad"), sdp, av1.replace("AV1", "VP8").replace("sendrecv", "sendonly").into_bytes()).await;
+    let r = http(
+        "POST",
+        format!("http://{a}/whep/bad"),
+        sdp,
+        av1.replace("AV1", "VP8").replace("sendrecv", "sendonly").into_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("recvonly"), "{}", r.body);
     let r = http("POST", format!("http://{a}/v1/rooms/bad%20room!/participants"), sdp, b"v=0\r\n".to_vec()).await;
@@ -43,7 +49,13 @@ async fn bad_requests_are_refused_and_the_room_keeps_streaming() {
     assert_eq!(r.status, 404);
     let r = http("GET", format!("http://{a}/v1/rooms/no-such-room"), None, vec![]).await;
     assert_eq!(r.status, 404);
-    let r = http("PATCH", format!("http://{a}/v1/rooms/bad/participants/{}", publisher.id), Some("application/trickle-ice-sdpfrag"), vec![]).await;
+    let r = http(
+        "PATCH",
+        format!("http://{a}/v1/rooms/bad/participants/{}", publisher.id),
+        Some("application/trickle-ice-sdpfrag"),
+        vec![],
+    )
+    .await;
     assert_eq!(r.status, 405);
     let r = http("OPTIONS", format!("http://{a}/whip/bad"), None, vec![]).await;
     assert!(r.status == 204 || r.status == 200, "OPTIONS {}", r.status);

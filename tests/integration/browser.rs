@@ -44,10 +44,8 @@ impl Drop for Driver {
         }
         // chromedriver runs in its own process group (with Chromium under it, if it outlived
         // the session): end that group, then chromedriver itself.
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
+        let _ =
+            Command::new("kill").args(["-KILL", "--", &format!("-{}", self.child.id())]).stderr(Stdio::null()).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
@@ -55,17 +53,22 @@ impl Drop for Driver {
 }
 
 /// One blocking WebDriver call: returns the response's `value`, or a description of the error.
-fn request_blocking(base: &str, method: &str, path: &str, body: Option<Value>, timeout: Duration) -> Result<Value, String> {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(timeout))
-        .build()
-        .new_agent();
+fn request_blocking(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    timeout: Duration,
+) -> Result<Value, String> {
+    let agent =
+        ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout)).build().new_agent();
     let url = format!("{base}{path}");
     let req = ureq::http::Request::builder().method(method).uri(&url);
     let resp = match body {
         Some(b) => agent.run(
-            req.header("content-type", "application/json; charset=utf-8").body(serde_json::to_vec(&b).unwrap()).unwrap(),
+            req.header("content-type", "application/json; charset=utf-8")
+                .body(serde_json::to_vec(&b).unwrap())
+                .unwrap(),
         ),
         None => agent.run(req.body(()).unwrap()),
     };
@@ -77,7 +80,8 @@ fn request_blocking(base: &str, method: &str, path: &str, body: Option<Value>, t
         .limit(64 * 1024 * 1024)
         .read_to_string()
         .map_err(|e| format!("{method} {path}: reading the response: {e}"))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| format!("{method} {path}: HTTP {status}, not JSON ({e}): {text:.500}"))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{method} {path}: HTTP {status}, not JSON ({e}): {text:.500}"))?;
     let value = v.get("value").cloned().unwrap_or(Value::Null);
     if status >= 400 {
         let err = value["error"].as_str().unwrap_or("?");
@@ -120,7 +124,10 @@ impl Driver {
             if let Ok(Some(st)) = d.child.try_wait() {
                 panic!("chromedriver exited at start ({st}); see {log}");
             }
-            assert!(started.elapsed() < Duration::from_secs(15), "chromedriver not ready on port {port} after 15 s; see {log}");
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "chromedriver not ready on port {port} after 15 s; see {log}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         d
@@ -169,7 +176,10 @@ impl Driver {
                 "goog:loggingPrefs": { "browser": "ALL" },
             }}
         });
-        let v = self.call("POST", "/session", Some(caps)).await.unwrap_or_else(|e| panic!("creating the Chromium session: {e}"));
+        let v = self
+            .call("POST", "/session", Some(caps))
+            .await
+            .unwrap_or_else(|e| panic!("creating the Chromium session: {e}"));
         self.session = Some(v["sessionId"].as_str().expect("sessionId").to_string());
         self.s("POST", "/timeouts", Some(json!({ "script": SCRIPT_TIMEOUT_MS, "pageLoad": 20_000 }))).await;
     }
@@ -195,9 +205,11 @@ impl Driver {
     async fn console(&self) -> String {
         let id = self.session.as_ref().expect("session");
         match self.call("POST", &format!("/session/{id}/se/log"), Some(json!({ "type": "browser" }))).await {
-            Ok(Value::Array(entries)) => {
-                entries.iter().map(|e| format!("  {} {}", e["level"].as_str().unwrap_or("?"), e["message"].as_str().unwrap_or(""))).collect::<Vec<_>>().join("\n")
-            }
+            Ok(Value::Array(entries)) => entries
+                .iter()
+                .map(|e| format!("  {} {}", e["level"].as_str().unwrap_or("?"), e["message"].as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join("\n"),
             Ok(v) => format!("  {v}"),
             Err(e) => format!("  (no console log: {e})"),
         }
@@ -349,7 +361,15 @@ struct Page {
 
 /// Waits on `page` for the condition of [`WAIT_STATS`]; on failure, panics with the page's state,
 /// status line, ICE pair, inbound RTP counters, last stats, console and the server's room counters.
-async fn wait_stats(d: &Driver, srv: SocketAddr, page: &Page, after: u64, rise: u64, audio_after: u64, what: &str) -> Value {
+async fn wait_stats(
+    d: &Driver,
+    srv: SocketAddr,
+    page: &Page,
+    after: u64,
+    rise: u64,
+    audio_after: u64,
+    what: &str,
+) -> Value {
     d.switch_to(&page.handle).await;
     let t = Instant::now();
     let r = d.execute_async(WAIT_STATS, json!([after, rise, audio_after, PAGE_WAIT_MS])).await;
@@ -401,14 +421,19 @@ async fn page_check(d: &Driver, page: &Page, script: &str, args: Value, what: &s
             Ok(()) => shot,
             Err(e) => format!("(none: {e})"),
         };
-        panic!("{}: {what}: not reached after {:?}: {r}\n  screenshot: {shot}\n  console:\n{}", page.name, t.elapsed(), d.console().await);
+        panic!(
+            "{}: {what}: not reached after {:?}: {r}\n  screenshot: {shot}\n  console:\n{}",
+            page.name,
+            t.elapsed(),
+            d.console().await
+        );
     }
     r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_chromium_pages_decode_the_composite_and_hear_the_mix() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let started = Instant::now();
     let srv = common::server().await;
     let mut d = Driver::start().await;
@@ -434,7 +459,12 @@ async fn two_chromium_pages_decode_the_composite_and_hear_the_mix() {
         let (frames, audio) = (s["framesDecoded"].as_u64().unwrap(), s["audioPackets"].as_u64().unwrap());
         let s2 = wait_stats(&d, srv.addr, p, frames, 15, audio, "framesDecoded and audioPackets rising").await;
         assert!(s2["framesDecoded"].as_u64().unwrap() > frames, "{}: {s2}", p.name);
-        assert_eq!((s2["frameWidth"].as_u64(), s2["frameHeight"].as_u64()), (Some(1280), Some(720)), "{}: {s2}", p.name);
+        assert_eq!(
+            (s2["frameWidth"].as_u64(), s2["frameHeight"].as_u64()),
+            (Some(1280), Some(720)),
+            "{}: {s2}",
+            p.name
+        );
         assert!(s2["audioPackets"].as_u64().unwrap() > 0, "{}: {s2}", p.name);
     }
 
@@ -454,9 +484,17 @@ async fn two_chromium_pages_decode_the_composite_and_hear_the_mix() {
     names.sort();
     assert_eq!(names, ["alice", "bob"], "room JSON: {room}");
     for p in ps {
-        assert!(p["publishes"]["video"] == true && p["publishes"]["audio"] == true, "{} does not publish both: {room}", p["name"]);
+        assert!(
+            p["publishes"]["video"] == true && p["publishes"]["audio"] == true,
+            "{} does not publish both: {room}",
+            p["name"]
+        );
     }
-    assert_eq!((room["output"]["width"].as_u64(), room["output"]["height"].as_u64()), (Some(1280), Some(720)), "{room}");
+    assert_eq!(
+        (room["output"]["width"].as_u64(), room["output"]["height"].as_u64()),
+        (Some(1280), Some(720)),
+        "{room}"
+    );
 
     // Chat over the room-events data channel: alice sends, bob (and alice, the sender) receive it.
     const HELLO: &str = "hello from alice";
@@ -472,7 +510,14 @@ async fn two_chromium_pages_decode_the_composite_and_hear_the_mix() {
     let r = d.execute_async(SET_LAYOUT, json!([{ "layout": "speaker" }])).await;
     assert_eq!(r["status"], 200, "alice: setLayout(speaker): {r}");
     for p in &pages {
-        let r = page_check(&d, p, WAIT_LAYOUT, json!(["speaker", p.name, ["alice", "bob"], PAGE_WAIT_MS]), "layout_changed to speaker").await;
+        let r = page_check(
+            &d,
+            p,
+            WAIT_LAYOUT,
+            json!(["speaker", p.name, ["alice", "bob"], PAGE_WAIT_MS]),
+            "layout_changed to speaker",
+        )
+        .await;
         eprintln!("{}: participants {}", p.name, r["participants"]);
     }
     let room = common::room_json(srv.addr, ROOM).await;
@@ -481,7 +526,8 @@ async fn two_chromium_pages_decode_the_composite_and_hear_the_mix() {
     // Screenshots once each page has decoded a second of the new layout.
     for p in &pages {
         d.switch_to(&p.handle).await;
-        let frames = d.execute_async("arguments[0](window.tessera.stats.framesDecoded)", json!([])).await.as_u64().unwrap_or(0);
+        let frames =
+            d.execute_async("arguments[0](window.tessera.stats.framesDecoded)", json!([])).await.as_u64().unwrap_or(0);
         wait_stats(&d, srv.addr, p, frames, 30, 0, "decoding after the layout switch").await;
         let shot = format!("{}/browser-{}-speaker.png", env!("CARGO_TARGET_TMPDIR"), p.name);
         d.screenshot(&shot).await.unwrap_or_else(|e| panic!("{}: screenshot: {e}", p.name));
@@ -495,7 +541,10 @@ async fn two_chromium_pages_decode_the_composite_and_hear_the_mix() {
         assert!(r["state"] == "left" && r["pc"] == false, "{}: leaving: {r}", p.name);
     }
     let room = common::room_json(srv.addr, ROOM).await;
-    assert!(room.is_null() || room["participants"].as_array().is_some_and(|a| a.is_empty()), "room after both left: {room}");
+    assert!(
+        room.is_null() || room["participants"].as_array().is_some_and(|a| a.is_empty()),
+        "room after both left: {room}"
+    );
 
     // Close bob's tab, then end the session (which closes alice's and quits Chromium).
     d.switch_to(&pages[1].handle).await;

@@ -46,7 +46,8 @@ async fn spawn_server(dir: &Path) -> ServerProcess {
 
 /// Timestamp of the last video frame that decodes, and how many decoded.
 fn last_decodable(path: &Path) -> (Duration, u64) {
-    let desc = format!("filesrc location=\"{}\" ! decodebin caps=video/x-raw ! fakesink name=s sync=false", path.display());
+    let desc =
+        format!("filesrc location=\"{}\" ! decodebin caps=video/x-raw ! fakesink name=s sync=false", path.display());
     let p = gst::parse::launch(&desc).unwrap().downcast::<gst::Pipeline>().unwrap();
     let last = std::sync::Arc::new(std::sync::Mutex::new((gst::ClockTime::ZERO, 0u64)));
     let l = last.clone();
@@ -74,11 +75,16 @@ async fn record_then(signal: &str, format: &str) -> (PathBuf, Duration, Duration
     for (i, c) in [(220, 40, 40), (40, 60, 220)].into_iter().enumerate() {
         let mut o = PeerOpts::publisher(&format!("k{i}"), c, 500.0 + 300.0 * i as f64);
         o.receive = false;
-        peers.push(tessera::loadgen::Peer::join(&srv.base, "crash", o, false).await.unwrap());
+        peers.push(tessera::client::loadgen::Peer::join(&srv.base, "crash", o, false).await.unwrap());
     }
-    let r = tessera::loadgen::http("POST", &format!("{}/v1/rooms/crash/recordings", srv.base), Some("application/json"), json!({"format": format}).to_string().into_bytes())
-        .await
-        .unwrap();
+    let r = tessera::client::loadgen::http(
+        "POST",
+        &format!("{}/v1/rooms/crash/recordings", srv.base),
+        Some("application/json"),
+        json!({"format": format}).to_string().into_bytes(),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 201, "{}", r.body);
     let file = PathBuf::from(serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["file"].as_str().unwrap());
     let started = Instant::now();
@@ -99,16 +105,19 @@ async fn record_then(signal: &str, format: &str) -> (PathBuf, Duration, Duration
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_leaves_a_playable_recording() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     for format in ["mkv", "mp4"] {
         let (_, killed_after, last) = record_then("-KILL", format).await;
-        assert!(last + Duration::from_secs(2) >= killed_after, "{format}: decodes only to {last:?} of {killed_after:?}");
+        assert!(
+            last + Duration::from_secs(2) >= killed_after,
+            "{format}: decodes only to {last:?} of {killed_after:?}"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finalizes_the_recording() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let (file, killed_after, last) = record_then("-TERM", "webm").await;
     assert!(last + Duration::from_secs(1) >= killed_after, "decodes only to {last:?} of {killed_after:?}");
     // Finalized: the container knows its duration.

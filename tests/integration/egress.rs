@@ -40,7 +40,7 @@ fn decode_segment(path: &std::path::Path) -> common::Frame {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hls_egress_writes_a_playlist_and_segments() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("egress");
     let _ = std::fs::remove_dir_all(&root);
     let srv = common::server_with(Config { recordings_dir: root.clone(), ..Config::default() }).await;
@@ -55,15 +55,33 @@ async fn hls_egress_writes_a_playlist_and_segments() {
     // Events reach a data channel from when it opened (the welcome tells the state before that).
     blue.wait_event(Duration::from_secs(10), |e| e["type"] == "welcome").await.expect("welcome");
     let url = format!("http://{a}/v1/rooms/live/egress");
-    let r = common::http("POST", url.clone(), Some("application/json"), json!({"url": "http://example.org/x"}).to_string().into_bytes()).await;
+    let r = common::http(
+        "POST",
+        url.clone(),
+        Some("application/json"),
+        json!({"url": "http://example.org/x"}).to_string().into_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 400, "{}", r.body);
-    let r = common::http("POST", url.clone(), Some("application/json"), json!({"hls": "../escape"}).to_string().into_bytes()).await;
+    let r = common::http(
+        "POST",
+        url.clone(),
+        Some("application/json"),
+        json!({"hls": "../escape"}).to_string().into_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 400, "{}", r.body);
-    let r = common::http("POST", url.clone(), Some("application/json"), json!({"hls": "show"}).to_string().into_bytes()).await;
+    let r =
+        common::http("POST", url.clone(), Some("application/json"), json!({"hls": "show"}).to_string().into_bytes())
+            .await;
     assert_eq!(r.status, 201, "{}", r.body);
     let id = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["id"].as_str().unwrap().to_string();
     let segs = segments(&root.join("show"), 2, Duration::from_secs(30)).await;
-    let ev = blue.wait_event(Duration::from_secs(5), |e| e["type"] == "recording_state" && e["id"] == id.as_str() && e["state"] == "streaming").await;
+    let ev = blue
+        .wait_event(Duration::from_secs(5), |e| {
+            e["type"] == "recording_state" && e["id"] == id.as_str() && e["state"] == "streaming"
+        })
+        .await;
     if ev.is_none() {
         let list = common::http("GET", url.clone(), None, vec![]).await.body;
         panic!("no streaming event: {:?}\negress: {list}", blue.events());
@@ -79,7 +97,8 @@ async fn hls_egress_writes_a_playlist_and_segments() {
     assert!(close(f.colour_at(320, 360, 30), (220, 40, 40), 50), "left tile {:?}", f.colour_at(320, 360, 30));
     assert!(close(f.colour_at(960, 360, 30), (40, 60, 220), 50), "right tile {:?}", f.colour_at(960, 360, 30));
 
-    let list: serde_json::Value = serde_json::from_str(&common::http("GET", url.clone(), None, vec![]).await.body).unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&common::http("GET", url.clone(), None, vec![]).await.body).unwrap();
     assert_eq!(list["egress"][0]["state"], "streaming");
     let r = common::http("DELETE", format!("{url}/{id}"), None, vec![]).await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -151,7 +170,7 @@ fn play_rtmp(url: &str, want: impl Fn(&common::Frame) -> bool) -> Option<common:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtmp_egress_is_received_and_reconnects() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nginx-rtmp");
     let nginx = Nginx::start(dir.clone(), port);
@@ -163,12 +182,21 @@ async fn rtmp_egress_is_received_and_reconnects() {
     let green = common::join(a, "rtmp", o).await;
     green.wait_event(Duration::from_secs(10), |e| e["type"] == "welcome").await.expect("welcome");
     let rtmp = format!("rtmp://127.0.0.1:{port}/live/room");
-    let r = common::http("POST", format!("http://{a}/v1/rooms/rtmp/egress"), Some("application/json"), json!({"url": rtmp}).to_string().into_bytes()).await;
+    let r = common::http(
+        "POST",
+        format!("http://{a}/v1/rooms/rtmp/egress"),
+        Some("application/json"),
+        json!({"url": rtmp}).to_string().into_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 201, "{}", r.body);
     let id = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["id"].as_str().unwrap().to_string();
     let url = rtmp.clone();
     let green_centre = |f: &common::Frame| close(f.colour_at(640, 360, 40), (40, 200, 60), 50);
-    let f = tokio::task::spawn_blocking(move || play_rtmp(&url, green_centre)).await.unwrap().expect("the RTMP stream decodes");
+    let f = tokio::task::spawn_blocking(move || play_rtmp(&url, green_centre))
+        .await
+        .unwrap()
+        .expect("the RTMP stream decodes");
     common::save(&f, "egress-rtmp");
     assert_eq!((f.width, f.height), (1280, 720));
     assert!(close(f.colour_at(640, 360, 40), (40, 200, 60), 50), "centre {:?}", f.colour_at(640, 360, 40));
@@ -176,20 +204,32 @@ async fn rtmp_egress_is_received_and_reconnects() {
     // The far end drops: the egress says so and comes back when the server does.
     drop(nginx);
     green
-        .wait_event(Duration::from_secs(15), |e| e["type"] == "recording_state" && e["id"] == id.as_str() && e["state"] == "reconnecting")
+        .wait_event(Duration::from_secs(15), |e| {
+            e["type"] == "recording_state" && e["id"] == id.as_str() && e["state"] == "reconnecting"
+        })
         .await
         .expect("reconnecting event");
     let _nginx = Nginx::start(dir, port);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let list: serde_json::Value = serde_json::from_str(&common::http("GET", format!("http://{a}/v1/rooms/rtmp/egress"), None, vec![]).await.body).unwrap();
+        let list: serde_json::Value = serde_json::from_str(
+            &common::http("GET", format!("http://{a}/v1/rooms/rtmp/egress"), None, vec![]).await.body,
+        )
+        .unwrap();
         if list["egress"][0]["state"] == "streaming" && list["egress"][0]["connects"].as_u64().unwrap() >= 2 {
             break;
         }
         assert!(Instant::now() < deadline, "not reconnected: {list}");
-        green.wait_event(Duration::from_secs(2), |e| e["type"] == "recording_state" && e["state"] == "streaming" && e["ts"].as_u64() > Some(0)).await;
+        green
+            .wait_event(Duration::from_secs(2), |e| {
+                e["type"] == "recording_state" && e["state"] == "streaming" && e["ts"].as_u64() > Some(0)
+            })
+            .await;
     }
     let url = rtmp.clone();
-    let f = tokio::task::spawn_blocking(move || play_rtmp(&url, green_centre)).await.unwrap().expect("the RTMP stream decodes after reconnecting");
+    let f = tokio::task::spawn_blocking(move || play_rtmp(&url, green_centre))
+        .await
+        .unwrap()
+        .expect("the RTMP stream decodes after reconnecting");
     assert!(close(f.colour_at(640, 360, 40), (40, 200, 60), 50));
 }

@@ -8,7 +8,7 @@ use crate::common::{self, PeerOpts};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_and_chat_reach_the_other_peers() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let srv = common::server().await;
     let a = srv.addr;
     let mut o = PeerOpts::publisher("alice", (220, 40, 40), 500.0);
@@ -38,24 +38,41 @@ async fn events_and_chat_reach_the_other_peers() {
 
     // Limits: too long, too fast, unknown.
     alice.send(&json!({"type": "chat", "text": "x".repeat(1001)})).await.unwrap();
-    alice.wait_event(Duration::from_secs(5), |e| e["type"] == "error" && e["reason"].as_str().unwrap().contains("longer")).await.expect("length refused");
+    alice
+        .wait_event(Duration::from_secs(5), |e| {
+            e["type"] == "error" && e["reason"].as_str().unwrap().contains("longer")
+        })
+        .await
+        .expect("length refused");
     for i in 0..8 {
         alice.send(&json!({"type": "chat", "text": format!("spam {i}")})).await.unwrap();
     }
-    alice.wait_event(Duration::from_secs(5), |e| e["type"] == "error" && e["reason"].as_str().unwrap().contains("rate")).await.expect("rate limited");
+    alice
+        .wait_event(Duration::from_secs(5), |e| e["type"] == "error" && e["reason"].as_str().unwrap().contains("rate"))
+        .await
+        .expect("rate limited");
     alice.send(&json!({"type": "dance"})).await.unwrap();
-    alice.wait_event(Duration::from_secs(5), |e| e["type"] == "error" && e["reason"].as_str().unwrap().contains("unknown")).await.expect("unknown refused");
+    alice
+        .wait_event(Duration::from_secs(5), |e| {
+            e["type"] == "error" && e["reason"].as_str().unwrap().contains("unknown")
+        })
+        .await
+        .expect("unknown refused");
 
     // Self-mute and server events reach the others.
     bob.send(&json!({"type": "mute", "video": true})).await.unwrap();
     let m = alice
-        .wait_event(Duration::from_secs(5), |e| e["type"] == "mute_changed" && e["participant"]["id"] == bob.id.as_str())
+        .wait_event(Duration::from_secs(5), |e| {
+            e["type"] == "mute_changed" && e["participant"]["id"] == bob.id.as_str()
+        })
         .await
         .expect("mute event");
     assert_eq!((m["video"].as_bool(), m["audio"].as_bool(), m["by"].as_str()), (Some(true), Some(false), Some("self")));
     let r = common::put_json(a, "/v1/rooms/chat/layout", json!({"layout": "1+N"})).await;
     assert_eq!(r.status, 200);
-    bob.wait_event(Duration::from_secs(5), |e| e["type"] == "layout_changed" && e["layout"]["layout"] == "1+N").await.expect("layout event");
+    bob.wait_event(Duration::from_secs(5), |e| e["type"] == "layout_changed" && e["layout"]["layout"] == "1+N")
+        .await
+        .expect("layout event");
     assert_eq!(bob.leave().await.unwrap(), 204);
     let left = alice
         .wait_event(Duration::from_secs(5), |e| e["type"] == "left" && e["participant"]["id"] == bob.id.as_str())

@@ -10,11 +10,13 @@ pub const COLOURS: [(u8, u8, u8); 3] = [(220, 40, 40), (40, 200, 60), (40, 60, 2
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_publishers_fill_their_grid_cells() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let srv = common::server().await;
     let mut peers = vec![];
     for (i, c) in COLOURS.iter().enumerate() {
-        peers.push(common::join(srv.addr, "grid", PeerOpts::publisher(&format!("p{i}"), *c, 400.0 + 300.0 * i as f64)).await);
+        peers.push(
+            common::join(srv.addr, "grid", PeerOpts::publisher(&format!("p{i}"), *c, 400.0 + 300.0 * i as f64)).await,
+        );
     }
     for p in &peers {
         let f = p
@@ -38,7 +40,11 @@ async fn three_publishers_fill_their_grid_cells() {
     let room = common::room_json(srv.addr, "grid").await;
     let ps = room["participants"].as_array().unwrap();
     assert_eq!(ps.len(), 3);
-    assert!(ps.iter().all(|p| p["publishes"]["video"] == true && p["publishes"]["audio"] == true && p["receives"]["video"] == true));
+    assert!(
+        ps.iter().all(|p| p["publishes"]["video"] == true
+            && p["publishes"]["audio"] == true
+            && p["receives"]["video"] == true)
+    );
     // The test publishers send keyframes only when asked (as browsers do): the pictures above
     // prove the server asked each of them, and the counter says so.
     assert!(ps.iter().all(|p| p["plis_sent"].as_u64().unwrap() >= 1), "{room}");
@@ -47,12 +53,17 @@ async fn three_publishers_fill_their_grid_cells() {
     let before = peers[0].frames();
     let t = Instant::now();
     peers[0].wait_frame(Duration::from_secs(5), |_| peers[0].frames() >= before + 30).await;
-    assert!(peers[0].frames() >= before + 30, "composite stalled: {} frames in {:?}", peers[0].frames() - before, t.elapsed());
+    assert!(
+        peers[0].frames() >= before + 30,
+        "composite stalled: {} frames in {:?}",
+        peers[0].frames() - before,
+        t.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_without_vp8_gets_h264() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let srv = common::server().await;
     let _red = common::join(srv.addr, "h264", PeerOpts::publisher("red", COLOURS[0], 500.0)).await;
     let mut opts = PeerOpts::viewer("h264-viewer");

@@ -15,7 +15,12 @@ fn mismatches(f: &Frame, room: &Value, colours: &HashMap<String, Rgb>) -> Vec<St
     let mut out = vec![];
     for t in room["tiles"].as_array().unwrap() {
         let Some(r) = t["rect"].as_object() else { continue };
-        let (x, y, w, h) = (r["x"].as_u64().unwrap() as u32, r["y"].as_u64().unwrap() as u32, r["w"].as_u64().unwrap() as u32, r["h"].as_u64().unwrap() as u32);
+        let (x, y, w, h) = (
+            r["x"].as_u64().unwrap() as u32,
+            r["y"].as_u64().unwrap() as u32,
+            r["w"].as_u64().unwrap() as u32,
+            r["h"].as_u64().unwrap() as u32,
+        );
         let id = t["participant"].as_str().unwrap();
         let want = colours[id];
         let got = f.colour_at(x + w / 2, y + h / 2, (w.min(h) / 6).clamp(2, 30));
@@ -27,7 +32,13 @@ fn mismatches(f: &Frame, room: &Value, colours: &HashMap<String, Rgb>) -> Vec<St
 }
 
 /// Sets `layout`, then waits until the viewer's frame matches the room's tiles; saves it.
-async fn check_layout(addr: SocketAddr, viewer: &Peer, layout: Value, colours: &HashMap<String, Rgb>, name: &str) -> Value {
+async fn check_layout(
+    addr: SocketAddr,
+    viewer: &Peer,
+    layout: Value,
+    colours: &HashMap<String, Rgb>,
+    name: &str,
+) -> Value {
     let r = common::put_json(addr, "/v1/rooms/layouts/layout", layout.clone()).await;
     assert_eq!(r.status, 200, "PUT layout {layout}: {}", r.body);
     // A tile moves when its source's next frame arrives; the room JSON says where it goes.
@@ -53,7 +64,7 @@ fn rect(room: &Value, id: &str) -> (u64, u64, u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_layout_puts_each_colour_in_its_place() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let srv = common::server().await;
     let a = srv.addr;
     let spec = [("red", (220, 40, 40)), ("green", (40, 200, 60)), ("blue", (40, 60, 220))];
@@ -95,7 +106,10 @@ async fn every_layout_puts_each_colour_in_its_place() {
     ]});
     let room = check_layout(a, &viewer, custom, &colours, "custom").await;
     assert_eq!(rect(&room, &red), (960, 540, 320, 180));
-    assert!(room["tiles"].as_array().unwrap().iter().any(|t| t["participant"] == blue.as_str() && t["rect"].is_null()), "blue is not shown");
+    assert!(
+        room["tiles"].as_array().unwrap().iter().any(|t| t["participant"] == blue.as_str() && t["rect"].is_null()),
+        "blue is not shown"
+    );
 
     // Presentation: a screen share (second, send-only session) is shown large.
     let mut o = PeerOpts::publisher("red-screen", (230, 200, 40), 0.0);
@@ -121,7 +135,7 @@ async fn every_layout_puts_each_colour_in_its_place() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_visible_tile_cap_hides_and_stops_decoding_the_rest() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let srv = common::server().await;
     let a = srv.addr;
     let r = common::put_json(a, "/v1/rooms/capped", json!({"max_visible": 2})).await;
@@ -135,7 +149,9 @@ async fn the_visible_tile_cap_hides_and_stops_decoding_the_rest() {
     }
     let viewer = common::join(a, "capped", PeerOpts::viewer("viewer")).await;
     let f = viewer
-        .wait_frame(Duration::from_secs(15), |f| close(f.colour_at(320, 360, 30), (220, 40, 40), 45) && close(f.colour_at(960, 360, 30), (40, 200, 60), 45))
+        .wait_frame(Duration::from_secs(15), |f| {
+            close(f.colour_at(320, 360, 30), (220, 40, 40), 45) && close(f.colour_at(960, 360, 30), (40, 200, 60), 45)
+        })
         .await
         .unwrap();
     common::save(&f, "cap-2");

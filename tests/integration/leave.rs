@@ -6,16 +6,14 @@ use crate::common::{self, PeerOpts, close};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_relays_out_the_grid_and_frees_the_participant() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let srv = common::server().await;
     let red = common::join(srv.addr, "leave", PeerOpts::publisher("red", (220, 40, 40), 400.0)).await;
     let green = common::join(srv.addr, "leave", PeerOpts::publisher("green", (40, 200, 60), 700.0)).await;
     let blue = common::join(srv.addr, "leave", PeerOpts::publisher("blue", (40, 60, 220), 1000.0)).await;
     // 3 tiles: green is top-right.
-    let f = red
-        .wait_frame(Duration::from_secs(20), |f| close(f.colour_at(960, 180, 40), (40, 200, 60), 45))
-        .await
-        .unwrap();
+    let f =
+        red.wait_frame(Duration::from_secs(20), |f| close(f.colour_at(960, 180, 40), (40, 200, 60), 45)).await.unwrap();
     assert!(close(f.colour_at(960, 180, 40), (40, 200, 60), 45));
 
     assert_eq!(green.leave().await.unwrap(), 204);

@@ -6,10 +6,10 @@
 mod common;
 
 mod bad_input;
+mod browser;
 mod crash;
 mod egress;
 mod events;
-mod browser;
 mod join_grid;
 mod layouts;
 mod leave;

@@ -8,7 +8,7 @@ const TONES: [f64; 3] = [400.0, 700.0, 1100.0];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_receiver_hears_the_others_but_not_itself() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let srv = common::server().await;
     let colours = [(200, 50, 50), (50, 200, 50), (50, 50, 200)];
     let mut peers = vec![];
@@ -30,7 +30,13 @@ async fn each_receiver_hears_the_others_but_not_itself() {
                 continue;
             }
             assert!(*l > -30.0, "{} does not hear {} Hz: {l:.1} dB (levels {levels:?})", p.opts.name, TONES[j]);
-            assert!(own < *l - 20.0, "{} hears itself: own {own:.1} dB vs {:.1} dB for {} Hz", p.opts.name, l, TONES[j]);
+            assert!(
+                own < *l - 20.0,
+                "{} hears itself: own {own:.1} dB vs {:.1} dB for {} Hz",
+                p.opts.name,
+                l,
+                TONES[j]
+            );
         }
     }
     // Three talkers: three mix-minus encodes plus the shared one.
@@ -41,7 +47,7 @@ async fn each_receiver_hears_the_others_but_not_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_participants_share_one_encode() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let srv = common::server().await;
     let talker = common::join(srv.addr, "quiet", PeerOpts::publisher("talker", (200, 50, 50), 600.0)).await;
     let mut quiet = vec![];

@@ -12,14 +12,14 @@ const DARK: (u8, u8, u8) = (38, 43, 54);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audio_only_gets_a_placeholder_and_mutes_apply_to_everyone() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let srv = common::server().await;
     let a = srv.addr;
     let mut cam = PeerOpts::publisher("camera", (220, 40, 40), 500.0);
     cam.receive = false;
     let cam = common::join(a, "mute", cam).await;
     let mut voice = PeerOpts::publisher("Ada Lovelace", (0, 0, 0), 900.0);
-    voice.video = tessera::loadgen::VideoSource::None;
+    voice.video = tessera::client::loadgen::VideoSource::None;
     voice.receive = false;
     let voice = common::join(a, "mute", voice).await;
     let viewer = common::join(a, "mute", PeerOpts::viewer("viewer")).await;
@@ -43,10 +43,16 @@ async fn audio_only_gets_a_placeholder_and_mutes_apply_to_everyone() {
     // Both tones are heard.
     viewer.audio_window(24000, Duration::from_secs(10)).await;
     let s = viewer.audio_window(24000, Duration::from_secs(10)).await;
-    assert!(tone_db(&s, 500.0) > -30.0 && tone_db(&s, 900.0) > -30.0, "before mute: {:.1} / {:.1} dB", tone_db(&s, 500.0), tone_db(&s, 900.0));
+    assert!(
+        tone_db(&s, 500.0) > -30.0 && tone_db(&s, 900.0) > -30.0,
+        "before mute: {:.1} / {:.1} dB",
+        tone_db(&s, 500.0),
+        tone_db(&s, 900.0)
+    );
 
     // Server-side mute of the audio-only participant: gone from the mix, the label says so.
-    let r = common::put_json(a, &format!("/v1/rooms/mute/participants/{}/mute", voice.id), json!({"audio": true})).await;
+    let r =
+        common::put_json(a, &format!("/v1/rooms/mute/participants/{}/mute", voice.id), json!({"audio": true})).await;
     assert_eq!(r.status, 200, "{}", r.body);
     viewer.audio_window(24000, Duration::from_secs(10)).await;
     let s = viewer.audio_window(24000, Duration::from_secs(10)).await;
@@ -65,7 +71,10 @@ async fn audio_only_gets_a_placeholder_and_mutes_apply_to_everyone() {
     // Unmute: the picture comes back.
     let r = common::put_json(a, &format!("/v1/rooms/mute/participants/{}/mute", cam.id), json!({"video": false})).await;
     assert_eq!(r.status, 200);
-    let f = viewer.wait_frame(Duration::from_secs(5), |f| close(f.colour_at(320, 360, 30), (220, 40, 40), 45)).await.unwrap();
+    let f = viewer
+        .wait_frame(Duration::from_secs(5), |f| close(f.colour_at(320, 360, 30), (220, 40, 40), 45))
+        .await
+        .unwrap();
     assert!(close(f.colour_at(320, 360, 30), (220, 40, 40), 45));
     // Bad mute requests.
     let r = common::put_json(a, "/v1/rooms/mute/participants/nobody/mute", json!({"audio": true})).await;

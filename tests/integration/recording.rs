@@ -17,7 +17,10 @@ const TONES: [f64; 3] = [400.0, 700.0, 1100.0];
 /// Decodes the video frame at `at` and 1 s of audio from `at` (48 kHz mono) from `path`.
 fn decode_at(path: &Path, at: Duration) -> (common::Frame, Vec<i16>) {
     let launch = |kind: &str, tail: &str| {
-        let desc = format!("filesrc location=\"{}\" ! decodebin caps={kind}/x-raw ! {tail} ! appsink name=s sync=false", path.display());
+        let desc = format!(
+            "filesrc location=\"{}\" ! decodebin caps={kind}/x-raw ! {tail} ! appsink name=s sync=false",
+            path.display()
+        );
         let p = gst::parse::launch(&desc).unwrap().downcast::<gst::Pipeline>().unwrap();
         let s = p.by_name("s").unwrap().downcast::<gstreamer_app::AppSink>().unwrap();
         (p, s)
@@ -26,7 +29,11 @@ fn decode_at(path: &Path, at: Duration) -> (common::Frame, Vec<i16>) {
     let (p, v) = launch("video", "videoconvert ! video/x-raw,format=RGB");
     p.set_state(gst::State::Paused).unwrap();
     let _ = p.state(gst::ClockTime::from_seconds(10));
-    p.seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE, gst::ClockTime::from_nseconds(at.as_nanos() as u64)).unwrap();
+    p.seek_simple(
+        gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
+        gst::ClockTime::from_nseconds(at.as_nanos() as u64),
+    )
+    .unwrap();
     let _ = p.state(gst::ClockTime::from_seconds(10));
     p.set_state(gst::State::Playing).unwrap();
     let s = v.try_pull_sample(gst::ClockTime::from_seconds(10)).expect("a video frame");
@@ -62,7 +69,13 @@ async fn record(dir: PathBuf, format: &str) {
         peers.push(common::join(a, &format!("rec-{format}"), o).await);
     }
     let base = format!("http://{a}/v1/rooms/rec-{format}/recordings");
-    let r = common::http("POST", base.clone(), Some("application/json"), json!({"format": format}).to_string().into_bytes()).await;
+    let r = common::http(
+        "POST",
+        base.clone(),
+        Some("application/json"),
+        json!({"format": format}).to_string().into_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 201, "{}", r.body);
     let rec: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     let id = rec["id"].as_str().unwrap().to_string();
@@ -78,7 +91,8 @@ async fn record(dir: PathBuf, format: &str) {
     assert_eq!(r.status, 200, "{}", r.body);
     let info: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(info["state"], "stopped");
-    let list: serde_json::Value = serde_json::from_str(&common::http("GET", base.clone(), None, vec![]).await.body).unwrap();
+    let list: serde_json::Value =
+        serde_json::from_str(&common::http("GET", base.clone(), None, vec![]).await.body).unwrap();
     assert_eq!(list["recordings"][0]["id"], id.as_str());
     assert!(list["recordings"][0]["size_bytes"].as_u64().unwrap() > 10_000);
 
@@ -93,7 +107,11 @@ async fn record(dir: PathBuf, format: &str) {
     let (f, audio) = decode_at(&file, Duration::from_secs(5));
     common::save(&f, &format!("recording-{format}"));
     for (c, (x, y)) in COLOURS.iter().zip([(320, 180), (960, 180), (320, 540)]) {
-        assert!(close(f.colour_at(x, y, 30), *c, 45), "{format}: {:?} at {x},{y}, expected {c:?}", f.colour_at(x, y, 30));
+        assert!(
+            close(f.colour_at(x, y, 30), *c, 45),
+            "{format}: {:?} at {x},{y}, expected {c:?}",
+            f.colour_at(x, y, 30)
+        );
     }
     assert_eq!(audio.len(), 48000, "{format}: 1 s of audio at 5 s");
     for t in TONES {
@@ -116,7 +134,7 @@ async fn record(dir: PathBuf, format: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webm_recording_holds_the_grid_and_the_mix() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("recordings-webm");
     let _ = std::fs::remove_dir_all(&dir);
     record(dir, "webm").await;
@@ -124,7 +142,7 @@ async fn a_webm_recording_holds_the_grid_and_the_mix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mp4_recording_holds_the_grid_and_the_mix() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("recordings-mp4");
     let _ = std::fs::remove_dir_all(&dir);
     record(dir, "mp4").await;
@@ -136,9 +154,15 @@ fn onsets(samples: &[(f64, bool)]) -> Vec<f64> {
 }
 
 /// Every frame's (ms, bright centre) and every 5 ms audio window's (ms, beep on) of a file.
-fn flash_timeline(path: &Path) -> (Vec<(f64, bool)>, Vec<(f64, bool)>) {
+/// `(time s, on)` changes of one track.
+type Timeline = Vec<(f64, bool)>;
+
+fn flash_timeline(path: &Path) -> (Timeline, Timeline) {
     let run = |kind: &str, tail: &str| {
-        let desc = format!("filesrc location=\"{}\" ! decodebin caps={kind}/x-raw ! {tail} ! appsink name=s sync=false", path.display());
+        let desc = format!(
+            "filesrc location=\"{}\" ! decodebin caps={kind}/x-raw ! {tail} ! appsink name=s sync=false",
+            path.display()
+        );
         let p = gst::parse::launch(&desc).unwrap().downcast::<gst::Pipeline>().unwrap();
         let s = p.by_name("s").unwrap().downcast::<gstreamer_app::AppSink>().unwrap();
         p.set_state(gst::State::Playing).unwrap();
@@ -160,7 +184,7 @@ fn flash_timeline(path: &Path) -> (Vec<(f64, bool)>, Vec<(f64, bool)>) {
     for (t, d) in run("audio", "audioconvert ! audioresample ! audio/x-raw,format=S16LE,rate=48000,channels=1") {
         let s: Vec<i16> = d.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect();
         for (i, w) in s.chunks(240).enumerate() {
-            audio.push((t + i as f64 * 5.0, tone_db(w, tessera::loadgen::FLASH_HZ) > -30.0));
+            audio.push((t + i as f64 * 5.0, tone_db(w, tessera::client::loadgen::FLASH_HZ) > -30.0));
         }
     }
     (video, audio)
@@ -168,20 +192,26 @@ fn flash_timeline(path: &Path) -> (Vec<(f64, bool)>, Vec<(f64, bool)>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recording_keeps_audio_and_video_in_sync() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("recordings-sync");
     let _ = std::fs::remove_dir_all(&dir);
     let srv = common::server_with(Config { recordings_dir: dir, ..Config::default() }).await;
     let a = srv.addr;
     let mut o = PeerOpts::publisher("flash", (0, 0, 0), 0.0);
-    o.video = tessera::loadgen::VideoSource::Flash;
+    o.video = tessera::client::loadgen::VideoSource::Flash;
     o.receive = false;
     let _flash = common::join(a, "sync", o).await;
     let mut viewer = PeerOpts::viewer("clock");
     viewer.decode = false;
     let viewer = common::join(a, "sync", viewer).await;
     let base = format!("http://{a}/v1/rooms/sync/recordings");
-    let r = common::http("POST", base.clone(), Some("application/json"), json!({"format": "webm"}).to_string().into_bytes()).await;
+    let r = common::http(
+        "POST",
+        base.clone(),
+        Some("application/json"),
+        json!({"format": "webm"}).to_string().into_bytes(),
+    )
+    .await;
     assert_eq!(r.status, 201, "{}", r.body);
     let rec: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     let id = rec["id"].as_str().unwrap();

@@ -14,7 +14,7 @@ fn participant(room: &serde_json::Value, id: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_on_a_capped_link_moves_to_a_smaller_tier_and_keeps_playing() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let srv = common::server().await;
     // Noise: the composite uses its whole bitrate (a solid colour would need next to nothing).
     let mut a = PeerOpts::publisher("a", (0, 0, 0), 500.0);
@@ -34,7 +34,12 @@ async fn a_receiver_on_a_capped_link_moves_to_a_smaller_tier_and_keeps_playing()
     let f = slow.wait_frame(Duration::from_secs(30), |f| f.width < 1280).await;
     let room = common::room_json(srv.addr, "tiers").await;
     let s = participant(&room, &slow.id);
-    assert!(f.as_ref().is_some_and(|f| f.width < 1280), "the capped receiver moved to a smaller tier; it shows {s}; room {room}; slow {:?} fast {:?}", slow.stats(), fast.stats());
+    assert!(
+        f.as_ref().is_some_and(|f| f.width < 1280),
+        "the capped receiver moved to a smaller tier; it shows {s}; room {room}; slow {:?} fast {:?}",
+        slow.stats(),
+        fast.stats()
+    );
     assert_ne!(s["video_tier"], "full", "{s}");
     assert!(s["bandwidth_kbps"].as_u64().is_some_and(|b| b < 1500), "its estimate fell under the full tier: {s}");
 
@@ -61,7 +66,12 @@ async fn a_receiver_on_a_capped_link_moves_to_a_smaller_tier_and_keeps_playing()
 
     // The smaller tier encodes while watched and stops when its receiver leaves.
     let tiers = |room: &serde_json::Value| {
-        room["encoder_branches"].as_array().unwrap().iter().map(|b| b["tier"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+        room["encoder_branches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["tier"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
     };
     let mut watched = tiers(&common::room_json(srv.addr, "tiers").await);
     watched.retain(|t| t != "full");

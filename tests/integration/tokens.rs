@@ -12,7 +12,7 @@ const SECRET: &str = "test-secret-0123456789";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_bad_expired_and_wrong_room_tokens_are_refused() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let srv = common::server_with(Config { api_secret: Some(SECRET.into()), ..Config::default() }).await;
     let a = srv.addr;
     let auth = Auth::new(Some(SECRET));
@@ -57,7 +57,8 @@ async fn missing_bad_expired_and_wrong_room_tokens_are_refused() {
     // A subscribe-only token cannot publish.
     let mut o = PeerOpts::publisher("vic", (40, 60, 220), 800.0);
     o.token = Some(viewer_only.clone());
-    let err = tessera::loadgen::Peer::join(&format!("http://{a}"), "secure", o, false).await.err().expect("refused");
+    let err =
+        tessera::client::loadgen::Peer::join(&format!("http://{a}"), "secure", o, false).await.err().expect("refused");
     assert!(err.to_string().contains("403") && err.to_string().contains("publish"), "{err}");
     // ...but can watch.
     let mut o = PeerOpts::viewer("vic");

@@ -6,13 +6,15 @@ use crate::common::{self, PeerOpts, close, tone_db};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whep_viewer_gets_every_colour_and_every_tone() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let srv = common::server().await;
     let _a = common::join(srv.addr, "whep", PeerOpts::publisher("a", (220, 40, 40), 500.0)).await;
     let _b = common::join(srv.addr, "whep", PeerOpts::publisher("b", (40, 200, 60), 900.0)).await;
     let viewer = common::join(srv.addr, "whep", PeerOpts::viewer("viewer")).await;
     let both = |f: &common::Frame| {
-        f.width == 1280 && close(f.colour_at(320, 360, 40), (220, 40, 40), 45) && close(f.colour_at(960, 360, 40), (40, 200, 60), 45)
+        f.width == 1280
+            && close(f.colour_at(320, 360, 40), (220, 40, 40), 45)
+            && close(f.colour_at(960, 360, 40), (40, 200, 60), 45)
     };
     let f = viewer.wait_frame(Duration::from_secs(20), both).await.expect("viewer decodes the composite");
     assert!(both(&f), "viewer sees {:?} and {:?}", f.colour_at(320, 360, 40), f.colour_at(960, 360, 40));

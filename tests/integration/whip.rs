@@ -6,7 +6,7 @@ use crate::common::{self, PeerOpts, Via, close, tone_db};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whip_publisher_shows_in_the_grid() {
-    let _serial = common::serial();
+    let _serial = common::serial().await;
     let srv = common::server().await;
     let mut o = PeerOpts::publisher("obs", (230, 200, 40), 800.0);
     o.via = Via::Whip;
@@ -15,7 +15,9 @@ async fn a_whip_publisher_shows_in_the_grid() {
     let viewer = common::join(srv.addr, "whip", PeerOpts::viewer("viewer")).await;
     // One tile: the 640x360 picture scaled up to fill 1280x720.
     let f = viewer
-        .wait_frame(Duration::from_secs(20), |f| close(f.colour_at(640, 360, 60), (230, 200, 40), 45) && close(f.colour_at(60, 60, 30), (230, 200, 40), 45))
+        .wait_frame(Duration::from_secs(20), |f| {
+            close(f.colour_at(640, 360, 60), (230, 200, 40), 45) && close(f.colour_at(60, 60, 30), (230, 200, 40), 45)
+        })
         .await
         .expect("composite");
     assert!(close(f.colour_at(640, 360, 60), (230, 200, 40), 45), "centre {:?}", f.colour_at(640, 360, 60));

@@ -64,7 +64,8 @@ impl JitterBuffer {
         while self.packets.len() > MAX_DEPTH {
             self.packets.pop_first();
         }
-        let next = self.packets.first_key_value().map_or(next, |(&k, _)| if k > next + MAX_DEPTH as u64 { k } else { next });
+        let next =
+            self.packets.first_key_value().map_or(next, |(&k, _)| if k > next + MAX_DEPTH as u64 { k } else { next });
         if let Some(p) = self.packets.remove(&next) {
             self.next = Some(next + 1);
             self.concealed = 0;

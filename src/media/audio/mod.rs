@@ -150,7 +150,11 @@ impl AudioMixer {
     ///
     /// # Errors
     /// [`AudioError`] if libopus rejects the settings or the thread cannot start.
-    pub fn start_with(room: &str, config: MixerConfig, on_speaker: Option<SpeakerListener>) -> Result<Self, AudioError> {
+    pub fn start_with(
+        room: &str,
+        config: MixerConfig,
+        on_speaker: Option<SpeakerListener>,
+    ) -> Result<Self, AudioError> {
         let (tx, rx) = mpsc::channel();
         let (out, _) = broadcast::channel(FANOUT_CAPACITY);
         let stats = Arc::new(AudioStats::default());
@@ -490,7 +494,12 @@ mod tests {
             let mut buf = [0u8; 1500];
             let n = self.enc.encode(&pcm, &mut buf).unwrap();
             self.seq = self.seq.wrapping_add(1);
-            Cmd::Packet { id: self.id.clone(), seq: self.seq, payload: Bytes::copy_from_slice(&buf[..n]), level: self.level }
+            Cmd::Packet {
+                id: self.id.clone(),
+                seq: self.seq,
+                payload: Bytes::copy_from_slice(&buf[..n]),
+                level: self.level,
+            }
         }
     }
 
@@ -546,7 +555,11 @@ mod tests {
         (0..10)
             .map(|i| {
                 let id = format!("p{i}");
-                if i < 3 { Publisher::new(&id, Some(300.0 + 200.0 * i as f32), Some(10)) } else { Publisher::new(&id, None, Some(127)) }
+                if i < 3 {
+                    Publisher::new(&id, Some(300.0 + 200.0 * i as f32), Some(10))
+                } else {
+                    Publisher::new(&id, None, Some(127))
+                }
             })
             .collect()
     }
@@ -641,4 +654,3 @@ mod tests {
         assert!(!r.m.sources["plain-muted"].decoded);
     }
 }
-

@@ -137,7 +137,8 @@ pub fn select(cands: &mut [&mut Talker], k: usize) {
     keeping.truncate(k);
 
     // 2. Challengers, loudest first: free slots, then displacement of the quietest incumbent.
-    let mut challengers: Vec<usize> = (0..cands.len()).filter(|&i| !cands[i].selected && cands[i].action == Action::Skip).collect();
+    let mut challengers: Vec<usize> =
+        (0..cands.len()).filter(|&i| !cands[i].selected && cands[i].action == Action::Skip).collect();
     for &i in &challengers {
         if !cands[i].speaking() {
             cands[i].ahead_ticks = 0;
@@ -226,7 +227,11 @@ mod tests {
     fn a_much_louder_challenger_displaces_the_quietest_after_the_hold() {
         let mut ts = vec![Talker::default(); 4];
         run(&mut ts, 3, 20, &[-20.0, -30.0, -25.0, -127.0]);
-        assert_eq!(run(&mut ts, 3, SWITCH_TICKS - 1, &[-20.0, -30.0, -25.0, -5.0]), vec![0, 1, 2], "not before the hold");
+        assert_eq!(
+            run(&mut ts, 3, SWITCH_TICKS - 1, &[-20.0, -30.0, -25.0, -5.0]),
+            vec![0, 1, 2],
+            "not before the hold"
+        );
         assert_eq!(run(&mut ts, 3, 10, &[-20.0, -30.0, -25.0, -5.0]), vec![0, 2, 3]);
         // Flapping back needs the margin too.
         assert_eq!(run(&mut ts, 3, 100, &[-20.0, -28.0, -25.0, -5.0]), vec![0, 2, 3]);

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use crate::loadgen::http_auth;
+use crate::client::loadgen::http_auth;
 
 /// Options of `tessera record`.
 #[derive(Debug, Clone, Args)]

@@ -37,7 +37,14 @@ pub struct RateCap {
 impl RateCap {
     /// A bottleneck at `cap` bits/s.
     pub fn new(cap: Cap) -> Self {
-        Self { cap, busy_until: None, queue: VecDeque::new(), read: VecDeque::new(), write: VecDeque::new(), dropped: 0 }
+        Self {
+            cap,
+            busy_until: None,
+            queue: VecDeque::new(),
+            read: VecDeque::new(),
+            write: VecDeque::new(),
+            dropped: 0,
+        }
     }
 }
 

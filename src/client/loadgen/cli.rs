@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use super::analysis::percentile;
-use super::{Peer, PeerOpts, ReceiveStats, TalkTurn, VideoSource, Via};
+use super::{Peer, PeerOpts, ReceiveStats, TalkTurn, Via, VideoSource};
 
 /// Options of `tessera loadgen`.
 #[derive(Debug, Clone, Args)]
@@ -95,7 +95,8 @@ fn ms(v: Option<f64>) -> String {
 /// Who joins, in join order: each room's publishers, then its viewers, then (first room, with
 /// `--latency`) the latency probe.
 fn plan(a: &LoadgenArgs) -> Vec<(String, PeerOpts)> {
-    let rooms: Vec<String> = if a.rooms <= 1 { vec![a.room.clone()] } else { (0..a.rooms).map(|r| format!("{}-{r}", a.room)).collect() };
+    let rooms: Vec<String> =
+        if a.rooms <= 1 { vec![a.room.clone()] } else { (0..a.rooms).map(|r| format!("{}-{r}", a.room)).collect() };
     let video_publishers = a.video_publishers.unwrap_or(a.publishers);
     let mut plan = vec![];
     for (r, room) in rooms.iter().enumerate() {

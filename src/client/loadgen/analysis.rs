@@ -67,14 +67,19 @@ impl Frame {
             "appsrc name=src caps=video/x-raw,format=RGB,width={},height={},framerate=1/1 ! videoconvert ! pngenc ! filesink name=out",
             self.width, self.height
         );
-        let p = gst::parse::launch(&desc).map_err(|e| e.to_string())?.downcast::<gst::Pipeline>().map_err(|_| "pipeline")?;
+        let p = gst::parse::launch(&desc)
+            .map_err(|e| e.to_string())?
+            .downcast::<gst::Pipeline>()
+            .map_err(|_| "pipeline")?;
         p.by_name("out").ok_or("filesink")?.set_property("location", path.to_string_lossy().to_string());
         let src = p.by_name("src").ok_or("appsrc")?.downcast::<gstreamer_app::AppSrc>().map_err(|_| "appsrc")?;
         p.set_state(gst::State::Playing).map_err(|e| e.to_string())?;
         src.push_buffer(gst::Buffer::from_slice(self.rgb.as_ref().clone())).map_err(|e| e.to_string())?;
         src.end_of_stream().map_err(|e| e.to_string())?;
         let bus = p.bus().ok_or("bus")?;
-        let r = match bus.timed_pop_filtered(gst::ClockTime::from_seconds(10), &[gst::MessageType::Eos, gst::MessageType::Error]) {
+        let r = match bus
+            .timed_pop_filtered(gst::ClockTime::from_seconds(10), &[gst::MessageType::Eos, gst::MessageType::Error])
+        {
             Some(m) if m.type_() == gst::MessageType::Eos => Ok(()),
             Some(m) => Err(format!("{m:?}")),
             None => Err("timed out".into()),
@@ -96,7 +101,9 @@ impl Frame {
 
 /// Whether two colours differ by at most `tol` in every channel.
 pub fn close(a: Rgb, b: Rgb, tol: i32) -> bool {
-    (a.0 as i32 - b.0 as i32).abs() <= tol && (a.1 as i32 - b.1 as i32).abs() <= tol && (a.2 as i32 - b.2 as i32).abs() <= tol
+    (a.0 as i32 - b.0 as i32).abs() <= tol
+        && (a.1 as i32 - b.1 as i32).abs() <= tol
+        && (a.2 as i32 - b.2 as i32).abs() <= tol
 }
 
 /// Level of the `freq` Hz component of `samples` (48 kHz mono `i16`), in dB relative to a
@@ -145,7 +152,9 @@ mod tests {
 
     #[test]
     fn goertzel_finds_a_tone_and_not_its_neighbour() {
-        let s: Vec<i16> = (0..48000).map(|i| (16384.0 * (2.0 * std::f64::consts::PI * 700.0 * i as f64 / 48000.0).sin()) as i16).collect();
+        let s: Vec<i16> = (0..48000)
+            .map(|i| (16384.0 * (2.0 * std::f64::consts::PI * 700.0 * i as f64 / 48000.0).sin()) as i16)
+            .collect();
         assert!((tone_db(&s, 700.0) + 6.0).abs() < 0.5, "{}", tone_db(&s, 700.0));
         assert!(tone_db(&s, 400.0) < -80.0);
     }

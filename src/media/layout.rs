@@ -176,15 +176,17 @@ impl TryFrom<LayoutSpec> for Layout {
             _ => s.tiles.is_some() || s.participant.is_some(),
         };
         if extra {
-            return Err(format!("layout {:?} takes no {}", s.layout, if s.tiles.is_some() { "\"tiles\"" } else { "\"participant\"" }));
+            return Err(format!(
+                "layout {:?} takes no {}",
+                s.layout,
+                if s.tiles.is_some() { "\"tiles\"" } else { "\"participant\"" }
+            ));
         }
         Ok(match s.layout.as_str() {
             "grid" => Layout::Grid,
             "speaker" => Layout::Speaker,
             "presentation" => Layout::Presentation,
-            "pinned" => Layout::Pinned {
-                participant: s.participant.ok_or("layout \"pinned\" needs \"participant\"")?,
-            },
+            "pinned" => Layout::Pinned { participant: s.participant.ok_or("layout \"pinned\" needs \"participant\"")? },
             "custom" => {
                 let tiles = s.tiles.ok_or("layout \"custom\" needs \"tiles\"")?;
                 if tiles.is_empty() || tiles.len() > 64 {
@@ -197,7 +199,9 @@ impl TryFrom<LayoutSpec> for Layout {
                         && t.x + t.w <= 1.0 + 1e-9
                         && t.y + t.h <= 1.0 + 1e-9;
                     if !ok {
-                        return Err(format!("custom tile {t:?}: x, y, w, h are fractions of the output and must stay inside it"));
+                        return Err(format!(
+                            "custom tile {t:?}: x, y, w, h are fractions of the output and must stay inside it"
+                        ));
                     }
                 }
                 Layout::Custom { tiles }
@@ -209,7 +213,11 @@ impl TryFrom<LayoutSpec> for Layout {
                     return Err(format!("unknown layout {other:?}"));
                 }
                 let big: usize = b.parse().map_err(|_| format!("unknown layout {other:?}"))?;
-                let small = if k == "N" { None } else { Some(k.parse::<usize>().map_err(|_| format!("unknown layout {other:?}"))?) };
+                let small = if k == "N" {
+                    None
+                } else {
+                    Some(k.parse::<usize>().map_err(|_| format!("unknown layout {other:?}"))?)
+                };
                 if !(1..=4).contains(&big) || small.is_some_and(|k| k > 48) {
                     return Err(format!("layout {other:?}: 1 to 4 large tiles and at most 48 small ones"));
                 }
@@ -272,7 +280,14 @@ pub struct Placement {
 /// Places `sources` (in join order) for `layout` on a `width`×`height` output, showing at most
 /// `cap` tiles. Past the cap the most recent speakers are shown (last-N), then join order; the
 /// rest get no placement (and are not decoded). `speaker` is the active speaker's id.
-pub fn place(layout: &Layout, sources: &[TileSource], speaker: Option<&str>, width: u32, height: u32, cap: usize) -> Vec<Placement> {
+pub fn place(
+    layout: &Layout,
+    sources: &[TileSource],
+    speaker: Option<&str>,
+    width: u32,
+    height: u32,
+    cap: usize,
+) -> Vec<Placement> {
     let cap = cap.max(1);
     // The featured tiles, by layout.
     let recent: Vec<&TileSource> = {
@@ -298,12 +313,10 @@ pub fn place(layout: &Layout, sources: &[TileSource], speaker: Option<&str>, wid
             }
             (f, *small)
         }
-        Layout::Presentation => {
-            match sources.iter().rev().find(|s| s.screen) {
-                Some(s) => (vec![s], None),
-                None => (speaker_src.into_iter().collect(), None),
-            }
-        }
+        Layout::Presentation => match sources.iter().rev().find(|s| s.screen) {
+            Some(s) => (vec![s], None),
+            None => (speaker_src.into_iter().collect(), None),
+        },
         Layout::Pinned { participant } => (by_id(participant).or(speaker_src).into_iter().collect(), None),
     };
     if let Layout::Custom { tiles } = layout {
@@ -363,7 +376,14 @@ pub fn place(layout: &Layout, sources: &[TileSource], speaker: Option<&str>, wid
     out
 }
 
-fn place_custom(tiles: &[CustomTile], sources: &[TileSource], recent: &[&TileSource], width: u32, height: u32, cap: usize) -> Vec<Placement> {
+fn place_custom(
+    tiles: &[CustomTile],
+    sources: &[TileSource],
+    recent: &[&TileSource],
+    width: u32,
+    height: u32,
+    cap: usize,
+) -> Vec<Placement> {
     let named: Vec<&str> = tiles.iter().filter_map(|t| t.participant.as_deref()).collect();
     // Unnamed tiles take participants not named anywhere: recent speakers first when there are
     // more participants than tiles, shown in join order.
@@ -418,7 +438,14 @@ mod layout_tests {
             let l: Layout = serde_json::from_str(j).unwrap();
             assert_eq!(serde_json::to_string(&l).unwrap(), j);
         }
-        for bad in [r#"{"layout":"pinned"}"#, r#"{"layout":"0+3"}"#, r#"{"layout":"mosaic"}"#, r#"{"layout":"1++7"}"#, r#"{"layout":"grid","participant":"p1"}"#, r#"{"layout":"custom","tiles":[{"x":0.5,"y":0,"w":0.6,"h":1}]}"#] {
+        for bad in [
+            r#"{"layout":"pinned"}"#,
+            r#"{"layout":"0+3"}"#,
+            r#"{"layout":"mosaic"}"#,
+            r#"{"layout":"1++7"}"#,
+            r#"{"layout":"grid","participant":"p1"}"#,
+            r#"{"layout":"custom","tiles":[{"x":0.5,"y":0,"w":0.6,"h":1}]}"#,
+        ] {
             assert!(serde_json::from_str::<Layout>(bad).is_err(), "{bad}");
         }
     }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::room::layout::{Rect, grid, letterbox};
+use crate::media::layout::{Rect, grid, letterbox};
 
 /// Marker frame width, pixels.
 pub const WIDTH: u32 = 640;
@@ -168,7 +168,11 @@ struct SentLog {
 
 fn sent_log() -> &'static SentLog {
     static LOG: OnceLock<SentLog> = OnceLock::new();
-    LOG.get_or_init(|| SentLog { epoch: Instant::now(), next: AtomicU32::new(0), at: (0..=u16::MAX).map(|_| AtomicU64::new(0)).collect() })
+    LOG.get_or_init(|| SentLog {
+        epoch: Instant::now(),
+        next: AtomicU32::new(0),
+        at: (0..=u16::MAX).map(|_| AtomicU64::new(0)).collect(),
+    })
 }
 
 /// The next counter to draw.

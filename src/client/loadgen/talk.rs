@@ -151,7 +151,13 @@ impl TalkStream {
     /// Starts sending on `track` (`ssrc`, Opus payload type 111) with the audio-level extension
     /// under id `level_ext`. The stream stops when the returned `Arc` is dropped or
     /// [`TalkStream::stop`] is called.
-    pub(crate) fn start(track: Arc<TrackLocalStaticRTP>, ssrc: u32, level_ext: Option<u8>, turn: TalkTurn, seed: u32) -> Arc<TalkStream> {
+    pub(crate) fn start(
+        track: Arc<TrackLocalStaticRTP>,
+        ssrc: u32,
+        level_ext: Option<u8>,
+        turn: TalkTurn,
+        seed: u32,
+    ) -> Arc<TalkStream> {
         let s = Arc::new(TalkStream {
             track,
             ssrc,

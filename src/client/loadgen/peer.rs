@@ -1,0 +1,399 @@
+//! A WebRTC peer joined to a Tessera room: join (offer, POST, answer, connect, publish), wait on
+//! what arrives (frames, tones, events), statistics, leave.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+use gstreamer as gst;
+use gstreamer_app as gst_app;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use tokio::sync::{mpsc, watch};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, RTCPeerConnectionState, RTCSessionDescription, Registry,
+    SettingEngineBuilder, register_default_interceptors,
+};
+
+use super::http::http_auth;
+use super::publish::{keep_only_video_codec, local_track, publish, start_generator};
+use super::receive::{Handler, Received};
+use super::{Frame, LoadgenError, PeerOpts, ReceiveStats, Via, VideoSource, analysis, marker, netcap, talk, w};
+
+/// A WebRTC peer joined to a Tessera room.
+pub struct Peer {
+    /// Options it was made with.
+    pub opts: PeerOpts,
+    /// Participant resource URL path (`Location`).
+    pub location: String,
+    /// Participant id (last segment of `location`).
+    pub id: String,
+    /// When the offer was POSTed.
+    pub posted_at: Instant,
+    base: String,
+    pc: Arc<dyn PeerConnection>,
+    received: Arc<Received>,
+    tick: watch::Receiver<u64>,
+    pipelines: Arc<Mutex<Vec<gst::Pipeline>>>,
+    channel: Option<Arc<dyn webrtc::data_channel::DataChannel>>,
+    talk: Option<Arc<talk::TalkStream>>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Some(t) = &self.talk {
+            t.stop();
+        }
+        for p in self.pipelines.lock().unwrap().drain(..) {
+            let _ = p.set_state(gst::State::Null);
+        }
+    }
+}
+
+impl Peer {
+    /// Joins `room` on the server at `base` (e.g. `http://127.0.0.1:8080`): offers, POSTs, applies
+    /// the answer, waits until connected (10 s), then starts publishing. `keep_pixels` keeps the
+    /// latest decoded frame as RGB for [`Peer::wait_frame`] (costly; load runs leave it off).
+    ///
+    /// # Errors
+    /// [`LoadgenError`] when the server refuses, or the connection or a pipeline fails.
+    pub async fn join(base: &str, room: &str, opts: PeerOpts, keep_pixels: bool) -> Result<Peer, LoadgenError> {
+        gst::init().map_err(|e| LoadgenError::Gst(e.to_string()))?;
+        let mut me = crate::transport::media_engine(crate::transport::Feedback::None).map_err(w)?;
+        let registry = register_default_interceptors(Registry::new(), &mut me)
+            .map_err(w)?
+            .with(crate::transport::rtcp::SLOT.into(), crate::transport::rtcp::KeyframeRequestInterceptor::default());
+        let registry = match &opts.rate_cap {
+            Some(cap) => registry.with(netcap::SLOT.into(), netcap::RateCap::new(cap.clone())),
+            None => registry,
+        };
+        let (gather_tx, mut gather_rx) = mpsc::channel(1);
+        let (state_tx, mut state_rx) = watch::channel(RTCPeerConnectionState::New);
+        let (tick_tx, tick) = watch::channel(0u64);
+        let probe = (opts.latency_probe && opts.decode).then(marker::Probe::default);
+        let received = Arc::new(Received { keep_pixels, count_only: !opts.decode, probe, ..Default::default() });
+        let pipelines = Arc::new(Mutex::new(vec![]));
+        let handler_tick = Arc::new(tick_tx);
+        let handler = Arc::new(Handler {
+            gather_tx,
+            state_tx,
+            received: received.clone(),
+            tick_tx: handler_tick.clone(),
+            pipelines: pipelines.clone(),
+        });
+        let pc = PeerConnectionBuilder::new()
+            .with_media_engine(me)
+            .with_interceptor_registry(registry)
+            .with_setting_engine(
+                SettingEngineBuilder::new()
+                    .with_include_loopback_candidate(true)
+                    .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+                    .build(),
+            )
+            .with_handler(handler)
+            .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
+            .build()
+            .await
+            .map_err(w)?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let seed = crate::ids::random_u32();
+        let (video_ssrc, audio_ssrc) = (seed | 1, seed.rotate_left(16) | 2);
+        let dir = |send: bool| match (send, opts.receive) {
+            (true, true) => RTCRtpTransceiverDirection::Sendrecv,
+            (true, false) => RTCRtpTransceiverDirection::Sendonly,
+            (false, _) => RTCRtpTransceiverDirection::Recvonly,
+        };
+        let init = |send: bool| Some(RTCRtpTransceiverInit { direction: dir(send), ..Default::default() });
+        let mut video_track = None;
+        let mut audio_track = None;
+        if opts.video != VideoSource::None {
+            let t = local_track(RtpCodecKind::Video, crate::codec::VP8.mime, video_ssrc);
+            pc.add_transceiver_from_track(t.clone(), init(true)).await.map_err(w)?;
+            video_track = Some(t);
+        } else if opts.receive {
+            pc.add_transceiver_from_kind(RtpCodecKind::Video, init(false)).await.map_err(w)?;
+        }
+        if opts.tone_hz.is_some() || opts.talk.is_some() {
+            let t = local_track(RtpCodecKind::Audio, crate::codec::OPUS.mime, audio_ssrc);
+            pc.add_transceiver_from_track(t.clone(), init(true)).await.map_err(w)?;
+            audio_track = Some(t);
+        } else if opts.receive {
+            pc.add_transceiver_from_kind(RtpCodecKind::Audio, init(false)).await.map_err(w)?;
+        }
+        let channel = if opts.data_channel {
+            let dc = pc.create_data_channel("tessera", None).await.map_err(w)?;
+            let (dc2, received2, tick2) = (dc.clone(), received.clone(), handler_tick.clone());
+            tokio::spawn(async move {
+                while let Some(ev) = dc2.poll().await {
+                    if let webrtc::data_channel::DataChannelEvent::OnMessage(m) = ev
+                        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.data)
+                    {
+                        received2.events.lock().unwrap().push(v);
+                        tick2.send_modify(|t| *t += 1);
+                    }
+                }
+            });
+            Some(dc)
+        } else {
+            None
+        };
+        let offer = pc.create_offer(None).await.map_err(w)?;
+        pc.set_local_description(offer).await.map_err(w)?;
+        let _ = tokio::time::timeout(Duration::from_secs(5), gather_rx.recv()).await;
+        let mut sdp = pc.local_description().await.ok_or_else(|| w("no local description"))?.sdp;
+        if opts.video_codecs.len() == 1 {
+            sdp = keep_only_video_codec(&sdp, opts.video_codecs[0]);
+        }
+        // Percent-encode the name for the query string (RFC 3986 unreserved characters stay).
+        let name: String = opts
+            .name
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let source = opts.source.map(|s| format!("&source={s}")).unwrap_or_default();
+        let path = match opts.via {
+            Via::Participant => format!("/v1/rooms/{room}/participants?name={name}{source}"),
+            Via::Whip => format!("/whip/{room}?name={name}"),
+            Via::Whep => format!("/whep/{room}?name={name}"),
+        };
+        let posted_at = Instant::now();
+        let sdp_sent = sdp.clone();
+        let resp = http_auth(
+            "POST",
+            &format!("{base}{path}"),
+            Some("application/sdp"),
+            sdp.into_bytes(),
+            opts.token.as_deref(),
+        )
+        .await?;
+        if resp.status != 201 || resp.content_type.as_deref() != Some("application/sdp") {
+            return Err(LoadgenError::Refused { status: resp.status, reason: resp.body });
+        }
+        let location = resp.location.ok_or_else(|| LoadgenError::Http("201 without Location".into()))?;
+        let id = location.rsplit('/').next().unwrap_or_default().to_string();
+        let level_ext = crate::codec::extmap_id(&resp.body, "audio", crate::codec::extmap::AUDIO_LEVEL);
+        if opts.talk.is_some()
+            && level_ext != crate::codec::extmap_id(&sdp_sent, "audio", crate::codec::extmap::AUDIO_LEVEL)
+        {
+            tracing::warn!(offer = ?crate::codec::extmap_id(&sdp_sent, "audio", crate::codec::extmap::AUDIO_LEVEL), answer = ?level_ext, "audio-level extension ids differ");
+        }
+        pc.set_remote_description(RTCSessionDescription::answer(resp.body).map_err(w)?).await.map_err(w)?;
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if *state_rx.borrow_and_update() == RTCPeerConnectionState::Connected {
+                    return Ok(());
+                }
+                if state_rx.changed().await.is_err() {
+                    return Err(LoadgenError::ConnectTimeout);
+                }
+            }
+        })
+        .await
+        .map_err(|_| LoadgenError::ConnectTimeout)??;
+        if let Some(t) = video_track {
+            let src = match &opts.video {
+                VideoSource::Colour((r, g, b)) => format!(
+                    "videotestsrc is-live=true pattern=solid-color foreground-color=0xff{r:02x}{g:02x}{b:02x} \
+                     ! video/x-raw,format=I420,width=640,height=360,framerate=30/1 \
+                     ! vp8enc name=enc deadline=1 cpu-used=8 end-usage=cbr target-bitrate=200000 threads=1 {}",
+                    if opts.keyframe_interval == 0 {
+                        "keyframe-mode=disabled".to_string()
+                    } else {
+                        format!("keyframe-max-dist={}", opts.keyframe_interval)
+                    }
+                ),
+                VideoSource::File(path) => format!("filesrc location=\"{}\" ! matroskademux", path.display()),
+                VideoSource::Flash => "appsrc name=gen is-live=true do-timestamp=true format=time \
+                     caps=video/x-raw,format=I420,width=640,height=360,framerate=30/1 \
+                     ! vp8enc name=enc deadline=1 cpu-used=8 end-usage=cbr target-bitrate=300000 threads=1 keyframe-max-dist=30"
+                    .to_string(),
+                VideoSource::Marker => format!(
+                    "appsrc name=gen is-live=true do-timestamp=true format=time max-buffers=2 leaky-type=downstream \
+                     caps=video/x-raw,format=I420,width={},height={},framerate={}/1 \
+                     ! vp8enc name=enc deadline=1 cpu-used=-6 end-usage=cbr target-bitrate=300000 threads=1 \
+                     error-resilient=1 lag-in-frames=0 keyframe-max-dist=300",
+                    marker::WIDTH,
+                    marker::HEIGHT,
+                    marker::FPS
+                ),
+                VideoSource::Noise => "videotestsrc is-live=true pattern=snow \
+                     ! video/x-raw,format=I420,width=640,height=360,framerate=30/1 \
+                     ! vp8enc name=enc deadline=1 cpu-used=8 end-usage=cbr target-bitrate=800000 threads=1 keyframe-mode=disabled"
+                    .to_string(),
+                VideoSource::None => unreachable!(),
+            };
+            let sync = !matches!(opts.video, VideoSource::Flash | VideoSource::Marker);
+            let desc = format!(
+                "{src} ! rtpvp8pay pt=96 ssrc={video_ssrc} mtu=1200 picture-id-mode=15-bit ! appsink name=sink sync={sync}"
+            );
+            publish(&desc, t, &pipelines)?;
+        }
+        let flash_start = Instant::now() + Duration::from_millis(50);
+        if opts.video == VideoSource::Flash {
+            start_generator(&pipelines, true, flash_start);
+        }
+        if opts.video == VideoSource::Marker
+            && let Some(src) = pipelines
+                .lock()
+                .unwrap()
+                .last()
+                .and_then(|p| p.by_name("gen"))
+                .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
+        {
+            marker::spawn_source(src);
+        }
+        let mut talk = None;
+        if let (Some(t), Some(turn)) = (&audio_track, opts.talk) {
+            talk = Some(talk::TalkStream::start(t.clone(), audio_ssrc, level_ext, turn, seed));
+        } else if let (Some(t), true) = (&audio_track, opts.video == VideoSource::Flash) {
+            let desc = format!(
+                "appsrc name=gen is-live=true do-timestamp=true format=time caps=audio/x-raw,format=S16LE,rate=48000,channels=1,layout=interleaved \
+                 ! opusenc bitrate=48000 frame-size=20 ! rtpopuspay pt=111 ssrc={audio_ssrc} ! appsink name=sink sync=false"
+            );
+            publish(&desc, t.clone(), &pipelines)?;
+            start_generator(&pipelines, false, flash_start);
+        } else if let (Some(t), Some(f)) = (audio_track, opts.tone_hz) {
+            let desc = format!(
+                "audiotestsrc is-live=true wave=sine freq={f} volume={} ! audio/x-raw,rate=48000,channels=1 \
+                 ! opusenc bitrate=48000 frame-size=20 ! rtpopuspay pt=111 ssrc={audio_ssrc} ! appsink name=sink sync=false",
+                opts.tone_volume
+            );
+            publish(&desc, t, &pipelines)?;
+        }
+        Ok(Peer { opts, location, id, posted_at, base: base.to_string(), pc, received, tick, pipelines, channel, talk })
+    }
+
+    /// Waits (up to `timeout`) for a decoded frame that satisfies `pred` and returns it; on timeout
+    /// returns the last frame seen (which does not satisfy it), so a caller can describe it.
+    /// Needs `keep_pixels`.
+    pub async fn wait_frame(&self, timeout: Duration, pred: impl Fn(&Frame) -> bool) -> Option<Frame> {
+        let mut tick = self.tick.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let f = self.received.frame.lock().unwrap().clone();
+            if let Some(f) = &f
+                && pred(f)
+            {
+                return Some(f.clone());
+            }
+            if tokio::time::timeout_at(deadline, tick.changed()).await.is_err() {
+                return f;
+            }
+        }
+    }
+
+    /// Waits until `frames()` reaches `n` or `timeout` passes; returns whether it did.
+    pub async fn wait_frames(&self, n: u64, timeout: Duration) -> bool {
+        let mut tick = self.tick.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.frames() < n {
+            if tokio::time::timeout_at(deadline, tick.changed()).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Waits until `n` more audio samples arrived (or `timeout`), then returns the last `n`
+    /// (48 kHz mono).
+    pub async fn audio_window(&self, n: usize, timeout: Duration) -> Vec<i16> {
+        let target = self.received.audio_samples.load(Ordering::Relaxed) + n as u64;
+        let mut tick = self.tick.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.received.audio_samples.load(Ordering::Relaxed) < target {
+            if tokio::time::timeout_at(deadline, tick.changed()).await.is_err() {
+                break;
+            }
+        }
+        let a = self.received.audio.lock().unwrap();
+        a.iter().skip(a.len().saturating_sub(n)).copied().collect()
+    }
+
+    /// Waits (up to `timeout`) for a data-channel message satisfying `pred`; returns it.
+    pub async fn wait_event(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        let mut tick = self.tick.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.received.events.lock().unwrap().iter().find(|v| pred(v)).cloned() {
+                return Some(v);
+            }
+            if tokio::time::timeout_at(deadline, tick.changed()).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Every data-channel message received so far.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.received.events.lock().unwrap().clone()
+    }
+
+    /// Sends a JSON message on the data channel.
+    ///
+    /// # Errors
+    /// No data channel, or it is not open.
+    pub async fn send(&self, msg: &serde_json::Value) -> Result<(), LoadgenError> {
+        let dc = self.channel.as_ref().ok_or_else(|| w("no data channel (PeerOpts::data_channel)"))?;
+        dc.send_text(&msg.to_string()).await.map_err(w)
+    }
+
+    /// Frames decoded so far.
+    pub fn frames(&self) -> u64 {
+        self.received.frames.load(Ordering::Relaxed)
+    }
+
+    /// Receive statistics so far.
+    pub fn stats(&self) -> ReceiveStats {
+        let r = &self.received;
+        let mut latency = self.latency_ms();
+        ReceiveStats {
+            frames: r.frames.load(Ordering::Relaxed),
+            freezes: r.freezes.load(Ordering::Relaxed),
+            max_gap_ms: r.max_gap_ms.load(Ordering::Relaxed),
+            audio_samples: r.audio_samples.load(Ordering::Relaxed),
+            join_ms: r.first_frame_at.lock().unwrap().map(|t| t.duration_since(self.posted_at).as_millis() as u64),
+            audio_packets: r.audio_packets.load(Ordering::Relaxed),
+            audio_gaps: r.audio_gaps.load(Ordering::Relaxed),
+            latency_samples: latency.len() as u64,
+            latency_ms_median: analysis::percentile(&mut latency.clone(), 50.0),
+            latency_ms_p95: analysis::percentile(&mut latency, 95.0),
+        }
+    }
+
+    /// Latency samples so far (ms, in arrival order), with [`PeerOpts::latency_probe`]; see
+    /// [`ReceiveStats::latency_ms_median`] for what one includes.
+    pub fn latency_ms(&self) -> Vec<f64> {
+        self.received.probe.as_ref().map(marker::Probe::samples).unwrap_or_default()
+    }
+
+    /// Codec of the received composite (`VP8` or `H264`).
+    pub fn video_codec(&self) -> Option<String> {
+        self.received.video_codec.lock().unwrap().clone()
+    }
+
+    /// DELETEs the participant resource and closes the connection; returns the HTTP status.
+    ///
+    /// # Errors
+    /// [`LoadgenError::Http`] when the request fails.
+    pub async fn leave(&self) -> Result<u16, LoadgenError> {
+        if let Some(t) = &self.talk {
+            t.stop();
+        }
+        let r =
+            http_auth("DELETE", &format!("{}{}", self.base, self.location), None, vec![], self.opts.token.as_deref())
+                .await?;
+        let _ = self.pc.close().await;
+        Ok(r.status)
+    }
+}

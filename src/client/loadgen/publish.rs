@@ -1,0 +1,193 @@
+//! What a peer publishes: GStreamer sources (a solid colour, a replayed file, the sync flash,
+//! noise, the latency marker; a sine tone or the flash beep) whose RTP goes out on the peer's
+//! local tracks, and the offer edits a peer makes.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gst::prelude::*;
+use gstreamer as gst;
+use gstreamer_app as gst_app;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
+use rtc::shared::marshal::Unmarshal;
+use tokio::sync::mpsc;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+
+use super::{FLASH_HZ, FLASH_MS, LoadgenError};
+
+/// Starts the flash generator of the pipeline published last (its `appsrc name=gen`).
+pub(super) fn start_generator(pipelines: &Arc<Mutex<Vec<gst::Pipeline>>>, video: bool, start: Instant) {
+    let src = pipelines
+        .lock()
+        .unwrap()
+        .last()
+        .and_then(|p| p.by_name("gen"))
+        .and_then(|e| e.downcast::<gst_app::AppSrc>().ok());
+    if let Some(src) = src {
+        spawn_flash(src, video, start);
+    }
+}
+
+/// Pushes flash frames (`video`) or beeps into `src` in real time from `start` until the
+/// pipeline stops.
+fn spawn_flash(src: gst_app::AppSrc, video: bool, start: Instant) {
+    let _ = std::thread::Builder::new().name("flash".into()).spawn(move || {
+        let period = if video { Duration::from_nanos(1_000_000_000 / 30) } else { Duration::from_millis(20) };
+        let on = |t: Duration| (t.as_millis() as u64 % 1000) < FLASH_MS;
+        for n in 0u64.. {
+            let t = period * n as u32;
+            if let Some(wait) = (start + t).checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let data = if video {
+                let (w, h) = (640usize, 360usize);
+                let mut f = vec![128u8; w * h * 3 / 2];
+                f[..w * h].fill(if on(t) { 235 } else { 16 });
+                f
+            } else {
+                (0..960u64)
+                    .flat_map(|i| {
+                        let ts = t + Duration::from_nanos(i * 1_000_000_000 / 48000);
+                        let v = if on(ts) {
+                            (0.5 * 32767.0 * (2.0 * std::f64::consts::PI * FLASH_HZ * ts.as_secs_f64()).sin()) as i16
+                        } else {
+                            0
+                        };
+                        v.to_le_bytes()
+                    })
+                    .collect()
+            };
+            if src.push_buffer(gst::Buffer::from_slice(data)).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+pub(super) fn local_track(kind: RtpCodecKind, mime: &str, ssrc: u32) -> Arc<TrackLocalStaticRTP> {
+    let (rate, ch) = if kind == RtpCodecKind::Audio { (48000, 2) } else { (90000, 0) };
+    Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        "loadgen".into(),
+        format!("{kind}-{ssrc}"),
+        "loadgen".into(),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+            active: true,
+            codec: RTCRtpCodec {
+                mime_type: mime.into(),
+                clock_rate: rate,
+                channels: ch,
+                sdp_fmtp_line: String::new(),
+                rtcp_feedback: vec![],
+            },
+            ..Default::default()
+        }],
+    )))
+}
+
+/// Starts a GStreamer source whose `appsink name=sink` yields RTP, and forwards it to `track`.
+/// A file source is looped: on end-of-stream it seeks back to the start. Keyframe requests from the
+/// server (PLI/FIR) force a keyframe on the element named `enc`, when there is one.
+pub(super) fn publish(
+    desc: &str,
+    track: Arc<TrackLocalStaticRTP>,
+    pipelines: &Arc<Mutex<Vec<gst::Pipeline>>>,
+) -> Result<(), LoadgenError> {
+    let g = |e: &dyn std::fmt::Display| LoadgenError::Gst(e.to_string());
+    let pipeline =
+        gst::parse::launch(desc).map_err(|e| g(&e))?.downcast::<gst::Pipeline>().map_err(|_| g(&"not a pipeline"))?;
+    let sink =
+        pipeline.by_name("sink").and_then(|e| e.downcast::<gst_app::AppSink>().ok()).ok_or_else(|| g(&"no appsink"))?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |s| {
+                let sample = s.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let buf = sample.buffer().ok_or(gst::FlowError::Error)?;
+                let map = buf.map_readable().map_err(|_| gst::FlowError::Error)?;
+                let _ = tx.send(Bytes::copy_from_slice(map.as_slice()));
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    if let Some(enc_src) = pipeline.by_name("enc").and_then(|e| e.static_pad("src")) {
+        let t = track.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = t.poll().await {
+                if let TrackLocalEvent::OnRtcpPacket(pkts) = ev
+                    && pkts.iter().any(|p| crate::transport::rtcp::is_keyframe_request(p.as_ref()))
+                {
+                    enc_src.send_event(gstreamer_video::UpstreamForceKeyUnitEvent::builder().all_headers(true).build());
+                }
+            }
+        });
+    }
+    tokio::spawn(async move {
+        while let Some(mut b) = rx.recv().await {
+            if let Ok(p) = rtc::rtp::Packet::unmarshal(&mut b) {
+                let _ = track.write_rtp(p).await;
+            }
+        }
+    });
+    if let Some(bus) = pipeline.bus() {
+        let weak = pipeline.downgrade();
+        bus.set_sync_handler(move |_, msg| {
+            if let gst::MessageView::Eos(_) = msg.view()
+                && let Some(p) = weak.upgrade()
+            {
+                // Loop a replayed file; runs on a streaming thread, so hand the seek to another.
+                std::thread::spawn(move || {
+                    let _ = p.seek_simple(gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT, gst::ClockTime::ZERO);
+                });
+            }
+            gst::BusSyncReply::Drop
+        });
+    }
+    pipeline.set_state(gst::State::Playing).map_err(|e| g(&e))?;
+    pipelines.lock().unwrap().push(pipeline);
+    Ok(())
+}
+
+/// Removes every video codec but `mime` (`video/VP8` or `video/H264`) from an offer.
+pub(super) fn keep_only_video_codec(sdp: &str, mime: &str) -> String {
+    let want = mime.rsplit('/').next().unwrap_or(mime).to_ascii_lowercase();
+    let mut keep = vec![];
+    let mut in_video = false;
+    for l in sdp.lines() {
+        if l.starts_with("m=") {
+            in_video = l.starts_with("m=video");
+        }
+        if in_video
+            && let Some((pt, codec)) = l.strip_prefix("a=rtpmap:").and_then(|r| r.split_once(' '))
+            && codec.to_ascii_lowercase().starts_with(&want)
+        {
+            keep.push(pt.to_string());
+        }
+    }
+    let mut out = vec![];
+    in_video = false;
+    for l in sdp.lines() {
+        if l.starts_with("m=") {
+            in_video = l.starts_with("m=video");
+            if in_video {
+                let mut parts: Vec<&str> = l.split(' ').take(3).collect();
+                parts.extend(keep.iter().map(String::as_str));
+                out.push(parts.join(" "));
+                continue;
+            }
+        }
+        if in_video
+            && let Some(rest) =
+                l.strip_prefix("a=rtpmap:").or(l.strip_prefix("a=fmtp:")).or(l.strip_prefix("a=rtcp-fb:"))
+            && !keep.iter().any(|k| rest.split(' ').next() == Some(k.as_str()))
+        {
+            continue;
+        }
+        out.push(l.to_string());
+    }
+    out.join("\r\n") + "\r\n"
+}

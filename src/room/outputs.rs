@@ -1,0 +1,127 @@
+//! A room's outputs beyond its participants: its recordings and live egresses, started and
+//! stopped through the API, finalized when the room ends.
+
+use std::sync::{Arc, Mutex};
+
+use super::events::RoomEvent;
+use super::{Room, RoomError};
+use crate::outputs::egress::{Egress, EgressInfo};
+use crate::outputs::recording::{Format, Recording, RecordingError, RecordingInfo};
+
+/// The recordings (finished ones too) and running egresses of one room.
+#[derive(Default)]
+pub(super) struct RoomOutputs {
+    recordings: Mutex<Vec<Arc<Recording>>>,
+    egresses: Mutex<Vec<Arc<Egress>>>,
+}
+
+impl RoomOutputs {
+    /// Whether a recording is running.
+    pub(super) fn recording_any(&self) -> bool {
+        self.recordings.lock().unwrap().iter().any(|r| r.is_recording())
+    }
+}
+
+impl Room {
+    /// Starts recording the composite and the full mix as `format` into `file` (a plain name under
+    /// `--recordings-dir`, default `{room}-{id}.{ext}`).
+    ///
+    /// # Errors
+    /// [`RoomError::Recording`] for a bad name or when the file or the branch cannot be made.
+    pub fn start_recording(&self, format: Format, file: Option<&str>) -> Result<RecordingInfo, RoomError> {
+        let id = self.new_id("rec");
+        let path = crate::outputs::recording::file_path(&self.deps.recordings_dir, &self.name, &id, format, file)?;
+        if self.outputs.recordings.lock().unwrap().iter().any(|r| r.is_recording() && r.path() == path) {
+            return Err(RecordingError::BadName(format!("{} is being recorded already", path.display())).into());
+        }
+        let rec = Recording::start(&id, format, path, &self.video, &self.audio)?;
+        let info = rec.info();
+        self.outputs.recordings.lock().unwrap().push(rec);
+        self.emit(RoomEvent::RecordingState { ts: crate::ids::now_ms(), id: id.clone(), state: "recording".into() });
+        Ok(info)
+    }
+
+    /// Stops and finalizes recording `id`.
+    ///
+    /// # Errors
+    /// [`RoomError::NoRecording`] for an unknown id.
+    pub async fn stop_recording(&self, id: &str) -> Result<RecordingInfo, RoomError> {
+        let rec = self.recording(id).ok_or_else(|| RoomError::NoRecording(id.into()))?;
+        let was = rec.is_recording();
+        let info = rec.stop().await;
+        if was {
+            let state =
+                serde_json::to_value(info.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            self.emit(RoomEvent::RecordingState { ts: crate::ids::now_ms(), id: id.into(), state });
+        }
+        Ok(info)
+    }
+
+    /// Starts streaming the composite and the full mix to `url` (`rtmp://`, `rtmps://`,
+    /// `srt://`) or into the HLS folder `hls` under `--recordings-dir`.
+    ///
+    /// # Errors
+    /// [`RoomError::Egress`] for a bad target or when the room's H.264 encode cannot be tapped.
+    pub fn start_egress(self: &Arc<Self>, url: Option<&str>, hls: Option<&str>) -> Result<EgressInfo, RoomError> {
+        let target = crate::outputs::egress::target(url, hls, &self.deps.recordings_dir)?;
+        let id = self.new_id("eg");
+        let (w, i) = (Arc::downgrade(self), id.clone());
+        let on_state: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |state: &str| {
+            if let Some(room) = w.upgrade() {
+                room.emit(RoomEvent::RecordingState { ts: crate::ids::now_ms(), id: i.clone(), state: state.into() });
+            }
+        });
+        let e = Egress::start(&id, target, &self.video, &self.audio, on_state)?;
+        let info = e.info();
+        self.outputs.egresses.lock().unwrap().push(e);
+        Ok(info)
+    }
+
+    /// Stops egress `id`.
+    ///
+    /// # Errors
+    /// [`RoomError::NoRecording`] for an unknown id.
+    pub async fn stop_egress(&self, id: &str) -> Result<EgressInfo, RoomError> {
+        let e = {
+            let mut v = self.outputs.egresses.lock().unwrap();
+            let i = v.iter().position(|e| e.id() == id).ok_or_else(|| RoomError::NoRecording(id.into()))?;
+            v.remove(i)
+        };
+        Ok(e.stop().await)
+    }
+
+    /// Every running egress.
+    pub fn egresses(&self) -> Vec<EgressInfo> {
+        self.outputs.egresses.lock().unwrap().iter().map(|e| e.info()).collect()
+    }
+
+    /// Finalizes every running recording and stops every egress (room end, server shutdown).
+    pub async fn stop_recordings(&self) {
+        let egress: Vec<Arc<Egress>> = self.outputs.egresses.lock().unwrap().drain(..).collect();
+        for e in egress {
+            e.stop().await;
+        }
+        let running: Vec<String> = self
+            .outputs
+            .recordings
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.is_recording())
+            .map(|r| r.id().to_string())
+            .collect();
+        for id in running {
+            let _ = self.stop_recording(&id).await;
+        }
+    }
+
+    /// A recording by id.
+    pub fn recording(&self, id: &str) -> Option<Arc<Recording>> {
+        self.outputs.recordings.lock().unwrap().iter().find(|r| r.id() == id).cloned()
+    }
+
+    /// Every recording of this room, oldest first.
+    pub fn recordings(&self) -> Vec<RecordingInfo> {
+        self.outputs.recordings.lock().unwrap().iter().map(|r| r.info()).collect()
+    }
+}
