@@ -28,6 +28,17 @@ impl VideoCodec {
     }
 }
 
+/// Why a receiver gets the composite in the codec it does (shown in the room JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodecChoice {
+    /// The first of the offer's video codecs that Tessera encodes (RFC 3264 §6.1: the offerer's
+    /// preference order), among several it encodes.
+    OfferOrder,
+    /// The only codec of the offer Tessera encodes.
+    OnlyCommon,
+}
+
 /// Audio or video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MediaKind {

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 
 use super::{DEFAULT_MAX_VISIBLE, JoinKind, Room, Source};
-use crate::codec::VideoCodec;
+use crate::codec::{CodecChoice, VideoCodec};
 use crate::media::layout::{LayoutSpec, Placement, Rect};
 use crate::media::tiers::{OutputFormat, Tier};
 
@@ -28,6 +28,9 @@ pub struct ParticipantInfo {
     pub muted: Media,
     /// The codec it receives the composite in.
     pub video_codec: Option<VideoCodec>,
+    /// Why that codec: `offer_order` (the first of the offer's codecs Tessera encodes, RFC 3264
+    /// §6.1) or `only_common` (the only one it encodes).
+    pub video_codec_choice: Option<CodecChoice>,
     /// The output tier it receives (`full`, `half`, `quarter`), chosen from its bandwidth estimate.
     pub video_tier: Option<Tier>,
     /// The picture size of that tier, e.g. `[640, 360]`.
@@ -144,6 +147,7 @@ impl Room {
                     video: p.muted_video.load(Ordering::Relaxed),
                 },
                 video_codec: p.plan.receive_video,
+                video_codec_choice: p.plan.codec_choice,
                 video_tier: p.tier(),
                 video_size: p.tier().map(|t| t.size(format)),
                 bandwidth_kbps: p.session.bandwidth.as_ref().and_then(|b| b.bps()).map(|b| (b / 1000.0) as u64),

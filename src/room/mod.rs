@@ -33,7 +33,7 @@ use crate::media::video::{RoomVideo, VideoError};
 use crate::outputs::egress::EgressError;
 use crate::outputs::recording::RecordingError;
 use crate::pipelines::Backends;
-use crate::transport::{SessionPlan, Transport, TransportError};
+use crate::transport::{Rejected, SessionPlan, Transport, TransportError};
 use events::{RoomEvent, Who};
 pub use info::{EncoderInfo, Media, ParticipantInfo, RoomInfo, TileInfo};
 pub use options::RoomOptions;
@@ -133,6 +133,8 @@ pub struct JoinRequest {
     pub offer: String,
     /// What the session sends and receives.
     pub plan: SessionPlan,
+    /// Sections of the offer the answer rejects.
+    pub rejected: Vec<Rejected>,
     /// The token's identity, when tokens are in use.
     pub identity: Option<String>,
 }
@@ -464,7 +466,7 @@ impl Room {
         {
             return Err(RoomError::Full(max));
         }
-        let JoinRequest { name, kind, source, offer, plan, identity } = req;
+        let JoinRequest { name, kind, source, offer, plan, rejected, identity } = req;
         let id = self.new_id("p");
         let span = tracing::info_span!("participant", room = %self.name, participant = %id);
         let handler = SessionHandler::new(self, &id, plan.receive_audio);
@@ -474,7 +476,7 @@ impl Room {
             None => None,
         };
         let (session, answer) =
-            self.deps.transport.answer(&id, &offer, plan, handler.clone()).instrument(span.clone()).await?;
+            self.deps.transport.answer(&id, &offer, plan, &rejected, handler.clone()).instrument(span.clone()).await?;
         // Publishers get a tile now: a placeholder until (unless) video arrives.
         let tile = if plan.publish_video || plan.publish_audio {
             // Rendering the tile's label and placeholder blocks for 5-35 ms: not on a worker

@@ -488,7 +488,7 @@ async fn join(
         return Err(ApiError::BadRequest("name: at most 64 printable characters".into()));
     }
     let offer = std::str::from_utf8(&body).map_err(|_| OfferError::Malformed("body is not UTF-8".into()))?;
-    let mut plan = sdp::plan(offer, endpoint)?;
+    let sdp::OfferPlan { session: mut plan, rejected } = sdp::plan(offer, endpoint)?;
     if source == Source::Screen {
         if !(plan.publish_video) {
             return Err(ApiError::BadRequest("a screen share must send video".into()));
@@ -496,6 +496,7 @@ async fn join(
         // A screen share is a second, send-only session: it neither hears nor sees the room.
         plan.receive_audio = false;
         plan.receive_video = None;
+        plan.codec_choice = None;
     }
     if let Some(c) = &claims {
         if (plan.publish_audio || plan.publish_video) && !(c.grants.publish || c.grants.admin) {
@@ -506,7 +507,7 @@ async fn join(
         }
     }
     let identity = claims.map(|c| c.sub);
-    let req = JoinRequest { name, kind, source, offer: offer.to_string(), plan, identity };
+    let req = JoinRequest { name, kind, source, offer: offer.to_string(), plan, rejected, identity };
     // A join runs to the end even if the client hangs up meanwhile (hyper then drops this
     // handler): a half-made participant (a tile without a session) would stay in the room. One
     // that joined for nobody goes when its connection fails.

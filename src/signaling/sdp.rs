@@ -1,11 +1,18 @@
 //! Offer checks: what an SDP offer publishes and wants to receive, and whether Tessera can serve it.
+//!
+//! Every m-section of the offer is read in order. One that the offerer rejected (port 0 without
+//! `a=bundle-only`, RFC 8843 §6) is skipped; a `bundle-only` one (port 0 + `a=bundle-only`, as
+//! `webrtcbin` and Firefox offer with `max-bundle`) is a real media section of the BUNDLE group.
+//! Tessera serves the first audio, the first video and the first data-channel section; any other
+//! section is rejected in the answer (port 0, out of the BUNDLE group) with a logged reason.
 
 use std::io::Cursor;
 
+use rtc::sdp::description::media::MediaDescription;
 use rtc::sdp::description::session::SessionDescription;
 
-use crate::codec::{self, VideoCodec};
-use crate::transport::SessionPlan;
+use crate::codec::{self, CodecChoice, VideoCodec};
+use crate::transport::{Rejected, SessionPlan};
 
 /// Why an offer is refused; the text goes back to the client.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -26,6 +33,9 @@ pub enum OfferError {
     /// The offer's directions do not fit the endpoint (e.g. a WHEP offer that only sends).
     #[error("{0}")]
     WrongDirection(&'static str),
+    /// Two m-sections with the same `a=mid` (RFC 8843 §7.2.1: a MID identifies one section).
+    #[error("duplicate a=mid:{0}")]
+    DuplicateMid(String),
 }
 
 /// Direction of an m-section from the offerer's side (RFC 8866 §6.7).
@@ -42,6 +52,17 @@ pub enum Direction {
 }
 
 impl Direction {
+    fn of(m: &MediaDescription) -> Self {
+        if m.has_attribute("sendonly") {
+            Direction::SendOnly
+        } else if m.has_attribute("recvonly") {
+            Direction::RecvOnly
+        } else if m.has_attribute("inactive") {
+            Direction::Inactive
+        } else {
+            Direction::SendRecv
+        }
+    }
     fn sends(self) -> bool {
         matches!(self, Direction::SendRecv | Direction::SendOnly)
     }
@@ -53,78 +74,100 @@ impl Direction {
 /// What the offer's first audio and first video sections ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OfferSummary {
-    /// Direction and whether Opus is offered, for the first `m=audio` (port ≠ 0).
+    /// Direction and whether Opus is offered, for the first live `m=audio`.
     pub audio: Option<(Direction, bool)>,
-    /// Direction, VP8 offered, H264 (packetization-mode=1, baseline family) offered, for the first `m=video`.
-    pub video: Option<(Direction, bool, bool)>,
+    /// Direction and the video codecs Tessera encodes, in the offer's order (VP8, H264 with
+    /// packetization-mode=1 in the baseline family), for the first live `m=video`.
+    pub video: Option<(Direction, Vec<VideoCodec>)>,
     /// The RFC 6464 audio-level extension id of the first `m=audio`.
     pub audio_level_ext: Option<u8>,
     /// The offer has an `m=application` (SCTP data channel) section.
     pub data_channel: bool,
+    /// Live sections Tessera does not serve.
+    pub rejected: Vec<Rejected>,
+}
+
+/// Whether an offerer's m-section is live: a non-zero port, or port 0 with `a=bundle-only`
+/// (RFC 8843 §6: bundled, its transport that of the BUNDLE group).
+fn live(m: &MediaDescription) -> bool {
+    m.media_name.port.value != 0 || m.has_attribute("bundle-only")
+}
+
+/// The video codecs of `m` Tessera encodes, in the order of its `m=` line's payload types (the
+/// offerer's preference, RFC 3264 §5.1).
+fn video_codecs(m: &MediaDescription) -> Vec<VideoCodec> {
+    let codecs = m.codecs();
+    let mut out = vec![];
+    for pt in m.media_name.formats.iter().filter_map(|f| f.parse::<u8>().ok()) {
+        let Some(c) = codecs.get(&pt) else { continue };
+        let found = if c.name.eq_ignore_ascii_case("vp8") {
+            Some(VideoCodec::Vp8)
+        } else if c.name.eq_ignore_ascii_case("h264")
+            && c.fmtp.contains("packetization-mode=1")
+            && fmtp_value(&c.fmtp, "profile-level-id")
+                .is_some_and(|p| p.len() == 6 && p[..2].eq_ignore_ascii_case("42"))
+        {
+            Some(VideoCodec::H264)
+        } else {
+            None
+        };
+        if let Some(f) = found
+            && !out.contains(&f)
+        {
+            out.push(f);
+        }
+    }
+    out
 }
 
 /// Parses an offer and summarizes its audio and video sections.
 ///
 /// # Errors
 /// [`OfferError::Malformed`] when the text is not SDP; [`OfferError::NoMedia`] when it has no
-/// audio or video section.
+/// live audio or video section; [`OfferError::DuplicateMid`] when two sections share a MID.
 pub fn summarize(sdp: &str) -> Result<OfferSummary, OfferError> {
     if !sdp.trim_start().starts_with("v=0") {
         return Err(OfferError::Malformed("an SDP offer starts with \"v=0\"".into()));
     }
     let desc = SessionDescription::unmarshal(&mut Cursor::new(sdp.as_bytes()))
         .map_err(|e| OfferError::Malformed(e.to_string()))?;
-    let mut audio = None;
-    let mut video = None;
-    let mut audio_level_ext = None;
-    let mut data_channel = false;
+    let mut s = OfferSummary { audio: None, video: None, audio_level_ext: None, data_channel: false, rejected: vec![] };
+    let mut mids: Vec<&str> = vec![];
     for m in &desc.media_descriptions {
-        if m.media_name.port.value == 0 {
+        let mid = m.attribute("mid").flatten();
+        if let Some(mid) = mid {
+            if mids.contains(&mid) {
+                return Err(OfferError::DuplicateMid(mid.to_string()));
+            }
+            mids.push(mid);
+        }
+        if !live(m) {
             continue;
         }
-        if m.media_name.media == "application" {
-            data_channel = true;
-            continue;
-        }
-        let dir = if m.has_attribute("sendonly") {
-            Direction::SendOnly
-        } else if m.has_attribute("recvonly") {
-            Direction::RecvOnly
-        } else if m.has_attribute("inactive") {
-            Direction::Inactive
-        } else {
-            Direction::SendRecv
-        };
-        let codecs = m.codecs();
+        let reject = |reason| Rejected { mid: mid.map(str::to_string), media: m.media_name.media.clone(), reason };
         match m.media_name.media.as_str() {
-            "audio" if audio.is_none() => {
-                audio_level_ext = m
+            "application" if !s.data_channel => s.data_channel = true,
+            "application" => s.rejected.push(reject("one data channel section per connection")),
+            "audio" if s.audio.is_none() => {
+                s.audio_level_ext = m
                     .attributes
                     .iter()
                     .filter(|a| a.key == "extmap")
                     .filter_map(|a| codec::parse_extmap(a.value.as_deref()?))
                     .find(|(_, uri)| *uri == codec::extmap::AUDIO_LEVEL)
                     .map(|(id, _)| id);
-                let opus = codecs.values().any(|c| c.name.eq_ignore_ascii_case("opus") && c.clock_rate == 48000);
-                audio = Some((dir, opus));
+                let opus = m.codecs().values().any(|c| c.name.eq_ignore_ascii_case("opus") && c.clock_rate == 48000);
+                s.audio = Some((Direction::of(m), opus));
             }
-            "video" if video.is_none() => {
-                let vp8 = codecs.values().any(|c| c.name.eq_ignore_ascii_case("vp8"));
-                let h264 = codecs.values().any(|c| {
-                    c.name.eq_ignore_ascii_case("h264")
-                        && c.fmtp.contains("packetization-mode=1")
-                        && fmtp_value(&c.fmtp, "profile-level-id")
-                            .is_some_and(|p| p.len() == 6 && p[..2].eq_ignore_ascii_case("42"))
-                });
-                video = Some((dir, vp8, h264));
-            }
-            _ => {}
+            "video" if s.video.is_none() => s.video = Some((Direction::of(m), video_codecs(m))),
+            "audio" | "video" => s.rejected.push(reject("one audio and one video section per connection")),
+            _ => s.rejected.push(reject("not audio, video or a data channel")),
         }
     }
-    if audio.is_none() && video.is_none() {
+    if s.audio.is_none() && s.video.is_none() {
         return Err(OfferError::NoMedia);
     }
-    Ok(OfferSummary { audio, video, audio_level_ext, data_channel })
+    Ok(s)
 }
 
 fn fmtp_value<'a>(fmtp: &'a str, key: &str) -> Option<&'a str> {
@@ -142,28 +185,40 @@ pub enum Endpoint {
     Whep,
 }
 
+/// What an offer gets: the session plan, and the sections the answer rejects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferPlan {
+    /// What the session sends and receives.
+    pub session: SessionPlan,
+    /// Live sections the answer rejects (port 0), with the reasons to log.
+    pub rejected: Vec<Rejected>,
+}
+
 /// Decides the session plan for an offer: sendrecv = publish and receive the room mix;
-/// sendonly = publish only; recvonly = receive only. The composite is sent in VP8 when offered,
-/// else H264 constrained baseline.
+/// sendonly = publish only; recvonly = receive only. The composite goes out in the first codec
+/// of the offer's video section that Tessera encodes (the offerer's preference, RFC 3264 §6.1):
+/// an H.264-first offer from a set-top box with an H.264 decoder gets H.264.
 ///
 /// # Errors
 /// [`OfferError`] with the reason the offer cannot be served.
-pub fn plan(sdp: &str, endpoint: Endpoint) -> Result<SessionPlan, OfferError> {
+pub fn plan(sdp: &str, endpoint: Endpoint) -> Result<OfferPlan, OfferError> {
     let s = summarize(sdp)?;
     let mut plan = SessionPlan {
         publish_video: false,
         publish_audio: false,
         receive_video: None,
+        codec_choice: None,
         receive_audio: false,
         audio_level_ext: s.audio_level_ext,
     };
-    if let Some((dir, vp8, h264)) = s.video {
-        if (dir.sends() || dir.receives()) && !vp8 && !h264 {
+    if let Some((dir, codecs)) = &s.video {
+        if (dir.sends() || dir.receives()) && codecs.is_empty() {
             return Err(OfferError::NoCommonCodec("video"));
         }
         plan.publish_video = dir.sends();
         if dir.receives() {
-            plan.receive_video = Some(if vp8 { VideoCodec::Vp8 } else { VideoCodec::H264 });
+            plan.receive_video = codecs.first().copied();
+            plan.codec_choice = Some(if codecs.len() > 1 { CodecChoice::OfferOrder } else { CodecChoice::OnlyCommon });
         }
     }
     if let Some((dir, opus)) = s.audio {
@@ -186,13 +241,14 @@ pub fn plan(sdp: &str, endpoint: Endpoint) -> Result<SessionPlan, OfferError> {
             // WHIP is ingest only (RFC 9725 §4.2): nothing is sent back.
             plan.receive_audio = false;
             plan.receive_video = None;
+            plan.codec_choice = None;
         }
         Endpoint::Participant => {}
     }
     if !(plan.publish_audio || plan.publish_video || plan.receive_audio || plan.receive_video.is_some()) {
         return Err(OfferError::NothingToDo);
     }
-    Ok(plan)
+    Ok(OfferPlan { session: plan, rejected: s.rejected })
 }
 
 #[cfg(test)]
@@ -209,16 +265,64 @@ mod tests {
     const VP8: &str = "a=rtpmap:96 VP8/90000\r\n";
     const H264: &str = "a=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n";
 
+    fn session(sdp: &str, e: Endpoint) -> SessionPlan {
+        plan(sdp, e).unwrap().session
+    }
+
     #[test]
     fn directions_set_the_role() {
-        let p = plan(&offer("sendrecv", "sendrecv", VP8), Endpoint::Participant).unwrap();
+        let p = session(&offer("sendrecv", "sendrecv", VP8), Endpoint::Participant);
         assert!(p.publish_audio && p.publish_video && p.receive_audio);
         assert_eq!(p.receive_video, Some(VideoCodec::Vp8));
-        let p = plan(&offer("sendonly", "sendonly", VP8), Endpoint::Participant).unwrap();
+        let p = session(&offer("sendonly", "sendonly", VP8), Endpoint::Participant);
         assert!(p.publish_video && !p.receive_audio && p.receive_video.is_none());
-        let p = plan(&offer("recvonly", "recvonly", H264), Endpoint::Whep).unwrap();
+        let p = session(&offer("recvonly", "recvonly", H264), Endpoint::Whep);
         assert!(!p.publish_video && p.receive_audio);
         assert_eq!(p.receive_video, Some(VideoCodec::H264));
+        assert_eq!(p.codec_choice, Some(CodecChoice::OnlyCommon));
+    }
+
+    #[test]
+    fn the_offers_codec_order_decides() {
+        let both = format!("{VP8}{H264}");
+        let vp8_first = offer("recvonly", "recvonly", &both);
+        let h264_first = vp8_first.replace("SAVPF 96 102", "SAVPF 102 96");
+        let p = session(&vp8_first, Endpoint::Whep);
+        assert_eq!((p.receive_video, p.codec_choice), (Some(VideoCodec::Vp8), Some(CodecChoice::OfferOrder)));
+        let p = session(&h264_first, Endpoint::Whep);
+        assert_eq!((p.receive_video, p.codec_choice), (Some(VideoCodec::H264), Some(CodecChoice::OfferOrder)));
+        // A codec Tessera does not encode first is passed over.
+        let av1_first = offer("recvonly", "recvonly", &format!("a=rtpmap:35 AV1/90000\r\n{H264}"))
+            .replace("SAVPF 96 102", "SAVPF 35 102");
+        assert_eq!(session(&av1_first, Endpoint::Whep).receive_video, Some(VideoCodec::H264));
+    }
+
+    #[test]
+    fn bundle_only_sections_are_served_and_rejected_ones_skipped() {
+        // webrtcbin/Firefox max-bundle: the second section has port 0 and a=bundle-only.
+        let bundle_only = offer("sendonly", "sendonly", VP8)
+            .replace("m=video 9 ", "m=video 0 ")
+            .replace("a=mid:1\r\n", "a=mid:1\r\na=bundle-only\r\n");
+        let p = session(&bundle_only, Endpoint::Whip);
+        assert!(p.publish_audio && p.publish_video, "the bundle-only video is published: {p:?}");
+        // Port 0 without bundle-only: the offerer rejected the section itself.
+        let rejected = offer("sendonly", "sendonly", VP8).replace("m=video 9 ", "m=video 0 ");
+        let p = session(&rejected, Endpoint::Whip);
+        assert!(p.publish_audio && !p.publish_video);
+    }
+
+    #[test]
+    fn extra_sections_are_rejected_with_a_reason() {
+        let two_videos = format!(
+            "{}m=video 0 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:2\r\na=bundle-only\r\na=sendonly\r\n{VP8}",
+            offer("sendrecv", "sendrecv", VP8)
+        );
+        let p = plan(&two_videos, Endpoint::Participant).unwrap();
+        assert!(p.session.publish_video);
+        assert_eq!(p.rejected.len(), 1);
+        assert_eq!(p.rejected[0].mid.as_deref(), Some("2"));
+        let dup = two_videos.replace("a=mid:2", "a=mid:1");
+        assert_eq!(plan(&dup, Endpoint::Participant), Err(OfferError::DuplicateMid("1".into())));
     }
 
     #[test]

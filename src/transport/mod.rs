@@ -2,6 +2,7 @@
 //! UDP range, answers the offer (non-trickle: the answer carries every candidate), exposes the
 //! remote tracks as RTP streams, and the local tracks Tessera sends the composite and mix on.
 
+pub mod answer;
 pub mod bwe;
 pub mod rtcp;
 
@@ -25,7 +26,7 @@ use webrtc::peer_connection::{
     SettingEngineBuilder, register_default_interceptors,
 };
 
-use crate::codec::{self, CodecSpec, MediaKind, VideoCodec};
+use crate::codec::{self, CodecChoice, CodecSpec, MediaKind, VideoCodec};
 use crate::config::{Config, PortRange};
 use crate::media::downstream::ReceiverTrack;
 
@@ -60,10 +61,24 @@ pub struct SessionPlan {
     pub publish_audio: bool,
     /// Send the composite in this codec.
     pub receive_video: Option<VideoCodec>,
+    /// Why that codec.
+    pub codec_choice: Option<CodecChoice>,
     /// Send the mix.
     pub receive_audio: bool,
     /// The offer's id for the RFC 6464 audio-level header extension, when it has one.
     pub audio_level_ext: Option<u8>,
+}
+
+/// An m-section of an offer that the answer rejects (port 0, left out of the BUNDLE group; RFC
+/// 3264 §6, RFC 8843 §7.3.3), and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Its `a=mid` (every section of a WebRTC offer has one).
+    pub mid: Option<String>,
+    /// `m=` media type.
+    pub media: String,
+    /// Why Tessera does not serve it.
+    pub reason: &'static str,
 }
 
 /// Events of one session, delivered by the transport to whoever owns the participant.
@@ -142,6 +157,7 @@ impl Transport {
         id: &str,
         offer: &str,
         plan: SessionPlan,
+        rejected: &[Rejected],
         events: Arc<dyn SessionEvents>,
     ) -> Result<(Session, String), TransportError> {
         let offer =
@@ -176,6 +192,11 @@ impl Transport {
             pc.set_local_description(answer).await.map_err(rtc_err)?;
             let _ = tokio::time::timeout(GATHER_TIMEOUT, gather_rx.recv()).await;
             let sdp = pc.local_description().await.ok_or_else(|| rtc_err("no local description"))?.sdp;
+            for r in rejected {
+                tracing::info!(mid = ?r.mid, media = %r.media, reason = r.reason, "m-section rejected in the answer");
+            }
+            let mids: Vec<&str> = rejected.iter().filter_map(|r| r.mid.as_deref()).collect();
+            let sdp = answer::reject_sections(&sdp, &mids);
             for t in video.iter().chain(audio.iter()) {
                 t.resolve_payload_type().await;
             }
@@ -310,12 +331,12 @@ pub fn media_engine(feedback: Feedback) -> Result<MediaEngine, TransportError> {
             m.register_codec(RTCRtpCodecParameters { rtp_codec, payload_type: rtx }, kind).map_err(rtc_err)?;
         }
     }
-    m.register_header_extension(
-        rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability { uri: codec::extmap::AUDIO_LEVEL.into() },
-        RtpCodecKind::Audio,
-        None,
-    )
-    .map_err(rtc_err)?;
+    // Video gets MID (with RID and repaired RID) from webrtc-rs's default interceptors; audio's
+    // MID is for RFC 8843 §9.2 demultiplexing by clients that write no (or a wrong) `a=ssrc`.
+    for uri in [codec::extmap::AUDIO_LEVEL, codec::extmap::MID] {
+        let ext = rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability { uri: uri.into() };
+        m.register_header_extension(ext, RtpCodecKind::Audio, None).map_err(rtc_err)?;
+    }
     Ok(m)
 }
 
