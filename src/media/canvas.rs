@@ -19,6 +19,56 @@ pub struct Planes<'a> {
     pub height: u32,
 }
 
+/// Mutably borrowed planes of one I420 picture (e.g. a GStreamer buffer's, with its strides):
+/// `(data, stride)` for Y, U and V, and its size in pixels. Pictures are drawn into it with
+/// [`PlanesMut::fill`] and [`PlanesMut::blit`], clipped to it.
+pub struct PlanesMut<'a> {
+    /// Luma, then U, then V: each `(bytes, stride in bytes)`.
+    pub planes: [(&'a mut [u8], usize); 3],
+    /// Pixels.
+    pub width: u32,
+    /// Pixels.
+    pub height: u32,
+}
+
+impl PlanesMut<'_> {
+    /// `(x, y, w, h)` clipped to the picture and made even, as `usize`; `None` when empty.
+    fn clip(&self, x: u32, y: u32, w: u32, h: u32) -> Option<(usize, usize, usize, usize)> {
+        let (x, y) = (x & !1, y & !1);
+        if x >= self.width || y >= self.height {
+            return None;
+        }
+        let w = w.min(self.width - x) & !1;
+        let h = h.min(self.height - y) & !1;
+        (w > 0 && h > 0).then_some((x as usize, y as usize, w as usize, h as usize))
+    }
+
+    /// Fills `(x, y, w, h)` (clipped to the picture) with `colour`.
+    pub fn fill(&mut self, x: u32, y: u32, w: u32, h: u32, colour: Yuv) {
+        let Some((x, y, w, h)) = self.clip(x, y, w, h) else { return };
+        let c = [colour.0, colour.1, colour.2];
+        for (i, (p, s)) in self.planes.iter_mut().enumerate() {
+            let (x, y, w, h) = if i == 0 { (x, y, w, h) } else { (x / 2, y / 2, w / 2, h / 2) };
+            for r in y..y + h {
+                p[r * *s + x..r * *s + x + w].fill(c[i]);
+            }
+        }
+    }
+
+    /// Copies all of `src` with its top-left corner at `(x, y)` (clipped to this picture).
+    pub fn blit(&mut self, src: &Image, x: u32, y: u32) {
+        let Some((x, y, w, h)) = self.clip(x, y, src.width, src.height) else { return };
+        let sp = src.planes();
+        for (i, (p, s)) in self.planes.iter_mut().enumerate() {
+            let (x, y, w, h) = if i == 0 { (x, y, w, h) } else { (x / 2, y / 2, w / 2, h / 2) };
+            let (sd, ss) = sp.planes[i];
+            for r in 0..h {
+                p[(y + r) * *s + x..(y + r) * *s + x + w].copy_from_slice(&sd[r * ss..r * ss + w]);
+            }
+        }
+    }
+}
+
 /// An owned I420 picture with tightly packed planes (strides `w`, `w/2`, `w/2`).
 #[derive(Clone, Debug, Default)]
 pub struct Image {

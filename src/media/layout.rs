@@ -49,6 +49,43 @@ pub fn letterbox(cell: Rect, src_w: u32, src_h: u32) -> Rect {
     Rect { x: cell.x + even((cell.w - w) / 2), y: cell.y + even((cell.h - h) / 2), w, h }
 }
 
+/// The parts of a `width`×`height` output no rectangle of `rects` covers, as rectangles: the
+/// background between and around tiles. Bands between the distinct top and bottom edges, each
+/// split where the rectangles crossing it leave gaps; for the even-aligned rectangles of a layout
+/// the pieces are even too. Together with `rects` they cover the output exactly once where
+/// `rects` do not overlap.
+pub fn uncovered(width: u32, height: u32, rects: &[Rect]) -> Vec<Rect> {
+    let rects: Vec<Rect> = rects
+        .iter()
+        .filter(|r| r.w > 0 && r.h > 0 && r.x < width && r.y < height)
+        .map(|r| Rect { x: r.x, y: r.y, w: r.w.min(width - r.x), h: r.h.min(height - r.y) })
+        .collect();
+    let mut ys: Vec<u32> = vec![0, height];
+    for r in &rects {
+        ys.extend([r.y, r.y + r.h]);
+    }
+    ys.sort_unstable();
+    ys.dedup();
+    let mut out = vec![];
+    for band in ys.windows(2) {
+        let (y0, y1) = (band[0], band[1]);
+        let mut spans: Vec<(u32, u32)> =
+            rects.iter().filter(|r| r.y < y1 && y0 < r.y + r.h).map(|r| (r.x, r.x + r.w)).collect();
+        spans.sort_unstable();
+        let mut x = 0;
+        for (a, b) in spans {
+            if a > x {
+                out.push(Rect { x, y: y0, w: a - x, h: y1 - y0 });
+            }
+            x = x.max(b);
+        }
+        if x < width {
+            out.push(Rect { x, y: y0, w: width - x, h: y1 - y0 });
+        }
+    }
+    out
+}
+
 fn even(v: u32) -> u32 {
     v & !1
 }
@@ -56,6 +93,25 @@ fn even(v: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uncovered_and_tiles_cover_the_output_exactly_once() {
+        for n in 0..=10 {
+            let cells: Vec<Rect> = grid(n, 1280, 720).into_iter().map(|c| letterbox(c, 640, 480)).collect();
+            let bg = uncovered(1280, 720, &cells);
+            let mut hits = vec![0u8; 1280 * 720];
+            for r in cells.iter().chain(&bg) {
+                assert!(r.x % 2 == 0 && r.y % 2 == 0 && r.w % 2 == 0 && r.h % 2 == 0, "{r:?} is even");
+                for y in r.y..r.y + r.h {
+                    for x in r.x..r.x + r.w {
+                        hits[(y * 1280 + x) as usize] += 1;
+                    }
+                }
+            }
+            assert!(hits.iter().all(|&h| h == 1), "{n} tiles: every pixel once");
+        }
+        assert_eq!(uncovered(64, 64, &[]), vec![Rect { x: 0, y: 0, w: 64, h: 64 }]);
+    }
 
     #[test]
     fn grid_shapes_follow_ceil_sqrt() {

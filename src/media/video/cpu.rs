@@ -1,24 +1,24 @@
-//! The CPU compositor: the room's composite as an I420 canvas in plain memory ([`Image`]).
+//! The CPU compositor: the room's composite assembled in plain memory from one picture per tile.
 //!
-//! Each decoded frame is scaled once, in its publisher's own decoder thread, into its tile's
-//! patch (bilinear, [`super::super::canvas`]; 0.08 ms for 640x360 → 426x240) and labelled there;
-//! only then is the canvas locked, for the copy of the patch into it (and of the overlapping
-//! tiles above it, in custom layouts). So publishers of a room never queue on one lock while
-//! scaling: the lock covers a copy of tile size. A new scene redraws everything (background,
-//! tiles in z-order, highlight) from each tile's last frame. The room clock copies the canvas out
-//! into a buffer from a pool.
+//! Each decoded frame is scaled once, in its publisher's own decoder thread, into its tile's back
+//! picture (bilinear, [`super::super::canvas`]; 0.08 ms for 640x360 → 426x240) and labelled
+//! there, with no lock held; a swap under the tile's own lock makes it the tile's front picture.
+//! Publishers of a room never wait for each other. When the room clock wants a composite, the
+//! front pictures are copied in z-order straight into the output buffer, around them the
+//! background (the [`uncovered`] parts, black) and over them the speaker highlight: one write per
+//! output pixel, as the copy of a shared canvas would cost, without a lock that every decoder
+//! takes. A new scene re-scales each tile's last frame to its new rectangle.
 //!
-//! Locks: `canvas` before a tile's `state`; a decoder thread holds its tile's lock alone while it
-//! scales, then takes the canvas lock and the tile's lock again for the copy.
+//! Locks: `scene` before a tile's `state`; a decoder takes only its tile's, twice, briefly.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use gstreamer as gst;
 use gstreamer_video::prelude::*;
 
-use super::super::canvas::{self, Image, Label, Planes, Yuv};
-use super::super::layout::Rect;
+use super::super::canvas::{self, Image, Label, Planes, PlanesMut, Yuv};
+use super::super::layout::{Rect, uncovered};
 use super::super::tiers::OutputFormat;
 use super::compositor::{Compositor, Scene};
 use super::{VideoError, VideoStats, gst_err};
@@ -33,18 +33,23 @@ pub struct CpuCompositor {
     caps: gst::Caps,
     info: gstreamer_video::VideoInfo,
     pool: gst::BufferPool,
-    canvas: Mutex<Canvas>,
     /// Tiles in join order.
     tiles: RwLock<Vec<Arc<Tile>>>,
+    scene: Mutex<Layers>,
+    /// Something changed since the last [`Compositor::take_dirty`].
+    dirty: AtomicBool,
     stats: Arc<VideoStats>,
 }
 
-struct Canvas {
-    image: Image,
+/// What a composite is made of besides the tiles' pictures.
+#[derive(Default)]
+struct Layers {
+    /// Tiles in drawing order (z, then join order).
+    order: Vec<Arc<Tile>>,
+    /// The background: the output not covered by a tile's picture.
+    background: Vec<Rect>,
     /// Top, bottom, left, right bars of the speaker highlight.
     bars: Option<[Rect; 4]>,
-    /// Something was drawn since the last [`Compositor::take_dirty`].
-    dirty: bool,
 }
 
 struct Tile {
@@ -57,58 +62,64 @@ struct TileState {
     /// Where it is drawn (letterboxed), `None` while hidden.
     rect: Option<Rect>,
     z: u32,
-    /// Another visible tile overlaps this one (custom layouts): copies redraw the ones above.
-    overlaps: bool,
-    label: Option<Label>,
+    label: Option<Arc<Label>>,
     /// The last frame (or placeholder) pushed, to redraw after a relayout.
     last: Option<gst::Sample>,
-    /// The tile as last drawn: scaled and labelled, `rect`-sized.
-    patch: Image,
-    /// Scratch space of the scaler.
+    /// The picture the composite shows: the last frame scaled to `rect` and labelled.
+    front: Option<Image>,
+    /// The picture being drawn next, and the scaler's scratch space (taken out while in use).
+    back: Image,
     scratch: Vec<u16>,
 }
 
-impl TileState {
-    /// Scales the last frame into the patch and labels it; `false` when there is nothing to draw
-    /// (hidden, no frame yet, or a frame that is not I420 — counted as dropped).
-    fn render(&mut self, stats: &VideoStats) -> bool {
-        let TileState { rect, label, last, patch, scratch, .. } = self;
-        let (Some(rect), Some(sample)) = (*rect, last.as_ref()) else { return false };
-        let (Some(buf), Some(caps)) = (sample.buffer(), sample.caps()) else { return false };
-        let Ok(info) = gstreamer_video::VideoInfo::from_caps(caps) else { return false };
-        if info.format() != gstreamer_video::VideoFormat::I420 {
-            stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        let Ok(frame) = gstreamer_video::VideoFrameRef::from_buffer_ref_readable(buf, &info) else {
-            stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
-            return false;
-        };
-        let plane = |k: u32| (frame.plane_data(k).unwrap_or(&[]), frame.plane_stride()[k as usize] as usize);
-        let planes =
-            Planes { planes: [plane(0), plane(1), plane(2)], width: info.width() & !1, height: info.height() & !1 };
-        patch.reshape(rect.w, rect.h);
-        patch.scale_from_with(&planes, scratch);
-        if let Some(l) = label {
-            let x = LABEL_MARGIN.min(rect.w.saturating_sub(l.width));
-            let y = rect.h.saturating_sub(l.height + LABEL_MARGIN);
-            patch.draw_label(l, x, y);
-        }
-        true
+/// Scales `sample` (I420) into `out` at `rect`'s size and draws `label` on it; `false` when the
+/// frame cannot be read (not I420: counted in `stats`).
+fn render(
+    sample: &gst::Sample,
+    rect: Rect,
+    label: Option<&Label>,
+    out: &mut Image,
+    tmp: &mut Vec<u16>,
+    stats: &VideoStats,
+) -> bool {
+    let (Some(buf), Some(caps)) = (sample.buffer(), sample.caps()) else { return false };
+    let Ok(info) = gstreamer_video::VideoInfo::from_caps(caps) else { return false };
+    if info.format() != gstreamer_video::VideoFormat::I420 {
+        stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        return false;
     }
-
-    /// The patch, when it is drawn at `rect` now.
-    fn drawn_at(&self) -> Option<(Rect, &Image)> {
-        self.rect.filter(|r| self.patch.width == r.w && self.patch.height == r.h).map(|r| (r, &self.patch))
+    let Ok(frame) = gstreamer_video::VideoFrameRef::from_buffer_ref_readable(buf, &info) else {
+        stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        return false;
+    };
+    let plane = |k: u32| (frame.plane_data(k).unwrap_or(&[]), frame.plane_stride()[k as usize] as usize);
+    let planes =
+        Planes { planes: [plane(0), plane(1), plane(2)], width: info.width() & !1, height: info.height() & !1 };
+    out.reshape(rect.w, rect.h);
+    out.scale_from_with(&planes, tmp);
+    if let Some(l) = label {
+        let x = LABEL_MARGIN.min(rect.w.saturating_sub(l.width));
+        let y = rect.h.saturating_sub(l.height + LABEL_MARGIN);
+        out.draw_label(l, x, y);
     }
+    true
 }
 
-fn intersects(a: Rect, b: Rect) -> bool {
-    a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h
+impl TileState {
+    /// Re-renders the front picture from the last frame (after a new rectangle or label), in the
+    /// caller's thread.
+    fn redraw(&mut self, stats: &VideoStats) {
+        let (Some(rect), Some(sample)) = (self.rect, self.last.clone()) else {
+            self.front = None;
+            return;
+        };
+        let mut img = self.front.take().unwrap_or_default();
+        self.front = render(&sample, rect, self.label.as_deref(), &mut img, &mut self.scratch, stats).then_some(img);
+    }
 }
 
 impl CpuCompositor {
-    /// A black canvas of `format`'s size; frames it cannot draw are counted in `stats`.
+    /// A black composite of `format`'s size; frames it cannot draw are counted in `stats`.
     ///
     /// # Errors
     /// [`VideoError::Gst`] when the buffer pool cannot be set up.
@@ -126,49 +137,20 @@ impl CpuCompositor {
         cfg.set_params(Some(&caps), info.size() as u32, 2, 0);
         pool.set_config(cfg).map_err(gst_err)?;
         pool.set_active(true).map_err(gst_err)?;
-        let image = Image::new(format.width, format.height, canvas::BLACK);
+        let background = vec![Rect { x: 0, y: 0, w: format.width & !1, h: format.height & !1 }];
         Ok(Self {
             caps,
             info,
             pool,
-            canvas: Mutex::new(Canvas { image, bars: None, dirty: true }),
             tiles: RwLock::default(),
+            scene: Mutex::new(Layers { background, ..Layers::default() }),
+            dirty: AtomicBool::new(true),
             stats,
         })
     }
 
     fn tile(&self, id: &str) -> Option<Arc<Tile>> {
         self.tiles.read().unwrap().iter().find(|t| t.id == id).cloned()
-    }
-
-    /// Copies tile `t`'s patch into the canvas, then the patches of the tiles above it that
-    /// overlap it. The caller holds the canvas lock.
-    fn blit(&self, cv: &mut Canvas, t: &Tile) {
-        let st = t.state.lock().unwrap();
-        let Some((r, patch)) = st.drawn_at() else { return };
-        cv.image.blit(patch, r.x, r.y);
-        cv.dirty = true;
-        if !st.overlaps {
-            return;
-        }
-        let z = st.z;
-        drop(st);
-        let tiles = self.tiles.read().unwrap();
-        let Some(i) = tiles.iter().position(|x| std::ptr::eq(x.as_ref(), t)) else { return };
-        for (j, other) in tiles.iter().enumerate() {
-            if j == i {
-                continue;
-            }
-            let o = other.state.lock().unwrap();
-            let above = o.z > z || (o.z == z && j > i);
-            if let Some((or, op)) = o.drawn_at()
-                && above
-                && o.overlaps
-                && intersects(or, r)
-            {
-                cv.image.blit(op, or.x, or.y);
-            }
-        }
     }
 }
 
@@ -184,7 +166,7 @@ impl Compositor for CpuCompositor {
     }
 
     fn add_tile(&self, id: &str, label: Option<Label>) {
-        let state = Mutex::new(TileState { label, ..TileState::default() });
+        let state = Mutex::new(TileState { label: label.map(Arc::new), ..TileState::default() });
         self.tiles.write().unwrap().push(Arc::new(Tile { id: id.to_string(), state }));
     }
 
@@ -194,86 +176,92 @@ impl Compositor for CpuCompositor {
 
     fn set_label(&self, id: &str, label: Option<Label>) {
         let Some(t) = self.tile(id) else { return };
-        let drawn = {
-            let mut st = t.state.lock().unwrap();
-            st.label = label;
-            st.render(&self.stats)
-        };
-        if drawn {
-            let mut cv = self.canvas.lock().unwrap();
-            self.blit(&mut cv, &t);
-        }
+        let mut st = t.state.lock().unwrap();
+        st.label = label.map(Arc::new);
+        st.redraw(&self.stats);
+        self.dirty.store(true, Ordering::Release);
     }
 
     fn set_scene(&self, scene: &Scene) {
-        let mut cv = self.canvas.lock().unwrap();
+        let mut layers = self.scene.lock().unwrap();
         let tiles = self.tiles.read().unwrap().clone();
-        let rects: Vec<Option<Rect>> = tiles
-            .iter()
-            .map(|t| {
-                let place = scene.tiles.iter().find(|p| p.id == t.id);
-                let mut st = t.state.lock().unwrap();
-                st.rect = place.and_then(|p| p.rect);
-                st.z = place.map_or(0, |p| p.z);
-                st.rect
-            })
-            .collect();
+        let mut order: Vec<(u32, usize)> = vec![];
+        let mut rects = vec![];
         for (i, t) in tiles.iter().enumerate() {
-            t.state.lock().unwrap().overlaps = rects[i]
-                .is_some_and(|r| rects.iter().enumerate().any(|(j, o)| j != i && o.is_some_and(|o| intersects(o, r))));
-        }
-        // Redraw: background, tiles in z-order (join order among equals), highlight.
-        let (w, h) = (cv.image.width, cv.image.height);
-        cv.image.fill(0, 0, w, h, canvas::BLACK);
-        let mut order: Vec<(u32, usize)> =
-            tiles.iter().enumerate().map(|(i, t)| (t.state.lock().unwrap().z, i)).collect();
-        order.sort();
-        for (_, i) in order {
-            let mut st = tiles[i].state.lock().unwrap();
-            if st.render(&self.stats)
-                && let Some((r, patch)) = st.drawn_at()
-            {
-                cv.image.blit(patch, r.x, r.y);
+            let place = scene.tiles.iter().find(|p| p.id == t.id);
+            let mut st = t.state.lock().unwrap();
+            let (rect, z) = (place.and_then(|p| p.rect), place.map_or(0, |p| p.z));
+            let moved = st.rect != rect;
+            (st.rect, st.z) = (rect, z);
+            if moved || st.front.as_ref().is_none_or(|f| rect.is_none_or(|r| (f.width, f.height) != (r.w, r.h))) {
+                st.redraw(&self.stats);
+            }
+            if let Some(r) = rect {
+                order.push((z, i));
+                rects.push(r);
             }
         }
-        cv.bars = scene.highlight;
-        for r in cv.bars.into_iter().flatten() {
-            cv.image.fill(r.x, r.y, r.w, r.h, AMBER);
-        }
-        cv.dirty = true;
+        order.sort();
+        let (w, h) = (self.info.width() & !1, self.info.height() & !1);
+        *layers = Layers {
+            order: order.into_iter().map(|(_, i)| tiles[i].clone()).collect(),
+            background: uncovered(w, h, &rects),
+            bars: scene.highlight,
+        };
+        self.dirty.store(true, Ordering::Release);
     }
 
     fn push(&self, id: &str, frame: &gst::Sample, draw: bool) {
         let Some(t) = self.tile(id) else { return };
-        let drawn = {
+        let (rect, label, mut back, mut scratch) = {
             let mut st = t.state.lock().unwrap();
             st.last = Some(frame.clone());
-            draw && st.render(&self.stats)
+            let Some(rect) = st.rect.filter(|_| draw) else { return };
+            (rect, st.label.clone(), std::mem::take(&mut st.back), std::mem::take(&mut st.scratch))
         };
-        if drawn {
-            let mut cv = self.canvas.lock().unwrap();
-            self.blit(&mut cv, &t);
+        // The scaling, with no lock held.
+        let drawn = render(frame, rect, label.as_deref(), &mut back, &mut scratch, &self.stats);
+        let mut st = t.state.lock().unwrap();
+        if drawn && st.rect == Some(rect) {
+            let old = st.front.replace(back);
+            st.back = old.unwrap_or_default();
+            self.dirty.store(true, Ordering::Release);
+        } else {
+            st.back = back;
         }
+        st.scratch = scratch;
     }
 
     fn take_dirty(&self) -> bool {
-        std::mem::take(&mut self.canvas.lock().unwrap().dirty)
+        self.dirty.swap(false, Ordering::AcqRel)
     }
 
     fn composite(&self) -> Option<gst::Buffer> {
         let buf = self.pool.acquire_buffer(None).ok()?;
         let mut frame = gstreamer_video::VideoFrame::from_buffer_writable(buf, &self.info).ok()?;
-        let cv = self.canvas.lock().unwrap();
-        let pic = cv.image.planes();
-        for (k, (data, stride)) in pic.planes.iter().enumerate() {
-            let ds = frame.plane_stride()[k] as usize;
-            let Ok(dst) = frame.plane_data_mut(k as u32) else { continue };
-            let row = (*stride).min(ds);
-            for (d, s) in dst.chunks_mut(ds).zip(data.chunks(*stride)) {
-                d[..row].copy_from_slice(&s[..row]);
+        let strides =
+            [frame.plane_stride()[0] as usize, frame.plane_stride()[1] as usize, frame.plane_stride()[2] as usize];
+        let (w, h) = (self.info.width() & !1, self.info.height() & !1);
+        {
+            let [y, u, v, _] = frame.planes_data_mut();
+            let mut out =
+                PlanesMut { planes: [(y, strides[0]), (u, strides[1]), (v, strides[2])], width: w, height: h };
+            let layers = self.scene.lock().unwrap();
+            for r in &layers.background {
+                out.fill(r.x, r.y, r.w, r.h, canvas::BLACK);
+            }
+            for t in &layers.order {
+                let st = t.state.lock().unwrap();
+                match (st.rect, st.front.as_ref()) {
+                    (Some(r), Some(img)) if (img.width, img.height) == (r.w, r.h) => out.blit(img, r.x, r.y),
+                    (Some(r), _) => out.fill(r.x, r.y, r.w, r.h, canvas::BLACK),
+                    _ => {}
+                }
+            }
+            for r in layers.bars.iter().flatten() {
+                out.fill(r.x, r.y, r.w, r.h, AMBER);
             }
         }
-        drop(cv);
         Some(frame.into_buffer())
     }
 }
