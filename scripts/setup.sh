@@ -105,8 +105,17 @@ available() { # available PKG: apt has an installation candidate for PKG
 
 # --- System packages --------------------------------------------------------------------------
 
-# The egress tests stream to a local RTMP server (nginx with its RTMP module).
-TEST_PACKAGES=(nginx libnginx-mod-rtmp)
+# What the tests start for real, each a Debian package:
+# - egress: a local RTMP server (nginx with its RTMP module), an SRT listener (srt-tools);
+# - clients Tessera did not write: Firefox ESR (the web page; geckodriver comes from crates.io
+#   below), GStreamer's webrtcbin driven from Python (gi, the bad plugins' typelibs, libnice);
+# - the cloud pieces: coturn (TURN relay), redis-server (the shared room registry);
+# - python3-venv for test tools from PyPI (an S3-compatible server, the manifest validator).
+TEST_PACKAGES=(
+  nginx libnginx-mod-rtmp srt-tools
+  firefox-esr python3-gi gir1.2-gst-plugins-bad-1.0 gstreamer1.0-nice
+  coturn redis-server python3-venv python3-pip
+)
 
 missing=()
 for p in "${BASE_PACKAGES[@]}"; do
@@ -245,6 +254,13 @@ log "cargo $cargo_version ($cargo_bin)"
 if version_lt "${cargo_version%%-*}" "$MIN_RUST"; then
   warn "Tessera needs Rust $MIN_RUST or newer; this cargo is $cargo_version."
   warn "With rustup: rustup update stable. A distribution's cargo is usually too old: use rustup."
+fi
+
+# Firefox's WebDriver (the Firefox test): not in Debian; built from crates.io once (~2.5 min).
+GECKODRIVER_VERSION=0.37.1
+if [[ $want_test -eq 1 ]] && ! command -v geckodriver >/dev/null && [[ ! -x $rust_home/.cargo/bin/geckodriver ]]; then
+  log "installing geckodriver $GECKODRIVER_VERSION with cargo install"
+  as_rust_user "$cargo_bin" install --locked --quiet geckodriver --version "$GECKODRIVER_VERSION"
 fi
 
 # The tests' lint step (.ci/run) needs rustfmt and clippy; rustup's minimal profile has neither.
