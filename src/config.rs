@@ -6,20 +6,37 @@ use std::path::PathBuf;
 use clap::Args;
 
 /// Everything `tessera serve` needs. Every field has an embedded default, so `Config::default()`
-/// is a working loopback server (HTTP on 127.0.0.1:8080, media on UDP 127.0.0.1, ports 40000-40999).
+/// is a working local server (HTTP on 127.0.0.1:8080, media on UDP 7882 and ICE-TCP 7881 of every
+/// interface).
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// HTTP listen address (signaling, WHIP/WHEP, rooms API, web client).
     #[arg(long, env = "TESSERA_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// UDP port range for media, `LOW-HIGH` inclusive (one socket per peer connection; webrtc-rs
-    /// has no UDP mux). `0` picks an ephemeral port per connection.
-    #[arg(long, env = "TESSERA_UDP_PORTS", default_value = "40000-40999", value_parser = parse_port_range)]
-    pub udp_ports: PortRange,
+    /// The one UDP port every peer connection's media uses (ICE routes each client by the ufrag
+    /// of its STUN checks, then by its address). `0` picks an ephemeral port (shared all the same).
+    #[arg(long, env = "TESSERA_UDP_PORT", default_value_t = 7882)]
+    pub udp_port: u16,
 
-    /// IP address media sockets bind to. Default: 127.0.0.1 when `--listen` is loopback, else
-    /// 0.0.0.0 (every non-loopback interface).
+    /// The one TCP port for ICE-TCP (RFC 6544, passive): the fallback for clients whose networks
+    /// block UDP. `0` picks an ephemeral port.
+    #[arg(long, env = "TESSERA_TCP_PORT", default_value_t = 7881)]
+    pub tcp_port: u16,
+
+    /// Announce no ICE-TCP candidates and open no TCP media port.
+    #[arg(long, env = "TESSERA_NO_ICE_TCP")]
+    pub no_ice_tcp: bool,
+
+    /// A UDP port range `LOW-HIGH` (inclusive) with one socket per peer connection instead of the
+    /// shared `--udp-port` (`0`: an ephemeral port per connection). The range bounds the number of
+    /// connections; there is no ICE-TCP then.
+    #[arg(long, env = "TESSERA_UDP_PORTS", value_parser = parse_port_range)]
+    pub udp_ports: Option<PortRange>,
+
+    /// IP address the media ports bind to (default 0.0.0.0: every interface). Host candidates
+    /// are announced at each non-loopback interface address (plus 127.0.0.1 when `--listen` is
+    /// loopback), or at `--public-ip`. Give one address on hosts with several networks.
     #[arg(long, env = "TESSERA_MEDIA_IP")]
     pub media_ip: Option<IpAddr>,
 
@@ -97,7 +114,10 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080),
-            udp_ports: PortRange { low: 40000, high: 40999 },
+            udp_port: 7882,
+            tcp_port: 7881,
+            no_ice_tcp: false,
+            udp_ports: None,
             media_ip: None,
             public_ips: vec![],
             ice_servers: vec![],
@@ -156,14 +176,11 @@ impl Config {
         Ok(())
     }
 
-    /// The IP media sockets bind to: `--media-ip`, else loopback when HTTP listens on loopback,
-    /// else the IPv4 wildcard.
+    /// The IP media sockets bind to: `--media-ip`, else the IPv4 wildcard. (Firefox neither
+    /// gathers nor pairs loopback candidates: media on 127.0.0.1 only would shut it out even on
+    /// the same machine.)
     pub fn media_bind_ip(&self) -> IpAddr {
-        self.media_ip.unwrap_or(if self.listen.ip().is_loopback() {
-            IpAddr::V4(Ipv4Addr::LOCALHOST)
-        } else {
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-        })
+        self.media_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
     }
 }
 

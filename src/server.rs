@@ -29,7 +29,7 @@ impl Server {
         cfg.validate()?;
         gstreamer::init()?;
         let deps = RoomDeps {
-            transport: Transport::new(&cfg),
+            transport: Transport::new(&cfg)?,
             backends: Backends::new(&cfg.backend, cfg.pipelines_dir.clone()),
             format: OutputFormat { width: cfg.width, height: cfg.height, fps: cfg.fps, kbps: cfg.video_kbps },
             audio_kbps: cfg.audio_kbps,
@@ -49,7 +49,7 @@ impl Server {
                 })
                 .await
         });
-        tracing::info!(%addr, media_ip = %cfg.media_bind_ip(), ports = ?cfg.udp_ports, "tessera listening");
+        tracing::info!(%addr, media_ip = %cfg.media_bind_ip(), "tessera listening");
         Ok(Self { addr, rooms, shutdown: Some(tx), task })
     }
 

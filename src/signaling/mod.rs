@@ -566,9 +566,9 @@ mod tests {
         [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS];
 
     fn state() -> AppState {
-        let cfg = crate::config::Config::default();
+        let cfg = crate::config::Config { udp_port: 0, tcp_port: 0, ..crate::config::Config::default() };
         let deps = crate::room::RoomDeps {
-            transport: crate::transport::Transport::new(&cfg),
+            transport: crate::transport::Transport::new(&cfg).unwrap(),
             backends: crate::pipelines::Backends::new("cpu", None),
             format: crate::media::tiers::OutputFormat { width: 320, height: 180, fps: 30, kbps: 300 },
             audio_kbps: 32,

@@ -1,34 +1,37 @@
-//! Transport: webrtc-rs peer connections. Builds one per participant on a port from the configured
-//! UDP range, answers the offer (non-trickle: the answer carries every candidate), exposes the
-//! remote tracks as RTP streams, and the local tracks Tessera sends the composite and mix on.
+//! Transport: webrtc-rs peer connections, one per participant, answering its offer (non-trickle:
+//! the answer carries every candidate), exposing the remote tracks as RTP streams and the local
+//! tracks Tessera sends the composite and mix on ([`tracks`]).
+//!
+//! Media goes through one shared UDP port and one ICE-TCP port for every connection ([`mux`]),
+//! or, with `--udp-ports`, one socket per connection from a range. The answer's candidates are
+//! Tessera's own ([`answer`]): the shared ports at each announced address.
 
 pub mod answer;
 pub mod bwe;
+pub mod mux;
 pub mod rtcp;
+pub mod stun;
+pub mod tracks;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rtc::media_stream::MediaStreamTrack;
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use tokio::sync::{mpsc, watch};
-use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
-use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateType, RTCIceGatheringState, RTCIceServer, RTCPeerConnectionState, RTCSessionDescription, Registry,
-    SettingEngineBuilder, register_default_interceptors,
+    RTCIceGatheringState, RTCIceServer, RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
+    register_default_interceptors,
 };
 
 use crate::codec::{self, CodecChoice, CodecSpec, MediaKind, VideoCodec};
 use crate::config::{Config, PortRange};
-use crate::media::downstream::ReceiverTrack;
+use answer::HostCandidate;
+use tracks::PliSettings;
+pub use tracks::{LocalTrack, RemoteKind, RemoteTrack, Session, pli_requester};
 
 /// How long the answer waits for ICE gathering to complete.
 const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,6 +46,9 @@ pub enum TransportError {
     /// No UDP port of the range could be bound.
     #[error("no free UDP port in {0}")]
     NoPort(PortRange),
+    /// A shared media port could not be bound at start.
+    #[error("media port: {0}")]
+    Bind(String),
     /// Any other failure of the WebRTC stack.
     #[error("webrtc: {0}")]
     WebRtc(String),
@@ -100,17 +106,50 @@ pub struct SessionCounters {
     pub keyframe_requests_received: AtomicU64,
 }
 
-/// Shared by every session: settings and the port allocator.
+/// Where the connections' media goes.
+enum MediaPorts {
+    /// One UDP port (and one ICE-TCP port) for every connection, announced at these candidates.
+    Shared { mux: mux::Mux, announce: Vec<HostCandidate> },
+    /// One UDP socket per connection, from a range (port 0: an ephemeral one each).
+    Range { bind_ip: IpAddr, range: PortRange, next: AtomicU16, public: Vec<IpAddr> },
+}
+
+/// Shared by every session: settings and the media ports.
 pub struct Transport {
-    bind_ip: IpAddr,
-    ports: PortRange,
-    next_port: AtomicU16,
-    public_ips: Vec<String>,
+    media: MediaPorts,
     ice_servers: Vec<RTCIceServer>,
     pli_interval: Duration,
     /// Where a receiver's bandwidth estimate starts, bits/s (above the largest tier's need, so a
     /// receiver starts on the full tier and only feedback moves it).
     initial_estimate_bps: f64,
+}
+
+/// The addresses host candidates are announced at: `--public-ip`; else the bound address; else,
+/// for a wildcard bind, every interface's address of that family that a peer could use (not
+/// loopback, unspecified or link-local), plus loopback when `loopback_too` (a local server) or
+/// when there is no other.
+pub fn announced_ips(public: &[IpAddr], bind: IpAddr, loopback_too: bool) -> Vec<IpAddr> {
+    if !public.is_empty() {
+        return public.to_vec();
+    }
+    if !bind.is_unspecified() {
+        return vec![bind];
+    }
+    let link_local = |ip: &IpAddr| match ip {
+        IpAddr::V4(v) => v.is_link_local(),
+        IpAddr::V6(v) => (v.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    let mut ips: Vec<IpAddr> = rtc::shared::ifaces::ifaces()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| i.addr.map(|a| a.ip()))
+        .filter(|ip| ip.is_ipv4() == bind.is_ipv4() && !ip.is_loopback() && !ip.is_unspecified() && !link_local(ip))
+        .collect();
+    ips.dedup();
+    if ips.is_empty() || loopback_too {
+        ips.push(if bind.is_ipv4() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V6(Ipv6Addr::LOCALHOST) });
+    }
+    ips
 }
 
 /// Parses `stun:host:port`, `turn:host:port?transport=udp` and the `turn:user:pass@host:port`
@@ -127,16 +166,54 @@ pub fn parse_ice_server(url: &str) -> RTCIceServer {
 }
 
 impl Transport {
-    /// Transport settings from the server configuration.
-    pub fn new(cfg: &Config) -> Self {
-        Self {
-            bind_ip: cfg.media_bind_ip(),
-            ports: cfg.udp_ports,
-            next_port: AtomicU16::new(cfg.udp_ports.low),
-            public_ips: cfg.public_ips.iter().map(|ip| ip.to_string()).collect(),
+    /// Transport settings from the server configuration; binds the shared media ports (needs a
+    /// tokio runtime).
+    ///
+    /// # Errors
+    /// [`TransportError::Bind`] when a shared port cannot be bound (taken, no permission).
+    pub fn new(cfg: &Config) -> Result<Self, TransportError> {
+        let bind_ip = cfg.media_bind_ip();
+        let media = match cfg.udp_ports {
+            Some(range) => {
+                MediaPorts::Range { bind_ip, range, next: AtomicU16::new(range.low), public: cfg.public_ips.clone() }
+            }
+            None => {
+                let tcp = (!cfg.no_ice_tcp).then(|| SocketAddr::new(bind_ip, cfg.tcp_port));
+                let mux = mux::Mux::bind(SocketAddr::new(bind_ip, cfg.udp_port), tcp)
+                    .map_err(|e| TransportError::Bind(e.to_string()))?;
+                let ips = announced_ips(&cfg.public_ips, bind_ip, cfg.listen.ip().is_loopback());
+                let udp = mux.udp.local_addr().port();
+                let mut announce: Vec<HostCandidate> =
+                    ips.iter().map(|&ip| HostCandidate { ip, port: udp, tcp: false }).collect();
+                if let Some(t) = &mux.tcp {
+                    let port = t.local_addr().port();
+                    announce.extend(ips.iter().map(|&ip| HostCandidate { ip, port, tcp: true }));
+                }
+                tracing::info!(udp = %mux.udp.local_addr(), tcp = ?mux.tcp.as_ref().map(|t| t.local_addr()), announce = ?ips, "shared media ports");
+                MediaPorts::Shared { mux, announce }
+            }
+        };
+        Ok(Self {
+            media,
             ice_servers: cfg.ice_servers.iter().map(|u| parse_ice_server(u)).collect(),
             pli_interval: Duration::from_millis(cfg.pli_interval_ms),
             initial_estimate_bps: cfg.video_kbps as f64 * 1000.0 * 2.5,
+        })
+    }
+
+    /// The shared UDP port's address and counters, when media uses one.
+    pub fn shared_udp(&self) -> Option<&mux::udp::UdpMux> {
+        match &self.media {
+            MediaPorts::Shared { mux, .. } => Some(&mux.udp),
+            MediaPorts::Range { .. } => None,
+        }
+    }
+
+    /// The shared ICE-TCP port's address, when there is one.
+    pub fn shared_tcp_addr(&self) -> Option<SocketAddr> {
+        match &self.media {
+            MediaPorts::Shared { mux, .. } => mux.tcp.as_ref().map(|t| t.local_addr()),
+            MediaPorts::Range { .. } => None,
         }
     }
 
@@ -197,6 +274,10 @@ impl Transport {
             }
             let mids: Vec<&str> = rejected.iter().filter_map(|r| r.mid.as_deref()).collect();
             let sdp = answer::reject_sections(&sdp, &mids);
+            let sdp = match &self.media {
+                MediaPorts::Shared { announce, .. } => answer::replace_candidates(&sdp, announce),
+                MediaPorts::Range { public, .. } => answer::publish_host_candidates(&sdp, public),
+            };
             for t in video.iter().chain(audio.iter()) {
                 t.resolve_payload_type().await;
             }
@@ -218,61 +299,69 @@ impl Transport {
         handler: Arc<Handler>,
         estimate: bool,
     ) -> Result<(impl PeerConnection + use<>, Option<Arc<bwe::Estimate>>), TransportError> {
-        let span = if self.ports.low == 0 { 1 } else { (self.ports.high - self.ports.low) as u32 + 1 };
-        let mut last_err = None;
-        for _ in 0..span.min(64) {
-            let port = if self.ports.low == 0 {
-                0
-            } else {
-                let p = self.next_port.fetch_add(1, Ordering::Relaxed);
-                if p < self.ports.low || p > self.ports.high {
-                    self.next_port.store(self.ports.low + 1, Ordering::Relaxed);
-                    self.ports.low
+        let mut media_engine = media_engine(Feedback::Full)?;
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine).map_err(rtc_err)?;
+        let registry = registry.with(rtcp::SLOT.into(), rtcp::KeyframeRequestInterceptor::default());
+        let (registry, bandwidth) = if estimate {
+            let (r, e) = bwe::configure(registry, &mut media_engine, self.initial_estimate_bps).map_err(rtc_err)?;
+            (r, Some(e))
+        } else {
+            (registry, None)
+        };
+        // No mDNS: Tessera announces plain IPs, and joining the multicast group fails on hosts
+        // without a multicast-capable interface (a loopback-only container).
+        let settings = SettingEngineBuilder::new().with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
+        let builder = PeerConnectionBuilder::new()
+            .with_media_engine(media_engine)
+            .with_interceptor_registry(registry)
+            .with_handler(handler);
+        match &self.media {
+            MediaPorts::Shared { mux, .. } => {
+                // The shared port routes a client to this connection by the ufrag of its checks.
+                let (ufrag, pwd) = mux::ice_credentials();
+                let loopback = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+                let mut builder = builder
+                    .with_runtime(mux.runtime(&ufrag))
+                    .with_setting_engine(settings.with_ice_credentials(ufrag, pwd).build())
+                    // No STUN/TURN for the server's own agent: their answers could not be routed
+                    // back to one connection, and the server announces its addresses itself.
+                    .with_configuration(RTCConfigurationBuilder::new().build())
+                    .with_udp_addrs(vec![loopback]);
+                if mux.tcp.is_some() {
+                    builder = builder.with_tcp_addrs(vec![loopback]);
+                }
+                let pc = builder.build().await.map_err(rtc_err)?;
+                Ok((pc, bandwidth))
+            }
+            MediaPorts::Range { bind_ip, range, next, .. } => {
+                let port = if range.low == 0 {
+                    0
                 } else {
-                    p
-                }
-            };
-            let mut media_engine = media_engine(Feedback::Full)?;
-            let registry = register_default_interceptors(Registry::new(), &mut media_engine).map_err(rtc_err)?;
-            let registry = registry.with(rtcp::SLOT.into(), rtcp::KeyframeRequestInterceptor::default());
-            let (registry, bandwidth) = if estimate {
-                let (r, e) = bwe::configure(registry, &mut media_engine, self.initial_estimate_bps).map_err(rtc_err)?;
-                (r, Some(e))
-            } else {
-                (registry, None)
-            };
-            // No mDNS: Tessera announces plain IPs, and joining the multicast group fails on
-            // hosts without a multicast-capable interface (a loopback-only container).
-            let mut settings =
-                SettingEngineBuilder::new().with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
-            if self.bind_ip.is_loopback() {
-                settings = settings.with_include_loopback_candidate(true);
-            }
-            if !self.public_ips.is_empty() {
-                settings = settings.with_nat_1to1_ips(self.public_ips.clone(), RTCIceCandidateType::Host);
-            }
-            let config = RTCConfigurationBuilder::new().with_ice_servers(self.ice_servers.clone()).build();
-            let built = PeerConnectionBuilder::new()
-                .with_configuration(config)
-                .with_media_engine(media_engine)
-                .with_interceptor_registry(registry)
-                .with_setting_engine(settings.build())
-                .with_handler(handler.clone())
-                .with_udp_addrs(vec![SocketAddr::new(self.bind_ip, port)])
-                .build()
-                .await;
-            match built {
-                Ok(pc) => return Ok((pc, bandwidth)),
-                Err(e) => {
-                    tracing::debug!(port, "bind failed: {e}");
-                    last_err = Some(e);
+                    let p = next.fetch_add(1, Ordering::Relaxed);
+                    if p < range.low || p > range.high {
+                        next.store(range.low + 1, Ordering::Relaxed);
+                        range.low
+                    } else {
+                        p
+                    }
+                };
+                let config = RTCConfigurationBuilder::new().with_ice_servers(self.ice_servers.clone()).build();
+                let built = builder
+                    .with_configuration(config)
+                    .with_setting_engine(settings.build())
+                    .with_udp_addrs(vec![SocketAddr::new(*bind_ip, port)])
+                    .build()
+                    .await;
+                match built {
+                    Ok(pc) => Ok((pc, bandwidth)),
+                    Err(e) if range.low == 0 => Err(rtc_err(e)),
+                    Err(e) => {
+                        tracing::debug!(port, "bind failed: {e}");
+                        Err(TransportError::NoPort(*range))
+                    }
                 }
             }
         }
-        if self.ports.low == 0 {
-            return Err(rtc_err(last_err.map(|e| e.to_string()).unwrap_or_default()));
-        }
-        Err(TransportError::NoPort(self.ports))
     }
 }
 
@@ -389,222 +478,5 @@ impl PeerConnectionEventHandler for Handler {
             pli: PliSettings { interval: self.pli_interval, counters: self.counters.clone() },
             runtime: self.runtime.clone(),
         });
-    }
-}
-
-/// The kind and codec of a remote track.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RemoteKind {
-    /// Video Tessera decodes.
-    Video(VideoCodec),
-    /// Opus audio.
-    Audio,
-    /// Anything else (ignored), with its MIME type.
-    Unsupported(String),
-}
-
-/// `--pli-interval-ms` and where PLIs sent to the participant are counted.
-struct PliSettings {
-    interval: Duration,
-    counters: Arc<SessionCounters>,
-}
-
-/// A track a participant publishes.
-pub struct RemoteTrack {
-    track: Arc<dyn TrackRemote>,
-    /// What it carries.
-    pub kind: RemoteKind,
-    /// Its SSRC.
-    pub ssrc: u32,
-    pli: PliSettings,
-    runtime: tokio::runtime::Handle,
-}
-
-impl RemoteTrack {
-    /// The next RTP packet, or `None` once the track has ended.
-    pub async fn next_rtp(&self) -> Option<rtc::rtp::Packet> {
-        loop {
-            match self.track.poll().await? {
-                TrackRemoteEvent::OnRtpPacket(p) => return Some(p),
-                TrackRemoteEvent::OnEnded | TrackRemoteEvent::OnError => return None,
-                _ => {}
-            }
-        }
-    }
-
-    /// A handle that asks the publisher for a keyframe (PLI, RFC 4585 §6.3.1), at most once per
-    /// `--pli-interval-ms`; callable from any thread. Each handle keeps its own rate limit.
-    pub fn keyframe_requester(&self) -> Arc<dyn Fn() + Send + Sync> {
-        let counters = self.pli.counters.clone();
-        pli_requester(self.track.clone(), self.ssrc, self.pli.interval, self.runtime.clone(), move || {
-            counters.plis_sent.fetch_add(1, Ordering::Relaxed);
-        })
-    }
-}
-
-/// A handle that asks the sender of `track` (media SSRC `ssrc`) for a keyframe with a PLI
-/// (RFC 4585 §6.3.1), at most once per `interval`, written from `runtime`; `on_sent` runs for
-/// each PLI sent. Callable from any thread (a GStreamer streaming thread, typically).
-pub fn pli_requester(
-    track: Arc<dyn TrackRemote>,
-    ssrc: u32,
-    interval: Duration,
-    runtime: tokio::runtime::Handle,
-    on_sent: impl Fn() + Send + Sync + 'static,
-) -> Arc<dyn Fn() + Send + Sync> {
-    let last = Mutex::new(None::<Instant>);
-    Arc::new(move || {
-        {
-            let mut last = last.lock().unwrap();
-            if last.is_some_and(|t| t.elapsed() < interval) {
-                return;
-            }
-            *last = Some(Instant::now());
-        }
-        on_sent();
-        let track = track.clone();
-        runtime.spawn(async move {
-            let _ = track.write_rtcp(vec![Box::new(PictureLossIndication { sender_ssrc: 0, media_ssrc: ssrc })]).await;
-        });
-    })
-}
-
-/// A track Tessera sends on (the composite or the mix) with its negotiated payload type.
-pub struct LocalTrack {
-    track: Arc<TrackLocalStaticRTP>,
-    sender: Arc<dyn webrtc::rtp_transceiver::RtpSender>,
-    /// The SSRC Tessera chose for this receiver.
-    pub ssrc: u32,
-    payload_type: AtomicU16,
-    mime: String,
-    counters: Arc<SessionCounters>,
-}
-
-impl LocalTrack {
-    async fn add(
-        pc: &Arc<dyn PeerConnection>,
-        id: &str,
-        kind: RtpCodecKind,
-        codec: RTCRtpCodec,
-        counters: Arc<SessionCounters>,
-    ) -> Result<Arc<Self>, TransportError> {
-        let ssrc = crate::ids::random_ssrc();
-        let mime = codec.mime_type.clone();
-        let label = match kind {
-            RtpCodecKind::Audio => "mix",
-            _ => "composite",
-        };
-        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-            format!("tessera-{id}"),
-            format!("{label}-{id}"),
-            label.to_string(),
-            kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
-                active: true,
-                codec,
-                ..Default::default()
-            }],
-        )));
-        let sender = pc.add_track(track.clone()).await.map_err(rtc_err)?;
-        Ok(Arc::new(Self { track, sender, ssrc, payload_type: AtomicU16::new(0), mime, counters }))
-    }
-
-    async fn resolve_payload_type(&self) {
-        if let Ok(p) = self.sender.get_parameters().await
-            && let Some(c) =
-                p.rtp_parameters.codecs.iter().find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&self.mime))
-        {
-            self.payload_type.store(c.payload_type as u16, Ordering::Relaxed);
-        }
-    }
-
-    /// The negotiated payload type for this receiver.
-    pub fn payload_type(&self) -> u8 {
-        self.payload_type.load(Ordering::Relaxed) as u8
-    }
-
-    /// Sends one RTP packet (SSRC and payload type must already be this track's).
-    ///
-    /// # Errors
-    /// When the track is not bound (before DTLS completes, or after the connection closed).
-    pub async fn write(&self, p: rtc::rtp::Packet) -> Result<(), TransportError> {
-        self.track.write_rtp(p).await.map_err(rtc_err)
-    }
-
-    /// Waits for the next keyframe request (PLI or FIR) from this receiver, counting it in
-    /// [`SessionCounters::keyframe_requests_received`]; `None` once the track is unbound.
-    pub async fn keyframe_request(&self) -> Option<()> {
-        loop {
-            match self.track.poll().await? {
-                TrackLocalEvent::OnRtcpPacket(pkts) if pkts.iter().any(|p| rtcp::is_keyframe_request(p.as_ref())) => {
-                    self.counters.keyframe_requests_received.fetch_add(1, Ordering::Relaxed);
-                    return Some(());
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-impl ReceiverTrack for LocalTrack {
-    fn ssrc(&self) -> u32 {
-        self.ssrc
-    }
-
-    fn payload_type(&self) -> u8 {
-        LocalTrack::payload_type(self)
-    }
-
-    async fn write(&self, packet: rtc::rtp::Packet) -> bool {
-        LocalTrack::write(self, packet).await.is_ok()
-    }
-
-    async fn keyframe_request(&self) -> Option<()> {
-        LocalTrack::keyframe_request(self).await
-    }
-}
-
-/// One participant's peer connection and the tracks Tessera sends on it.
-pub struct Session {
-    pc: Arc<dyn PeerConnection>,
-    /// The composite track, when the participant receives video.
-    pub video: Option<Arc<LocalTrack>>,
-    /// The mix track, when the participant receives audio.
-    pub audio: Option<Arc<LocalTrack>>,
-    state: watch::Receiver<RTCPeerConnectionState>,
-    /// RTCP counters.
-    pub counters: Arc<SessionCounters>,
-    /// GCC's estimate of the bandwidth toward this participant, when it receives video.
-    pub bandwidth: Option<Arc<bwe::Estimate>>,
-}
-
-impl Session {
-    /// Waits until the connection is `Connected`; `false` if it failed or closed first.
-    pub async fn connected(&self) -> bool {
-        self.wait_connected().await
-    }
-
-    /// A future that resolves like [`Session::connected`] and owns what it needs (to hand to a
-    /// spawned task).
-    pub fn wait_connected(&self) -> impl std::future::Future<Output = bool> + Send + 'static {
-        let mut rx = self.state.clone();
-        async move {
-            loop {
-                match *rx.borrow_and_update() {
-                    RTCPeerConnectionState::Connected => return true,
-                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => return false,
-                    _ => {}
-                }
-                if rx.changed().await.is_err() {
-                    return false;
-                }
-            }
-        }
-    }
-
-    /// Closes the peer connection (idempotent).
-    pub async fn close(&self) {
-        let _ = self.pc.close().await;
     }
 }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 pub use tessera::client::loadgen::analysis::{Frame, close, tone_db};
 #[allow(unused_imports)]
 pub use tessera::client::loadgen::{HttpResponse as Resp, Peer, PeerOpts, Via, VideoSource};
-use tessera::config::{Config, PortRange};
+use tessera::config::Config;
 use tessera::server::Server;
 
 /// Media tests share two cores: one at a time keeps their timing honest. An async lock (each
@@ -34,7 +34,8 @@ pub async fn server_with(mut cfg: Config) -> Server {
         .with_test_writer()
         .try_init();
     cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.udp_ports = PortRange { low: 0, high: 0 };
+    cfg.udp_port = 0;
+    cfg.tcp_port = 0;
     cfg.media_ip = Some("127.0.0.1".parse().unwrap());
     Server::start(cfg).await.expect("server starts")
 }
