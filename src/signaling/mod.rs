@@ -24,6 +24,7 @@ use crate::room::{JoinKind, JoinRequest, RoomError, RoomOptions, Rooms, Source};
 use crate::transport::TransportError;
 use auth::{Auth, AuthError, Need};
 use sdp::{Endpoint, OfferError};
+use webrtc::peer_connection::RTCIceServer;
 
 /// Largest accepted request body, bytes (64 KiB).
 pub const MAX_SDP_BYTES: usize = 64 * 1024;
@@ -116,19 +117,60 @@ impl AppState {
 }
 
 /// The HTTP routes: the API, the OpenAPI document's paths (a test checks that they agree), CORS
-/// open to any origin, bodies capped at [`MAX_SDP_BYTES`].
+/// open to any origin, bodies capped at [`MAX_SDP_BYTES`]. Only a CORS preflight (an `OPTIONS`
+/// with `Access-Control-Request-Method`) is answered by the CORS layer; a plain `OPTIONS` reaches
+/// the endpoint (RFC 9725 §4.2: `204` with `Accept-Post`), which tower-http's layer would take.
 pub fn router(state: AppState) -> Router {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS])
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::IF_MATCH])
         .expose_headers([header::LOCATION, header::LINK, header::ETAG]);
-    routes()
+    let plain = routes()
         .into_iter()
         .fold(Router::new(), |r, (path, methods)| r.route(path, methods))
         .layer(DefaultBodyLimit::max(MAX_SDP_BYTES))
-        .layer(cors)
-        .with_state(state)
+        .with_state(state);
+    plain.clone().layer(cors).layer(axum::middleware::from_fn_with_state(plain, plain_options_skip_cors))
+}
+
+/// Sends a plain `OPTIONS` (no `Access-Control-Request-Method`: not a CORS preflight) past the
+/// CORS layer to the routes themselves.
+async fn plain_options_skip_cors(
+    State(plain): State<Router>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let plain_options =
+        req.method() == Method::OPTIONS && !req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    if plain_options {
+        tower::ServiceExt::oneshot(plain, req).await.unwrap_or_else(|e| match e {})
+    } else {
+        next.run(req).await
+    }
+}
+
+/// `Link` header values for the ICE servers clients should use (RFC 9725 §4.6, RFC 8288), with
+/// TURN credentials as `username`/`credential` parameters.
+fn ice_server_links(servers: &[RTCIceServer]) -> Vec<HeaderValue> {
+    let quote = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+    servers
+        .iter()
+        .flat_map(|s| {
+            s.urls.iter().map(move |url| {
+                let mut v = format!("<{url}>; rel=\"ice-server\"");
+                if !s.username.is_empty() {
+                    v.push_str(&format!(
+                        "; username=\"{}\"; credential=\"{}\"; credential-type=\"password\"",
+                        quote(&s.username),
+                        quote(&s.credential)
+                    ));
+                }
+                v
+            })
+        })
+        .filter_map(|v| HeaderValue::from_str(&v).ok())
+        .collect()
 }
 
 /// Every route: its path (axum syntax, as in `openapi.json`) and handlers by method.
@@ -182,9 +224,14 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
 }
 
-/// `OPTIONS` on an SDP endpoint (RFC 9725 §4.2): what may be posted.
-async fn sdp_options() -> impl IntoResponse {
-    (StatusCode::NO_CONTENT, [("accept-post", "application/sdp")])
+/// `OPTIONS` on an SDP endpoint (RFC 9725 §4.2): what may be posted, and the ICE servers
+/// (§4.6) for a client that configures ICE before its offer.
+async fn sdp_options(State(st): State<AppState>) -> Response {
+    let mut r = (StatusCode::NO_CONTENT, [("accept-post", "application/sdp")]).into_response();
+    for link in ice_server_links(st.rooms.deps().transport.ice_servers()) {
+        r.headers_mut().append(header::LINK, link);
+    }
+    r
 }
 
 async fn client_config(State(st): State<AppState>) -> impl IntoResponse {
@@ -517,7 +564,7 @@ async fn join(
         .await
         .map_err(|e| ApiError::Internal(format!("join of {room}: {e}")))??;
     let location = format!("/v1/rooms/{room}/participants/{id}");
-    Ok((
+    let mut r = (
         StatusCode::CREATED,
         [
             (header::CONTENT_TYPE, HeaderValue::from_static("application/sdp")),
@@ -526,7 +573,11 @@ async fn join(
         ],
         answer,
     )
-        .into_response())
+        .into_response();
+    for link in ice_server_links(st.rooms.deps().transport.ice_servers()) {
+        r.headers_mut().append(header::LINK, link);
+    }
+    Ok(r)
 }
 
 /// `DELETE` a participant: the participant itself (a token with its identity) leaves; an admin
@@ -594,6 +645,40 @@ mod tests {
         let status = resp.status();
         let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
         !(matches!(status, StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) && body.is_empty())
+    }
+
+    #[test]
+    fn ice_servers_become_link_headers() {
+        let servers = [
+            crate::transport::parse_ice_server("stun:stun.example.org:3478"),
+            crate::transport::parse_ice_server("turn:u:p\"w@turn.example.org:3478?transport=udp"),
+        ];
+        let links: Vec<String> = ice_server_links(&servers).iter().map(|v| v.to_str().unwrap().to_string()).collect();
+        assert_eq!(links[0], "<stun:stun.example.org:3478>; rel=\"ice-server\"");
+        assert_eq!(
+            links[1],
+            "<turn:turn.example.org:3478?transport=udp>; rel=\"ice-server\"; username=\"u\"; credential=\"p\\\"w\"; credential-type=\"password\""
+        );
+    }
+
+    #[tokio::test]
+    async fn a_plain_options_reaches_the_endpoint_and_a_preflight_the_cors_layer() {
+        let app = router(state());
+        let send = |req: Request<Body>| app.clone().oneshot(req);
+        let plain = send(Request::options("/whip/r").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(plain.status(), StatusCode::NO_CONTENT);
+        assert_eq!(plain.headers()["accept-post"], "application/sdp");
+        let preflight = Request::options("/whip/r")
+            .header(header::ORIGIN, "https://example.org")
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "POST")
+            .body(Body::empty())
+            .unwrap();
+        let preflight = send(preflight).await.unwrap();
+        assert_eq!(preflight.status(), StatusCode::OK);
+        assert!(preflight.headers().contains_key(header::ACCESS_CONTROL_ALLOW_METHODS));
+        // Ordinary requests still get CORS headers.
+        let get = Request::get("/healthz").header(header::ORIGIN, "https://example.org").body(Body::empty()).unwrap();
+        assert_eq!(send(get).await.unwrap().headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
     }
 
     #[tokio::test]
