@@ -43,6 +43,11 @@ pub struct ParticipantInfo {
     pub plis_sent: u64,
     /// Keyframe requests (PLI/FIR) this receiver sent about the composite.
     pub keyframe_requests: u64,
+    /// Streams it publishes whose SSRC its offer declared wrongly or not at all, declared by
+    /// Tessera from their MID extension or payload type (RFC 8843 §9.2).
+    pub streams_redeclared: u64,
+    /// Streams it sends that no m-section claims: dropped (and logged once each).
+    pub streams_unmapped: u64,
 }
 
 /// One encoder branch of the room's composite.
@@ -154,6 +159,8 @@ impl Room {
                 joined_s: p.joined.elapsed().as_secs_f64(),
                 plis_sent: p.session.counters.plis_sent.load(Ordering::Relaxed),
                 keyframe_requests: p.session.counters.keyframe_requests_received.load(Ordering::Relaxed),
+                streams_redeclared: p.session.counters.redeclared_streams.load(Ordering::Relaxed),
+                streams_unmapped: p.session.counters.unmapped_streams.load(Ordering::Relaxed),
             })
             .collect();
         let stats = self.video.stats();

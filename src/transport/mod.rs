@@ -8,6 +8,7 @@
 
 pub mod answer;
 pub mod bwe;
+pub mod demux;
 pub mod mux;
 pub mod rtcp;
 pub mod stun;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
@@ -104,6 +106,12 @@ pub struct SessionCounters {
     pub plis_sent: AtomicU64,
     /// PLIs/FIRs this participant sent about the composite it receives.
     pub keyframe_requests_received: AtomicU64,
+    /// Inbound RTP streams whose SSRC the offer did not declare and no m-section claims (by MID
+    /// extension or payload type): dropped.
+    pub unmapped_streams: AtomicU64,
+    /// Inbound RTP streams whose SSRC the offer declared wrongly or not at all, found by MID
+    /// extension or payload type and declared after the fact (RFC 8843 §9.2).
+    pub redeclared_streams: AtomicU64,
 }
 
 /// Where the connections' media goes.
@@ -237,8 +245,10 @@ impl Transport {
         rejected: &[Rejected],
         events: Arc<dyn SessionEvents>,
     ) -> Result<(Session, String), TransportError> {
-        let offer =
-            RTCSessionDescription::offer(offer.to_string()).map_err(|e| TransportError::Offer(e.to_string()))?;
+        // A sending section that declares no SSRC gets a placeholder: webrtc-rs refuses it
+        // otherwise, and the real one is declared from its first packet (`demux`).
+        let offer = demux::declare_missing_ssrcs(offer);
+        let offer = RTCSessionDescription::offer(offer).map_err(|e| TransportError::Offer(e.to_string()))?;
         let (gather_tx, mut gather_rx) = mpsc::channel(1);
         let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
         let counters = Arc::new(SessionCounters::default());
@@ -250,8 +260,12 @@ impl Transport {
             pli_interval: self.pli_interval,
             runtime: tokio::runtime::Handle::current(),
         });
-        let (pc, bandwidth) = self.build(handler, plan.receive_video.is_some()).await?;
+        let demux_map = Arc::new(std::sync::Mutex::new(None));
+        let (unbound_tx, unbound_rx) = mpsc::unbounded_channel();
+        let watch = demux::SsrcWatch::new(demux_map.clone(), unbound_tx);
+        let (pc, bandwidth) = self.build(handler, plan.receive_video.is_some(), watch).await?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let offer_text = offer.sdp.clone();
         let result = async {
             pc.set_remote_description(offer).await.map_err(|e| TransportError::Offer(e.to_string()))?;
             let video = match plan.receive_video {
@@ -281,6 +295,11 @@ impl Transport {
             for t in video.iter().chain(audio.iter()) {
                 t.resolve_payload_type().await;
             }
+            *demux_map.lock().unwrap() = Some(demux::DemuxMap::new(&offer_text, &sdp));
+            tokio::spawn(
+                redeclare_streams(Arc::downgrade(&pc), offer_text.clone(), unbound_rx, counters.clone())
+                    .instrument(tracing::Span::current()),
+            );
             Ok((video, audio, sdp))
         }
         .await;
@@ -298,10 +317,13 @@ impl Transport {
         &self,
         handler: Arc<Handler>,
         estimate: bool,
+        watch: demux::SsrcWatch,
     ) -> Result<(impl PeerConnection + use<>, Option<Arc<bwe::Estimate>>), TransportError> {
         let mut media_engine = media_engine(Feedback::Full)?;
         let registry = register_default_interceptors(Registry::new(), &mut media_engine).map_err(rtc_err)?;
-        let registry = registry.with(rtcp::SLOT.into(), rtcp::KeyframeRequestInterceptor::default());
+        let registry = registry
+            .with(rtcp::SLOT.into(), rtcp::KeyframeRequestInterceptor::default())
+            .with(demux::SLOT.into(), watch);
         let (registry, bandwidth) = if estimate {
             let (r, e) = bwe::configure(registry, &mut media_engine, self.initial_estimate_bps).map_err(rtc_err)?;
             (r, Some(e))
@@ -361,6 +383,44 @@ impl Transport {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Declares the SSRCs of a publisher's streams that its offer got wrong (or left out), as
+/// [`demux::SsrcWatch`] finds them: the offer with that section's `a=ssrc` corrected is applied
+/// again, with a new answer set locally (the client's state does not change: same ICE, DTLS,
+/// MIDs and codecs). Ends with the connection.
+async fn redeclare_streams(
+    pc: std::sync::Weak<dyn PeerConnection>,
+    mut offer: String,
+    mut unbound: mpsc::UnboundedReceiver<demux::Unbound>,
+    counters: Arc<SessionCounters>,
+) {
+    while let Some(u) = unbound.recv().await {
+        let Some(mid) = u.mid else {
+            counters.unmapped_streams.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                ssrc = u.ssrc,
+                payload_type = u.payload_type,
+                "an RTP stream no m-section claims (no MID extension, an ambiguous payload type): dropped"
+            );
+            continue;
+        };
+        let Some(pc) = pc.upgrade() else { return };
+        tracing::info!(ssrc = u.ssrc, %mid, payload_type = u.payload_type, "an RTP stream with an undeclared SSRC: declaring it for its m-section (RFC 8843 §9.2)");
+        offer = demux::declare_ssrc(&offer, &mid, u.ssrc);
+        let applied = async {
+            let desc = RTCSessionDescription::offer(offer.clone()).map_err(rtc_err)?;
+            pc.set_remote_description(desc).await.map_err(rtc_err)?;
+            let answer = pc.create_answer(None).await.map_err(rtc_err)?;
+            pc.set_local_description(answer).await.map_err(rtc_err)
+        };
+        match applied.await {
+            Ok(()) => {
+                counters.redeclared_streams.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(ssrc = u.ssrc, %mid, "could not declare the stream: {e}"),
         }
     }
 }

@@ -138,6 +138,9 @@ pub struct PeerOpts {
     /// Reads the latency marker of a [`VideoSource::Marker`] publisher in the decoded composite
     /// (needs `decode`; the room must use the grid layout): [`ReceiveStats`] gets latency figures.
     pub latency_probe: bool,
+    /// Edits the offer's text before it is posted (to play a client that writes odd SDP, e.g. a
+    /// wrong `a=ssrc`); `None` posts it as made.
+    pub offer_edit: Option<fn(String) -> String>,
 }
 
 impl PeerOpts {
@@ -159,6 +162,7 @@ impl PeerOpts {
             decode: true,
             talk: None,
             latency_probe: false,
+            offer_edit: None,
         }
     }
 

@@ -145,6 +145,9 @@ impl Peer {
         if opts.video_codecs.len() == 1 {
             sdp = keep_only_video_codec(&sdp, opts.video_codecs[0]);
         }
+        if let Some(edit) = opts.offer_edit {
+            sdp = edit(sdp);
+        }
         // Percent-encode the name for the query string (RFC 3986 unreserved characters stay).
         let name: String = opts
             .name
