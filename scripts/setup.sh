@@ -114,7 +114,7 @@ available() { # available PKG: apt has an installation candidate for PKG
 TEST_PACKAGES=(
   nginx libnginx-mod-rtmp srt-tools
   firefox-esr python3-gi gir1.2-gst-plugins-bad-1.0 gstreamer1.0-nice
-  coturn redis-server python3-venv python3-pip
+  coturn redis-server python3-venv python3-pip iproute2
 )
 
 missing=()

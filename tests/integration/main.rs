@@ -9,6 +9,7 @@ mod bad_input;
 mod browser;
 mod crash;
 mod demux;
+mod edge;
 mod egress;
 mod events;
 mod firefox;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use super::analysis::percentile;
-use super::{Peer, PeerOpts, ReceiveStats, TalkTurn, Via, VideoSource};
+use super::{IcePath, Peer, PeerOpts, ReceiveStats, TalkTurn, Via, VideoSource};
 
 /// Options of `tessera loadgen`.
 #[derive(Debug, Clone, Args)]
@@ -77,6 +77,13 @@ pub struct LoadgenArgs {
     /// Access token for a server with `--api-secret` (needs publish and subscribe grants).
     #[arg(long, env = "TESSERA_TOKEN")]
     pub token: Option<String>,
+    /// STUN/TURN server for every peer (`turn:user:pass@host:3478`); peers then send from every
+    /// interface instead of loopback. Repeatable.
+    #[arg(long = "ice-server")]
+    pub ice_servers: Vec<String>,
+    /// Peers use ICE-TCP only (as clients on networks that block UDP).
+    #[arg(long, conflicts_with = "ice_servers")]
+    pub ice_tcp_only: bool,
 }
 
 fn median(v: &mut [u64]) -> u64 {
@@ -90,6 +97,16 @@ fn median(v: &mut [u64]) -> u64 {
 /// `-` for a missing figure, else one decimal.
 fn ms(v: Option<f64>) -> String {
     v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into())
+}
+
+fn ice_path(a: &LoadgenArgs) -> IcePath {
+    if a.ice_tcp_only {
+        IcePath::TcpOnly
+    } else if a.ice_servers.is_empty() {
+        IcePath::Loopback
+    } else {
+        IcePath::Servers(a.ice_servers.clone())
+    }
 }
 
 /// Who joins, in join order: each room's publishers, then its viewers, then (first room, with
@@ -118,6 +135,7 @@ fn plan(a: &LoadgenArgs) -> Vec<(String, PeerOpts)> {
             o.receive = !a.publishers_send_only;
             o.decode = !a.publishers_count_only;
             o.token = a.token.clone();
+            o.ice = ice_path(a);
             if !a.tones {
                 // The marker publisher keeps one of the talkers' seats, so the server's last-N
                 // speaker selection keeps its tile on screen.
@@ -134,12 +152,14 @@ fn plan(a: &LoadgenArgs) -> Vec<(String, PeerOpts)> {
             o.via = Via::Whep;
             o.token = a.token.clone();
             o.decode = !a.viewers_count_only;
+            o.ice = ice_path(a);
             plan.push((room.clone(), o));
         }
         if marker {
             let mut o = PeerOpts::viewer(&format!("{prefix}latency-probe"));
             o.token = a.token.clone();
             o.latency_probe = true;
+            o.ice = ice_path(a);
             plan.push((room.clone(), o));
         }
     }

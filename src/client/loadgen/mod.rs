@@ -100,6 +100,19 @@ pub const FLASH_MS: u64 = 200;
 /// Frequency of the [`VideoSource::Flash`] beep, Hz.
 pub const FLASH_HZ: f64 = 3000.0;
 
+/// How a peer's ICE reaches the server.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum IcePath {
+    /// UDP from a loopback socket: the server on the same machine (the default).
+    #[default]
+    Loopback,
+    /// ICE-TCP only (RFC 6544, active), as a client on a network that blocks UDP.
+    TcpOnly,
+    /// UDP from every interface, with these STUN/TURN servers (`turn:user:pass@host:port`, as
+    /// `--ice-server`): e.g. a client that reaches the server only through a TURN relay.
+    Servers(Vec<String>),
+}
+
 /// What a peer does.
 #[derive(Debug, Clone)]
 pub struct PeerOpts {
@@ -138,6 +151,8 @@ pub struct PeerOpts {
     /// Reads the latency marker of a [`VideoSource::Marker`] publisher in the decoded composite
     /// (needs `decode`; the room must use the grid layout): [`ReceiveStats`] gets latency figures.
     pub latency_probe: bool,
+    /// How its ICE reaches the server.
+    pub ice: IcePath,
     /// Edits the offer's text before it is posted (to play a client that writes odd SDP, e.g. a
     /// wrong `a=ssrc`); `None` posts it as made.
     pub offer_edit: Option<fn(String) -> String>,
@@ -163,6 +178,7 @@ impl PeerOpts {
             talk: None,
             latency_probe: false,
             offer_edit: None,
+            ice: IcePath::Loopback,
         }
     }
 

@@ -8,18 +8,21 @@ use std::time::{Duration, Instant};
 use gst::prelude::*;
 use gstreamer as gst;
 use gstreamer_app as gst_app;
+use rtc::ice::network_type::NetworkType;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::{mpsc, watch};
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, RTCPeerConnectionState, RTCSessionDescription, Registry,
-    SettingEngineBuilder, register_default_interceptors,
+    PeerConnection, PeerConnectionBuilder, RTCConfigurationBuilder, RTCPeerConnectionState, RTCSessionDescription,
+    Registry, SettingEngineBuilder, register_default_interceptors,
 };
 
 use super::http::http_auth;
 use super::publish::{keep_only_video_codec, local_track, publish, start_generator};
 use super::receive::{Handler, Received};
-use super::{Frame, LoadgenError, PeerOpts, ReceiveStats, Via, VideoSource, analysis, marker, netcap, talk, w};
+use super::{
+    Frame, IcePath, LoadgenError, PeerOpts, ReceiveStats, Via, VideoSource, analysis, marker, netcap, talk, w,
+};
 
 /// A WebRTC peer joined to a Tessera room.
 pub struct Peer {
@@ -82,20 +85,28 @@ impl Peer {
             tick_tx: handler_tick.clone(),
             pipelines: pipelines.clone(),
         });
-        let pc = PeerConnectionBuilder::new()
+        let settings = SettingEngineBuilder::new().with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
+        let builder = PeerConnectionBuilder::new()
             .with_media_engine(me)
             .with_interceptor_registry(registry)
-            .with_setting_engine(
-                SettingEngineBuilder::new()
-                    .with_include_loopback_candidate(true)
-                    .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
-                    .build(),
-            )
-            .with_handler(handler)
-            .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
-            .build()
-            .await
-            .map_err(w)?;
+            .with_handler(handler);
+        let builder = match &opts.ice {
+            IcePath::Loopback => {
+                builder.with_setting_engine(settings.build()).with_udp_addrs(vec!["127.0.0.1:0".to_string()])
+            }
+            IcePath::TcpOnly => builder
+                .with_setting_engine(settings.with_network_types(vec![NetworkType::Tcp4, NetworkType::Tcp6]).build())
+                .with_tcp_addrs(vec!["127.0.0.1:0".to_string()])
+                .with_udp_addrs(Vec::<String>::new()),
+            IcePath::Servers(urls) => {
+                let servers = urls.iter().map(|u| crate::transport::parse_ice_server(u)).collect();
+                builder
+                    .with_configuration(RTCConfigurationBuilder::new().with_ice_servers(servers).build())
+                    .with_setting_engine(settings.build())
+                    .with_udp_addrs(vec!["0.0.0.0:0".to_string()])
+            }
+        };
+        let pc = builder.build().await.map_err(w)?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
         let seed = crate::ids::random_u32();
         let (video_ssrc, audio_ssrc) = (seed | 1, seed.rotate_left(16) | 2);
@@ -187,7 +198,17 @@ impl Peer {
         {
             tracing::warn!(offer = ?crate::codec::extmap_id(&sdp_sent, "audio", crate::codec::extmap::AUDIO_LEVEL), answer = ?level_ext, "audio-level extension ids differ");
         }
+        let answer_sdp = resp.body.clone();
         pc.set_remote_description(RTCSessionDescription::answer(resp.body).map_err(w)?).await.map_err(w)?;
+        if opts.ice == IcePath::TcpOnly {
+            // webrtc-rs dials a passive TCP candidate only when it is added as a trickled one
+            // (browsers dial those of the SDP too).
+            for line in answer_sdp.lines().filter(|l| l.contains(" tcp ") && l.ends_with("tcptype passive")) {
+                let candidate = line.trim_start_matches("a=").to_string();
+                let init = webrtc::peer_connection::RTCIceCandidateInit { candidate, ..Default::default() };
+                pc.add_ice_candidate(init).await.map_err(w)?;
+            }
+        }
         tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 if *state_rx.borrow_and_update() == RTCPeerConnectionState::Connected {
