@@ -13,6 +13,10 @@
 #   room100       one room of 100 publishers: 16 send video, all send audio, 3 talk at a time;
 #                 every one receives the composite and the mix (--publishers-count-only: the load
 #                 generator counts frames instead of decoding 100 streams)
+#   room100-range the same with one UDP socket per connection (--udp-ports 0) instead of the one
+#                 shared UDP port every other scenario uses (as shipped)
+#   pubs16-720-sim  16 publishers sending simulcast (640x360, 320x180, 160x90 layers, made from
+#                 the reference files once): each 320x180 tile decodes the 320x180 layer
 #   rooms10x4     10 rooms of 4 sendrecv publishers, 640x360 out (10 x 720p is more than 2 cores)
 #   pubs4+50whep  one room of 4 publishers plus 50 WHEP viewers that count packets (no decode)
 # Every scenario runs with --latency: publisher 0 (of the first room) sends a live-encoded marker
@@ -58,6 +62,19 @@ if ! command -v gnuplot >/dev/null; then
 fi
 cargo build --release --quiet
 bash "$SHARED/reference/gen-media.sh" "$MEDIA" >/dev/null
+# Simulcast layers of each reference file (the `-sim` scenarios): 320x180 (`-h`) and 160x90 (`-q`)
+# beside the 640x360 original, made once.
+for f in "$MEDIA"/v[0-9]*.webm; do
+  case $f in *-h.webm|*-q.webm) continue ;; esac
+  for layer in h:320:180:400000 q:160:90:150000; do
+    IFS=: read -r rid w h bps <<<"$layer"
+    out=${f%.webm}-$rid.webm
+    [ -s "$out" ] && continue
+    gst-launch-1.0 -q filesrc location="$f" ! matroskademux ! vp8dec ! videoscale \
+      ! "video/x-raw,width=$w,height=$h" ! vp8enc deadline=1 cpu-used=4 end-usage=cbr target-bitrate="$bps" \
+      keyframe-max-dist=60 threads=1 ! webmmux ! filesink location="$out" >/dev/null
+  done
+done
 tck=$(getconf CLK_TCK)
 
 SPID=""; LPID=""
@@ -80,14 +97,20 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# scenario NAME: sets PARTS (participants, for the chart), RES (720|360), REFN, REFMUL, LGARGS
+# scenario NAME: sets PARTS (participants, for the chart), RES (720|360), REFN, REFMUL, LGARGS,
+# SARGS (server media ports: the shared UDP/TCP ports, as shipped, unless the scenario says)
 scenario() {
-  REFMUL=1; RES=720; LGARGS=()
+  REFMUL=1; RES=720; LGARGS=(); SARGS=(--udp-port 0 --tcp-port 0)
   case $1 in
     pubs[0-9]*-720|pubs[0-9]*-360)
       REFN=${1#pubs}; REFN=${REFN%-*}; RES=${1##*-}; PARTS=$REFN
       LGARGS=(--publishers "$REFN" --publishers-count-only --join-concurrency 1) ;;
+    pubs[0-9]*-720-sim)
+      REFN=${1#pubs}; REFN=${REFN%%-*}; PARTS=$REFN
+      LGARGS=(--publishers "$REFN" --publishers-count-only --join-concurrency 1 --simulcast) ;;
     room100) PARTS=100; REFN=16
+      LGARGS=(--publishers 100 --video-publishers 16 --talkers 3 --publishers-count-only) ;;
+    room100-range) PARTS=100; REFN=16; SARGS=(--udp-ports 0)
       LGARGS=(--publishers 100 --video-publishers 16 --talkers 3 --publishers-count-only) ;;
     rooms10x4) PARTS=40; REFN=4; REFMUL=10; RES=360; LGARGS=(--rooms 10 --publishers 4) ;;
     pubs4+50whep) PARTS=54; REFN=4
@@ -107,7 +130,7 @@ measure() {
   read -r w h kbps < <(size "$RES")
   port=$((20000 + RANDOM % 20000)); dir=$(mktemp -d)
   slog=$OUT/server-$1.log; lg=$OUT/loadgen-$1.log
-  RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$port" --udp-ports 0 --media-ip 127.0.0.1 --recordings-dir "$dir" \
+  RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$port" "${SARGS[@]}" --media-ip 127.0.0.1 --recordings-dir "$dir" \
     --width "$w" --height "$h" --video-kbps "$kbps" >"$slog" 2>&1 &
   SPID=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
@@ -202,6 +225,8 @@ for r in rows:
     if r["scenario"] not in order: order.append(r["scenario"])
 label = {
     "room100": "1 room: 100 participants (16 video, all audio, 3 talking; all receive)",
+    "room100-range": "the same 100, one UDP socket per connection (--udp-ports)",
+    "pubs16-720-sim": "1 room: 16 simulcast publishers (640x360, 320x180, 160x90 layers)",
     "rooms10x4": "10 rooms x 4 publishers (640x360 out)",
     "pubs4+50whep": "1 room: 4 publishers + 50 WHEP viewers (counting)",
 }
@@ -221,7 +246,7 @@ for sc in order:
     res, parts = last["res"], last["participants"]
     cpu, ref, refp = med(sc, "cpu"), med(sc, "ref"), med(sc, "ref_prescaled")
     name = label.get(sc, f"1 room: {parts} publishers")
-    refn = {"room100": " (N=16)", "rooms10x4": " (10 x N=4)"}.get(sc, "")
+    refn = {"room100": " (N=16)", "room100-range": " (N=16)", "rooms10x4": " (10 x N=4)"}.get(sc, "")
     lines.append(
         f"| {name} | {parts} + probe | {out(res)} | {f(cpu, 3)} | {f(ref, 3)} ({f(refp, 3)}){refn} | "
         f"{f(cpu / ref if cpu and ref else None)} ({f(cpu / refp if cpu and refp else None)}) | {f(med(sc, 'loadgen_cpu'))} | "

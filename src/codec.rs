@@ -127,6 +127,8 @@ pub mod extmap {
     pub const AUDIO_LEVEL: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
     /// RFC 8843 §15.2 / RFC 9143 MID: which m-section an RTP stream belongs to.
     pub const MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+    /// RFC 8852 RtpStreamId: which simulcast layer (`a=rid`) an RTP stream is.
+    pub const RID: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
 }
 
 /// Parses the value of an `a=extmap` attribute (RFC 8285 §8: `ID[/direction] URI [attributes]`)
@@ -169,6 +171,43 @@ pub fn is_keyframe_start(codec: VideoCodec, payload: &[u8]) -> bool {
         VideoCodec::Vp8 => vp8_keyframe_start(payload),
         VideoCodec::H264 => h264_keyframe_start(payload),
     }
+}
+
+/// The picture size of a VP8 keyframe whose first RTP packet's payload is `p`: after the RFC 7741
+/// §4.2 descriptor, the RFC 6386 §9.1 frame tag (3 bytes, P bit clear), the start code
+/// `9d 01 2a`, then width and height as 14-bit little-endian values. `None` for anything else.
+pub fn vp8_keyframe_size(p: &[u8]) -> Option<(u32, u32)> {
+    if !vp8_keyframe_start(p) {
+        return None;
+    }
+    let header = vp8_descriptor_len(p)?;
+    let h = p.get(header..header + 10)?;
+    if h[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let w = u16::from_le_bytes([h[6], h[7]]) & 0x3fff;
+    let hgt = u16::from_le_bytes([h[8], h[9]]) & 0x3fff;
+    Some((w as u32, hgt as u32))
+}
+
+/// Length of the RFC 7741 §4.2 VP8 payload descriptor at the start of `p`.
+fn vp8_descriptor_len(p: &[u8]) -> Option<usize> {
+    let b0 = *p.first()?;
+    if b0 & 0x80 == 0 {
+        return Some(1);
+    }
+    let b1 = *p.get(1)?;
+    let mut i = 2;
+    if b1 & 0x80 != 0 {
+        i += if *p.get(i)? & 0x80 != 0 { 2 } else { 1 };
+    }
+    if b1 & 0x40 != 0 {
+        i += 1;
+    }
+    if b1 & 0x30 != 0 {
+        i += 1;
+    }
+    Some(i)
 }
 
 fn vp8_keyframe_start(p: &[u8]) -> bool {
@@ -235,6 +274,18 @@ mod tests {
         assert!(is_keyframe_start(VideoCodec::Vp8, &[0x90, 0x80, 0x81, 0x23, 0x50]));
         assert!(!is_keyframe_start(VideoCodec::Vp8, &[0x90, 0x80, 0x81, 0x23, 0x51]));
         assert!(!is_keyframe_start(VideoCodec::Vp8, &[]));
+    }
+
+    #[test]
+    fn vp8_keyframes_tell_their_size() {
+        // Descriptor (S=1, PID=0), frame tag (P=0), start code, 640 x 360.
+        let p = [0x10, 0x50, 0x2a, 0x01, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01];
+        assert_eq!(vp8_keyframe_size(&p), Some((640, 360)));
+        // With an extended descriptor (15-bit picture id).
+        let p = [0x90, 0x80, 0x81, 0x23, 0x50, 0x2a, 0x01, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xb4, 0x00];
+        assert_eq!(vp8_keyframe_size(&p), Some((320, 180)));
+        assert_eq!(vp8_keyframe_size(&[0x10, 0x51, 0x2a, 0x01, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]), None);
+        assert_eq!(vp8_keyframe_size(&[0x10, 0x50, 0x2a]), None);
     }
 
     #[test]

@@ -9,5 +9,6 @@ pub mod downstream;
 pub mod fanout;
 pub mod ingest;
 pub mod layout;
+pub mod simulcast;
 pub mod tiers;
 pub mod video;

@@ -4,6 +4,7 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
+use super::participant::LayersView;
 use super::{DEFAULT_MAX_VISIBLE, JoinKind, Room, Source};
 use crate::codec::{CodecChoice, VideoCodec};
 use crate::media::layout::{LayoutSpec, Placement, Rect};
@@ -37,6 +38,10 @@ pub struct ParticipantInfo {
     pub video_size: Option<(u32, u32)>,
     /// GCC's estimate of the bandwidth toward it (TWCC feedback), kbit/s; `null` before feedback.
     pub bandwidth_kbps: Option<u64>,
+    /// GCC's smoothed fraction of the packets sent to it that it reported lost (0..=1); `None`
+    /// before feedback. For `/metrics` only (not in the room JSON).
+    #[serde(skip)]
+    pub loss_ratio: Option<f64>,
     /// Seconds since it joined.
     pub joined_s: f64,
     /// PLIs Tessera sent to this publisher (rate-limited by `--pli-interval-ms`).
@@ -48,6 +53,8 @@ pub struct ParticipantInfo {
     pub streams_redeclared: u64,
     /// Streams it sends that no m-section claims: dropped (and logged once each).
     pub streams_unmapped: u64,
+    /// Its simulcast layers (RFC 8853) and the one decoded for its tile; `null` without simulcast.
+    pub simulcast: Option<LayersView>,
 }
 
 /// One encoder branch of the room's composite.
@@ -156,11 +163,20 @@ impl Room {
                 video_tier: p.tier(),
                 video_size: p.tier().map(|t| t.size(format)),
                 bandwidth_kbps: p.session.bandwidth.as_ref().and_then(|b| b.bps()).map(|b| (b / 1000.0) as u64),
+                // Below 1e-9: no loss (the estimate stores a zero loss as the smallest f64).
+                loss_ratio: p
+                    .session
+                    .bandwidth
+                    .as_ref()
+                    .filter(|b| b.bps().is_some())
+                    .map(|b| b.loss())
+                    .map(|l| if l < 1e-9 { 0.0 } else { l }),
                 joined_s: p.joined.elapsed().as_secs_f64(),
                 plis_sent: p.session.counters.plis_sent.load(Ordering::Relaxed),
                 keyframe_requests: p.session.counters.keyframe_requests_received.load(Ordering::Relaxed),
                 streams_redeclared: p.session.counters.redeclared_streams.load(Ordering::Relaxed),
                 streams_unmapped: p.session.counters.unmapped_streams.load(Ordering::Relaxed),
+                simulcast: p.layers.lock().unwrap().clone(),
             })
             .collect();
         let stats = self.video.stats();

@@ -38,6 +38,7 @@ use events::{RoomEvent, Who};
 pub use info::{EncoderInfo, Media, ParticipantInfo, RoomInfo, TileInfo};
 pub use options::RoomOptions;
 use outputs::RoomOutputs;
+pub use participant::LayersView;
 use participant::{Participant, SessionHandler};
 
 /// Events buffered per room for slow data channels.

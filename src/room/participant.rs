@@ -6,7 +6,7 @@
 //! participant is in the room (the answer is still on its way back) wait in the
 //! [`SessionHandler`]'s queue until [`SessionHandler::ready`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
@@ -18,12 +18,13 @@ use webrtc::peer_connection::RTCPeerConnectionState;
 
 use super::events::Who;
 use super::{JoinKind, Room, Source};
-use crate::codec::VideoCodec;
+use crate::codec::{VideoCodec, is_keyframe_start, vp8_keyframe_size};
 use crate::media::downstream::VideoStatus;
 use crate::media::ingest::{FrameAssembler, VideoIngest};
+use crate::media::simulcast::{Arrival, LayerSwitch, Verdict};
 use crate::media::tiers::Tier;
 use crate::media::video::VideoInput;
-use crate::transport::{RemoteKind, RemoteTrack, Session, SessionEvents, SessionPlan};
+use crate::transport::{Inbound, RemoteKind, RemoteTrack, Session, SessionEvents, SessionPlan};
 
 /// A participant of a room.
 pub(super) struct Participant {
@@ -45,6 +46,19 @@ pub(super) struct Participant {
     pub(super) tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The output tier its video sender is on.
     pub(super) video_status: Arc<VideoStatus>,
+    /// Its simulcast layers and the one decoded, when it publishes simulcast.
+    pub(super) layers: Mutex<Option<LayersView>>,
+}
+
+/// A simulcast publisher's layers as the room JSON shows them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LayersView {
+    /// The layers' RTP stream ids (`a=rid`), in arrival order.
+    pub rids: Vec<String>,
+    /// The layer decoded now (`null` before its first keyframe).
+    pub decoded: Option<String>,
+    /// Its picture size, pixels, when known.
+    pub size: Option<(u32, u32)>,
 }
 
 impl Participant {
@@ -75,7 +89,17 @@ impl Participant {
             tile: Mutex::new(tile),
             tasks: Mutex::new(vec![]),
             video_status: Arc::default(),
+            layers: Mutex::new(None),
         }
+    }
+
+    fn set_layers(&self, layers: &LayerSwitch) {
+        let current = layers.current();
+        *self.layers.lock().unwrap() = Some(LayersView {
+            rids: layers.layers().iter().map(|l| l.rid.clone()).collect(),
+            decoded: current.map(|l| l.rid.clone()),
+            size: current.and_then(|l| l.size),
+        });
     }
 
     pub(super) fn tier(&self) -> Option<Tier> {
@@ -197,11 +221,25 @@ impl Room {
     }
 }
 
-/// Decodes a publisher's video into its tile; hidden tiles are not decoded.
+/// How often a simulcast publisher's tile size is looked at (a layout change moves it to another
+/// layer at that layer's next keyframe).
+const LAYER_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Decodes a publisher's video into its tile; hidden tiles are not decoded. Of a simulcast
+/// publisher only the layer that fits its tile is decoded ([`LayerSwitch`]).
 async fn receive_video(room: Arc<Room>, p: Arc<Participant>, track: RemoteTrack, tile: VideoInput, codec: VideoCodec) {
+    let mut layers = LayerSwitch::default();
     // The payload type is the publisher's; learn it from the first packet.
-    let Some(first) = track.next_rtp().await else { return };
-    let requester = track.keyframe_requester();
+    let first = loop {
+        match track.next().await {
+            Some(Inbound::Layer { ssrc, rid }) => layers.add_layer(ssrc, &rid),
+            Some(Inbound::Rtp(pkt)) => break pkt,
+            None => return,
+        }
+    };
+    // Keyframe requests (the decoder's, the layout's) go to the stream forwarded now.
+    let forwarded = Arc::new(AtomicU32::new(first.header.ssrc));
+    let requester = track.keyframe_requester_following(forwarded.clone());
     // Building and starting a pipeline blocks for milliseconds: not on a transport worker.
     let (label, pt, jitter_ms, backends, on_keyframe) = (
         format!("{}-{}", room.name, p.id),
@@ -230,11 +268,58 @@ async fn receive_video(room: Arc<Room>, p: Arc<Participant>, track: RemoteTrack,
     requester();
     tracing::info!(?codec, "publishing video");
     let mut frames = FrameAssembler::default();
-    let mut next = Some(first);
-    while let Some(pkt) = match next.take() {
-        Some(p) => Some(p),
-        None => track.next_rtp().await,
-    } {
+    let mut next = Some(Inbound::Rtp(first));
+    let mut check = tokio::time::interval(LAYER_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let inbound = match next.take() {
+            Some(i) => i,
+            None => tokio::select! {
+                i = track.next() => match i {
+                    Some(i) => i,
+                    None => break,
+                },
+                _ = check.tick(), if layers.layers().len() > 1 => {
+                    let width = room.video.placements().into_iter().find(|c| c.participant == p.id).map(|c| c.cell.w);
+                    if let Some(ssrc) = layers.set_tile_width(width) {
+                        tracing::debug!(ssrc, ?width, "asking a simulcast layer for a keyframe");
+                        track.keyframe_requester_for(ssrc)();
+                    }
+                    continue;
+                }
+            },
+        };
+        let mut pkt = match inbound {
+            Inbound::Layer { ssrc, rid } => {
+                tracing::info!(ssrc, %rid, "simulcast layer");
+                layers.add_layer(ssrc, &rid);
+                p.set_layers(&layers);
+                continue;
+            }
+            Inbound::Rtp(pkt) => pkt,
+        };
+        if layers.layers().len() > 1 {
+            let h = &pkt.header;
+            let keyframe = is_keyframe_start(codec, &pkt.payload);
+            let size = (keyframe && codec == VideoCodec::Vp8).then(|| vp8_keyframe_size(&pkt.payload)).flatten();
+            let before = layers.current().map(|l| l.ssrc);
+            let arrival = Arrival {
+                ssrc: h.ssrc,
+                seq: h.sequence_number,
+                ts: h.timestamp,
+                bytes: pkt.payload.len(),
+                keyframe,
+                size,
+            };
+            let verdict = layers.on_packet(Instant::now(), arrival);
+            let Verdict::Forward { ssrc, seq, ts } = verdict else { continue };
+            if layers.current().map(|l| l.ssrc) != before {
+                forwarded.store(pkt.header.ssrc, Ordering::Relaxed);
+                p.set_layers(&layers);
+                tracing::info!(rid = ?layers.current().map(|l| l.rid.clone()), "simulcast layer switched at its keyframe");
+            }
+            (pkt.header.ssrc, pkt.header.sequence_number, pkt.header.timestamp) = (ssrc, seq, ts);
+        }
         let (ts, marker) = (pkt.header.timestamp, pkt.header.marker);
         if let Ok(bytes) = pkt.marshal() {
             frames.push(bytes.freeze(), ts, marker, |f| ingest.push_rtp_frame(f));

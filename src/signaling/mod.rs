@@ -23,6 +23,7 @@ use crate::media::layout::{Layout, LayoutSpec};
 use crate::room::{JoinKind, JoinRequest, RoomError, RoomOptions, Rooms, Source};
 use crate::transport::TransportError;
 use auth::{Auth, AuthError, Need};
+pub use metrics::{MetricsOptions, metrics_router};
 use sdp::{Endpoint, OfferError};
 use webrtc::peer_connection::RTCIceServer;
 
@@ -126,8 +127,11 @@ pub fn router(state: AppState) -> Router {
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS])
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::IF_MATCH])
         .expose_headers([header::LOCATION, header::LINK, header::ETAG]);
+    // With a listener of its own, `/metrics` falls to `/{file}` here: a 404.
+    let metrics_here = state.metrics.on_main_listener();
     let plain = routes()
         .into_iter()
+        .filter(|(path, _)| *path != "/metrics" || metrics_here)
         .fold(Router::new(), |r, (path, methods)| r.route(path, methods))
         .layer(DefaultBodyLimit::max(MAX_SDP_BYTES))
         .with_state(state);
@@ -243,7 +247,8 @@ async fn client_config(State(st): State<AppState>) -> impl IntoResponse {
         .iter()
         .map(|s| serde_json::json!({"urls": s.urls, "username": s.username, "credential": s.credential}))
         .collect();
-    axum::Json(serde_json::json!({ "ice_servers": servers, "auth": st.auth.enabled() }))
+    // Simulcast publishing: the server decodes each publisher at the layer that fits its tile.
+    axum::Json(serde_json::json!({ "ice_servers": servers, "auth": st.auth.enabled(), "simulcast": true }))
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
@@ -512,6 +517,7 @@ async fn join(
     endpoint: Endpoint,
     kind: JoinKind,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
     check_room_name(&room)?;
     let claims = st.auth.check(&headers, Some(&room), Need::Member)?;
     let is_sdp = headers
@@ -577,6 +583,7 @@ async fn join(
     for link in ice_server_links(st.rooms.deps().transport.ice_servers()) {
         r.headers_mut().append(header::LINK, link);
     }
+    st.metrics.observe_join(started.elapsed());
     Ok(r)
 }
 

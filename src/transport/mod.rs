@@ -33,7 +33,7 @@ use crate::codec::{self, CodecChoice, CodecSpec, MediaKind, VideoCodec};
 use crate::config::{Config, PortRange};
 use answer::HostCandidate;
 use tracks::PliSettings;
-pub use tracks::{LocalTrack, RemoteKind, RemoteTrack, Session, pli_requester};
+pub use tracks::{Inbound, LocalTrack, RemoteKind, RemoteTrack, Session, pli_requester};
 
 /// How long the answer waits for ICE gathering to complete.
 const GATHER_TIMEOUT: Duration = Duration::from_secs(5);

@@ -2,7 +2,7 @@
 //! what Tessera sends it on ([`LocalTrack`], the send loops' `ReceiverTrack`), and the session
 //! that holds them ([`Session`]).
 
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,14 +59,61 @@ impl RemoteTrack {
         }
     }
 
+    /// The next RTP packet or simulcast layer of the track; `None` once it has ended. A simulcast
+    /// track (RFC 8853 `a=rid` layers) announces each layer when its first packet arrives, and
+    /// delivers every layer's packets interleaved (tell them apart by SSRC).
+    pub async fn next(&self) -> Option<Inbound> {
+        loop {
+            match self.track.poll().await? {
+                TrackRemoteEvent::OnRtpPacket(p) => return Some(Inbound::Rtp(p)),
+                TrackRemoteEvent::OnOpen(init) => {
+                    if let Some(rid) = init.rid.filter(|r| !r.is_empty()) {
+                        return Some(Inbound::Layer { ssrc: init.ssrc, rid });
+                    }
+                }
+                TrackRemoteEvent::OnEnded | TrackRemoteEvent::OnError => return None,
+                _ => {}
+            }
+        }
+    }
+
     /// A handle that asks the publisher for a keyframe (PLI, RFC 4585 §6.3.1), at most once per
     /// `--pli-interval-ms`; callable from any thread. Each handle keeps its own rate limit.
     pub fn keyframe_requester(&self) -> Arc<dyn Fn() + Send + Sync> {
+        self.keyframe_requester_for(self.ssrc)
+    }
+
+    /// [`RemoteTrack::keyframe_requester`] asking for the stream whose SSRC `ssrc` holds at each
+    /// call (the simulcast layer forwarded now).
+    pub fn keyframe_requester_following(&self, ssrc: Arc<AtomicU32>) -> Arc<dyn Fn() + Send + Sync> {
         let counters = self.pli.counters.clone();
-        pli_requester(self.track.clone(), self.ssrc, self.pli.interval, self.runtime.clone(), move || {
+        pli_requester_following(self.track.clone(), ssrc, self.pli.interval, self.runtime.clone(), move || {
             counters.plis_sent.fetch_add(1, Ordering::Relaxed);
         })
     }
+
+    /// [`RemoteTrack::keyframe_requester`] for the stream `ssrc` of this track (a simulcast
+    /// layer).
+    pub fn keyframe_requester_for(&self, ssrc: u32) -> Arc<dyn Fn() + Send + Sync> {
+        let counters = self.pli.counters.clone();
+        pli_requester(self.track.clone(), ssrc, self.pli.interval, self.runtime.clone(), move || {
+            counters.plis_sent.fetch_add(1, Ordering::Relaxed);
+        })
+    }
+}
+
+/// What a remote track delivers.
+#[derive(Debug)]
+pub enum Inbound {
+    /// An RTP packet.
+    Rtp(rtc::rtp::Packet),
+    /// A simulcast layer started: its SSRC and RTP stream id (`a=rid`).
+    Layer {
+        /// The layer's SSRC.
+        ssrc: u32,
+        /// Its rid.
+        rid: String,
+    },
 }
 
 /// A handle that asks the sender of `track` (media SSRC `ssrc`) for a keyframe with a PLI
@@ -75,6 +122,18 @@ impl RemoteTrack {
 pub fn pli_requester(
     track: Arc<dyn TrackRemote>,
     ssrc: u32,
+    interval: Duration,
+    runtime: tokio::runtime::Handle,
+    on_sent: impl Fn() + Send + Sync + 'static,
+) -> Arc<dyn Fn() + Send + Sync> {
+    pli_requester_following(track, Arc::new(AtomicU32::new(ssrc)), interval, runtime, on_sent)
+}
+
+/// [`pli_requester`] whose media SSRC is read at each call from `ssrc` (the simulcast layer
+/// forwarded now).
+pub fn pli_requester_following(
+    track: Arc<dyn TrackRemote>,
+    ssrc: Arc<AtomicU32>,
     interval: Duration,
     runtime: tokio::runtime::Handle,
     on_sent: impl Fn() + Send + Sync + 'static,
@@ -90,6 +149,7 @@ pub fn pli_requester(
         }
         on_sent();
         let track = track.clone();
+        let ssrc = ssrc.load(Ordering::Relaxed);
         runtime.spawn(async move {
             let _ = track.write_rtcp(vec![Box::new(PictureLossIndication { sender_ssrc: 0, media_ssrc: ssrc })]).await;
         });

@@ -81,6 +81,11 @@ pub struct LoadgenArgs {
     /// interface instead of loopback. Repeatable.
     #[arg(long = "ice-server")]
     pub ice_servers: Vec<String>,
+    /// Publishers send simulcast (RFC 8853, rids q/h/f): with `--media`, the files
+    /// `v{i}-q.webm`, `v{i}-h.webm` and `v{i}.webm` (160x90, 320x180, 640x360) as three layers;
+    /// without, a colour encoded live at those sizes.
+    #[arg(long)]
+    pub simulcast: bool,
     /// Peers use ICE-TCP only (as clients on networks that block UDP).
     #[arg(long, conflicts_with = "ice_servers")]
     pub ice_tcp_only: bool,
@@ -125,9 +130,14 @@ fn plan(a: &LoadgenArgs) -> Vec<(String, PeerOpts)> {
             } else if i >= video_publishers {
                 VideoSource::None
             } else {
-                match &a.media {
-                    Some(dir) => VideoSource::File(dir.join(format!("v{}.webm", i % 16))),
-                    None => VideoSource::Colour(((i * 67 % 256) as u8, (i * 131 % 256) as u8, (i * 197 % 256) as u8)),
+                let colour = ((i * 67 % 256) as u8, (i * 131 % 256) as u8, (i * 197 % 256) as u8);
+                match (&a.media, a.simulcast) {
+                    (Some(dir), false) => VideoSource::File(dir.join(format!("v{}.webm", i % 16))),
+                    (Some(dir), true) => VideoSource::SimulcastFiles(
+                        ["-q", "-h", ""].iter().map(|l| dir.join(format!("v{}{l}.webm", i % 16))).collect(),
+                    ),
+                    (None, false) => VideoSource::Colour(colour),
+                    (None, true) => VideoSource::SimulcastColour(colour),
                 }
             };
             let mut o = PeerOpts::publisher(&format!("{prefix}pub{i}"), (0, 0, 0), 300.0 + 50.0 * i as f64);

@@ -93,6 +93,17 @@ pub enum VideoSource {
     /// white blocks ([`marker`]), VP8 encoded live; the send time of each counter is remembered so
     /// a receiver with [`PeerOpts::latency_probe`] can measure latency.
     Marker,
+    /// Simulcast (RFC 8853): replayed VP8 files of one picture at several sizes, smallest first,
+    /// each sent as its own layer (rids `q`, `h`, `f`, … in that order).
+    SimulcastFiles(Vec<PathBuf>),
+    /// Simulcast of a solid colour encoded live at 160x90, 320x180 and 640x360 (rids `q`, `h`,
+    /// `f`).
+    SimulcastColour(Rgb),
+}
+
+/// The rid of simulcast layer `i` (smallest first): `q`, `h`, `f`, then `l3`, `l4`, ….
+pub fn layer_rid(i: usize) -> String {
+    ["q", "h", "f"].get(i).map_or_else(|| format!("l{i}"), |r| r.to_string())
 }
 
 /// Length of the [`VideoSource::Flash`] flash and beep, ms (every 1000 ms).

@@ -18,10 +18,14 @@ use webrtc::peer_connection::{
 };
 
 use super::http::http_auth;
-use super::publish::{keep_only_video_codec, local_track, publish, start_generator};
+use super::publish::{
+    Decorate, forward_layer_keyframe_requests, keep_only_video_codec, local_track, local_track_layers, publish,
+    publish_with, start_generator,
+};
 use super::receive::{Handler, Received};
 use super::{
-    Frame, IcePath, LoadgenError, PeerOpts, ReceiveStats, Via, VideoSource, analysis, marker, netcap, talk, w,
+    Frame, IcePath, LoadgenError, PeerOpts, ReceiveStats, Via, VideoSource, analysis, layer_rid, marker, netcap, talk,
+    w,
 };
 
 /// A WebRTC peer joined to a Tessera room.
@@ -119,7 +123,14 @@ impl Peer {
         let mut video_track = None;
         let mut audio_track = None;
         if opts.video != VideoSource::None {
-            let t = local_track(RtpCodecKind::Video, crate::codec::VP8.mime, video_ssrc);
+            let t = match &opts.video {
+                VideoSource::SimulcastFiles(_) | VideoSource::SimulcastColour(_) => local_track_layers(
+                    RtpCodecKind::Video,
+                    crate::codec::VP8.mime,
+                    &layer_ssrcs(&opts.video, video_ssrc),
+                ),
+                _ => local_track(RtpCodecKind::Video, crate::codec::VP8.mime, video_ssrc),
+            };
             pc.add_transceiver_from_track(t.clone(), init(true)).await.map_err(w)?;
             video_track = Some(t);
         } else if opts.receive {
@@ -221,7 +232,11 @@ impl Peer {
         })
         .await
         .map_err(|_| LoadgenError::ConnectTimeout)??;
-        if let Some(t) = video_track {
+        if let (Some(t), true) =
+            (&video_track, matches!(opts.video, VideoSource::SimulcastFiles(_) | VideoSource::SimulcastColour(_)))
+        {
+            publish_simulcast(&opts.video, &sdp_sent, &answer_sdp, video_ssrc, t.clone(), &pipelines)?;
+        } else if let Some(t) = video_track {
             let src = match &opts.video {
                 VideoSource::Colour((r, g, b)) => format!(
                     "videotestsrc is-live=true pattern=solid-color foreground-color=0xff{r:02x}{g:02x}{b:02x} \
@@ -251,7 +266,7 @@ impl Peer {
                      ! video/x-raw,format=I420,width=640,height=360,framerate=30/1 \
                      ! vp8enc name=enc deadline=1 cpu-used=8 end-usage=cbr target-bitrate=800000 threads=1 keyframe-mode=disabled"
                     .to_string(),
-                VideoSource::None => unreachable!(),
+                VideoSource::None | VideoSource::SimulcastFiles(_) | VideoSource::SimulcastColour(_) => unreachable!(),
             };
             let sync = !matches!(opts.video, VideoSource::Flash | VideoSource::Marker);
             let desc = format!(
@@ -420,4 +435,71 @@ impl Peer {
         let _ = self.pc.close().await;
         Ok(r.status)
     }
+}
+
+/// The `(rid, ssrc)` of each simulcast layer of `video` (smallest first), from `base`.
+fn layer_ssrcs(video: &VideoSource, base: u32) -> Vec<(String, u32)> {
+    let n = match video {
+        VideoSource::SimulcastFiles(files) => files.len(),
+        _ => 3,
+    };
+    (0..n).map(|i| (layer_rid(i), base.wrapping_add(2 * i as u32) | 1)).collect()
+}
+
+/// Publishes each simulcast layer of `video` as its own pipeline on `track`, every packet
+/// carrying the MID and RID header extensions (RFC 8852: how the server tells the layers apart;
+/// webrtc-rs does not add them), with ids negotiated in `answer` and the MID of `offer`'s video
+/// section; a PLI forces a keyframe on the layer it names.
+fn publish_simulcast(
+    video: &VideoSource,
+    offer: &str,
+    answer: &str,
+    base: u32,
+    track: std::sync::Arc<webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP>,
+    pipelines: &Arc<Mutex<Vec<gst::Pipeline>>>,
+) -> Result<(), LoadgenError> {
+    let mid_ext = crate::codec::extmap_id(answer, "video", crate::codec::extmap::MID);
+    let rid_ext = crate::codec::extmap_id(answer, "video", crate::codec::extmap::RID);
+    let mid = offer
+        .split("m=video")
+        .nth(1)
+        .and_then(|v| v.lines().find_map(|l| l.strip_prefix("a=mid:")))
+        .map(|m| bytes::Bytes::from(m.trim().to_string()))
+        .unwrap_or_default();
+    let mut encoders = vec![];
+    for (i, (rid, ssrc)) in layer_ssrcs(video, base).into_iter().enumerate() {
+        let src = match video {
+            VideoSource::SimulcastFiles(files) => {
+                format!("filesrc location=\"{}\" ! matroskademux", files[i].display())
+            }
+            VideoSource::SimulcastColour((r, g, b)) => {
+                let (w, h) = (160 << i, 90 << i);
+                format!(
+                    "videotestsrc is-live=true pattern=solid-color foreground-color=0xff{r:02x}{g:02x}{b:02x} \
+                     ! video/x-raw,format=I420,width={w},height={h},framerate=30/1 \
+                     ! vp8enc name=enc deadline=1 cpu-used=8 end-usage=cbr target-bitrate={} threads=1 keyframe-mode=disabled",
+                    100_000 << i
+                )
+            }
+            _ => unreachable!(),
+        };
+        let sync = true;
+        let desc = format!(
+            "{src} ! rtpvp8pay pt=96 ssrc={ssrc} mtu=1200 picture-id-mode=15-bit ! appsink name=sink sync={sync}"
+        );
+        let (mid, rid_bytes) = (mid.clone(), bytes::Bytes::from(rid.clone()));
+        let decorate: Decorate = Arc::new(move |p: &mut rtc::rtp::Packet| {
+            if let Some(id) = mid_ext {
+                let _ = p.header.set_extension(id, mid.clone());
+            }
+            if let Some(id) = rid_ext {
+                let _ = p.header.set_extension(id, rid_bytes.clone());
+            }
+        });
+        if let Some(pad) = publish_with(&desc, track.clone(), pipelines, Some(decorate), false)? {
+            encoders.push((ssrc, pad));
+        }
+    }
+    forward_layer_keyframe_requests(track, encoders);
+    Ok(())
 }

@@ -68,14 +68,17 @@ fn spawn_flash(src: gst_app::AppSrc, video: bool, start: Instant) {
 }
 
 pub(super) fn local_track(kind: RtpCodecKind, mime: &str, ssrc: u32) -> Arc<TrackLocalStaticRTP> {
+    local_track_layers(kind, mime, &[(String::new(), ssrc)])
+}
+
+/// A local track with one encoding per `(rid, ssrc)`: simulcast when there are several (an empty
+/// rid: a plain track).
+pub(super) fn local_track_layers(kind: RtpCodecKind, mime: &str, layers: &[(String, u32)]) -> Arc<TrackLocalStaticRTP> {
     let (rate, ch) = if kind == RtpCodecKind::Audio { (48000, 2) } else { (90000, 0) };
-    Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-        "loadgen".into(),
-        format!("{kind}-{ssrc}"),
-        "loadgen".into(),
-        kind,
-        vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+    let encodings = layers
+        .iter()
+        .map(|(rid, ssrc)| RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters { rid: rid.clone(), ssrc: Some(*ssrc), ..Default::default() },
             active: true,
             codec: RTCRtpCodec {
                 mime_type: mime.into(),
@@ -85,7 +88,15 @@ pub(super) fn local_track(kind: RtpCodecKind, mime: &str, ssrc: u32) -> Arc<Trac
                 rtcp_feedback: vec![],
             },
             ..Default::default()
-        }],
+        })
+        .collect();
+    let ssrc = layers.first().map_or(0, |l| l.1);
+    Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        "loadgen".into(),
+        format!("{kind}-{ssrc}"),
+        "loadgen".into(),
+        kind,
+        encodings,
     )))
 }
 
@@ -97,6 +108,21 @@ pub(super) fn publish(
     track: Arc<TrackLocalStaticRTP>,
     pipelines: &Arc<Mutex<Vec<gst::Pipeline>>>,
 ) -> Result<(), LoadgenError> {
+    publish_with(desc, track, pipelines, None, true).map(|_| ())
+}
+
+/// Edits each packet before it is sent (a simulcast layer's MID and RID extensions).
+pub(super) type Decorate = Arc<dyn Fn(&mut rtc::rtp::Packet) + Send + Sync>;
+
+/// [`publish`] with each packet edited by `decorate`, and keyframe requests forwarded to the
+/// pipeline's `enc` only when `keyframes` (else the caller does it with the returned pad).
+pub(super) fn publish_with(
+    desc: &str,
+    track: Arc<TrackLocalStaticRTP>,
+    pipelines: &Arc<Mutex<Vec<gst::Pipeline>>>,
+    decorate: Option<Decorate>,
+    keyframes: bool,
+) -> Result<Option<gst::Pad>, LoadgenError> {
     let g = |e: &dyn std::fmt::Display| LoadgenError::Gst(e.to_string());
     let pipeline =
         gst::parse::launch(desc).map_err(|e| g(&e))?.downcast::<gst::Pipeline>().map_err(|_| g(&"not a pipeline"))?;
@@ -114,7 +140,8 @@ pub(super) fn publish(
             })
             .build(),
     );
-    if let Some(enc_src) = pipeline.by_name("enc").and_then(|e| e.static_pad("src")) {
+    let enc_pad = pipeline.by_name("enc").and_then(|e| e.static_pad("src"));
+    if let (Some(enc_src), true) = (enc_pad.clone(), keyframes) {
         let t = track.clone();
         tokio::spawn(async move {
             while let Some(ev) = t.poll().await {
@@ -128,7 +155,10 @@ pub(super) fn publish(
     }
     tokio::spawn(async move {
         while let Some(mut b) = rx.recv().await {
-            if let Ok(p) = rtc::rtp::Packet::unmarshal(&mut b) {
+            if let Ok(mut p) = rtc::rtp::Packet::unmarshal(&mut b) {
+                if let Some(d) = &decorate {
+                    d(&mut p);
+                }
                 let _ = track.write_rtp(p).await;
             }
         }
@@ -149,7 +179,23 @@ pub(super) fn publish(
     }
     pipeline.set_state(gst::State::Playing).map_err(|e| g(&e))?;
     pipelines.lock().unwrap().push(pipeline);
-    Ok(())
+    Ok(enc_pad)
+}
+
+/// Sends a forced keyframe to the encoder of the layer each PLI (RFC 4585 §6.3.1) names.
+pub(super) fn forward_layer_keyframe_requests(track: Arc<TrackLocalStaticRTP>, encoders: Vec<(u32, gst::Pad)>) {
+    use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+    tokio::spawn(async move {
+        while let Some(ev) = track.poll().await {
+            let TrackLocalEvent::OnRtcpPacket(pkts) = ev else { continue };
+            for p in &pkts {
+                let Some(pli) = p.as_any().downcast_ref::<PictureLossIndication>() else { continue };
+                for (_, pad) in encoders.iter().filter(|(ssrc, _)| *ssrc == pli.media_ssrc) {
+                    pad.send_event(gstreamer_video::UpstreamForceKeyUnitEvent::builder().all_headers(true).build());
+                }
+            }
+        }
+    });
 }
 
 /// Removes every video codec but `mime` (`video/VP8` or `video/H264`) from an offer.
