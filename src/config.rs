@@ -108,6 +108,34 @@ pub struct Config {
     /// ~5% less than 2.
     #[arg(long, env = "TESSERA_IO_THREADS")]
     pub io_threads: Option<usize>,
+
+    /// This server's name: the `node` label of every metric (default: the hostname).
+    #[arg(long, env = "TESSERA_NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Serve `/metrics` on this address instead of `--listen` (whose `/metrics` then answers 404:
+    /// the metrics name rooms and participants).
+    #[arg(long, env = "TESSERA_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// When set, `/metrics` (wherever it is served) needs `Authorization: Bearer <TOKEN>`.
+    #[arg(long, env = "TESSERA_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// Log lines as `text` (for a terminal or journald) or `json` (one object per line, with the
+    /// fields of the spans, such as `room` and `participant`, for a log collector).
+    #[arg(long, env = "TESSERA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Default for Config {
@@ -134,6 +162,10 @@ impl Default for Config {
             insecure: false,
             recordings_dir: PathBuf::from("recordings"),
             io_threads: None,
+            node_name: None,
+            metrics_listen: None,
+            metrics_token: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -174,6 +206,23 @@ impl Config {
             return Err(ConfigError::Insecure(self.listen));
         }
         Ok(())
+    }
+
+    /// The `node` label of the metrics: `--node-name`, else the hostname, else `tessera`.
+    pub fn node(&self) -> String {
+        let hostname =
+            || std::fs::read_to_string("/proc/sys/kernel/hostname").ok().or_else(|| std::env::var("HOSTNAME").ok());
+        self.node_name
+            .clone()
+            .or_else(hostname)
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "tessera".into())
+    }
+
+    /// The metrics token, if a non-empty one was given.
+    pub fn metrics_token(&self) -> Option<&str> {
+        self.metrics_token.as_deref().filter(|t| !t.is_empty())
     }
 
     /// The IP media sockets bind to: `--media-ip`, else the IPv4 wildcard. (Firefox neither

@@ -7,17 +7,21 @@ use crate::config::Config;
 use crate::media::tiers::OutputFormat;
 use crate::pipelines::Backends;
 use crate::room::{RoomDeps, Rooms};
-use crate::signaling::{AppState, router};
+use crate::signaling::{AppState, MetricsOptions, metrics_router, router};
 use crate::transport::Transport;
 
 /// A running server.
 pub struct Server {
     /// The bound HTTP address (useful with port 0).
     pub addr: SocketAddr,
+    /// The bound address of the `/metrics` listener, with `--metrics-listen`.
+    pub metrics_addr: Option<SocketAddr>,
     /// Every room.
     pub rooms: Arc<Rooms>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The `--metrics-listen` server, aborted once the main one has finished.
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -38,7 +42,30 @@ impl Server {
         };
         let rooms = Arc::new(Rooms::new(deps));
         let auth = crate::signaling::auth::Auth::new(cfg.api_secret.as_deref().filter(|s| !s.is_empty()));
-        let app = router(AppState::new(rooms.clone(), auth));
+        let state = AppState::new(rooms.clone(), auth).with_metrics(MetricsOptions {
+            node: cfg.node(),
+            token: cfg.metrics_token().map(str::to_string),
+            own_listener: cfg.metrics_listen.is_some(),
+        });
+        let (metrics_addr, metrics_task) = match cfg.metrics_listen {
+            Some(at) => {
+                let listener = tokio::net::TcpListener::bind(at).await?;
+                let bound = listener.local_addr()?;
+                let app = metrics_router(state.clone());
+                let task = tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app).await {
+                        tracing::error!(addr = %bound, "metrics listener failed: {e}");
+                    }
+                });
+                if cfg.metrics_token().is_none() && !bound.ip().is_loopback() {
+                    tracing::warn!(addr = %bound, "/metrics names rooms and participants and needs no --metrics-token");
+                }
+                tracing::info!(addr = %bound, "metrics listening");
+                (Some(bound), Some(task))
+            }
+            None => (None, None),
+        };
+        let app = router(state);
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -50,7 +77,7 @@ impl Server {
                 .await
         });
         tracing::info!(%addr, media_ip = %cfg.media_bind_ip(), "tessera listening");
-        Ok(Self { addr, rooms, shutdown: Some(tx), task })
+        Ok(Self { addr, metrics_addr, rooms, shutdown: Some(tx), task, metrics_task })
     }
 
     /// Stops accepting requests, finalizes every recording, and waits for the HTTP server to finish.
@@ -62,6 +89,9 @@ impl Server {
             room.stop_recordings().await;
         }
         let _ = (&mut self.task).await;
+        if let Some(t) = self.metrics_task.take() {
+            t.abort();
+        }
     }
 
     /// Serves until the HTTP task ends.
