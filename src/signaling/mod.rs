@@ -135,7 +135,21 @@ pub fn router(state: AppState) -> Router {
         .fold(Router::new(), |r, (path, methods)| r.route(path, methods))
         .layer(DefaultBodyLimit::max(MAX_SDP_BYTES))
         .with_state(state);
-    plain.clone().layer(cors).layer(axum::middleware::from_fn_with_state(plain, plain_options_skip_cors))
+    plain
+        .clone()
+        .layer(cors)
+        .layer(axum::middleware::from_fn_with_state(plain, plain_options_skip_cors))
+        .layer(axum::middleware::map_response(reason_for_too_large))
+}
+
+/// A body over [`MAX_SDP_BYTES`] is refused by axum's body limit with its own text: answer with
+/// Tessera's one-line reason instead.
+async fn reason_for_too_large(r: Response) -> Response {
+    if r.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return r;
+    }
+    let reason = format!("request body larger than {} KiB\n", MAX_SDP_BYTES / 1024);
+    (StatusCode::PAYLOAD_TOO_LARGE, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], reason).into_response()
 }
 
 /// Sends a plain `OPTIONS` (no `Access-Control-Request-Method`: not a CORS preflight) past the
@@ -266,8 +280,25 @@ fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &Bytes) 
 fn check_room_name(room: &str) -> Result<(), ApiError> {
     let ok = !room.is_empty()
         && room.len() <= 64
-        && room.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok { Ok(()) } else { Err(ApiError::BadRequest(format!("room name {room:?}: use 1-64 of A-Z a-z 0-9 _ - ."))) }
+        && room.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        // `.` and `..` (and other all-dot names) are path segments URLs normalise away.
+        && !room.chars().all(|c| c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!("room name {room:?}: use 1-64 of A-Z a-z 0-9 _ - ., not only dots")))
+    }
+}
+
+/// Whether a `Range` header value is well-formed per RFC 9110 §14.1.2 (`bytes=` and a list of
+/// `first-last`, `first-` or `-suffix`); a malformed one is to be ignored (§14.2), not refused.
+fn range_is_well_formed(v: &str) -> bool {
+    let Some(set) = v.trim().strip_prefix("bytes=") else { return false };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    set.split(',').all(|spec| match spec.trim().split_once('-') {
+        Some((a, b)) => (digits(a) && (b.is_empty() || digits(b))) || (a.is_empty() && digits(b)),
+        None => false,
+    })
 }
 
 fn room_of(st: &AppState, room: &str) -> Result<Arc<crate::room::Room>, ApiError> {
@@ -426,6 +457,11 @@ async fn recording_file(
 ) -> Result<Response, ApiError> {
     st.auth.check(&headers, Some(&room), Need::Admin)?;
     let rec = room_of(&st, &room)?.recording(&id).ok_or(RoomError::NoRecording(id))?;
+    let mut req = req;
+    if req.headers().get(header::RANGE).is_some_and(|v| !v.to_str().is_ok_and(range_is_well_formed)) {
+        // RFC 9110 §14.2: a Range that does not parse is ignored: the whole file, 200.
+        req.headers_mut().remove(header::RANGE);
+    }
     let serve = tower_http::services::ServeFile::new(rec.path());
     let resp = tower::ServiceExt::oneshot(serve, req).await.unwrap_or_else(|e| match e {});
     Ok(resp.into_response())
@@ -540,6 +576,10 @@ async fn join(
     if name.chars().count() > 64 || name.chars().any(char::is_control) {
         return Err(ApiError::BadRequest("name: at most 64 printable characters".into()));
     }
+    if name.contains('\u{FFFD}') {
+        // The query decoder replaces bytes that are not UTF-8 (`?name=%FF%FE`).
+        return Err(ApiError::BadRequest("name: not valid UTF-8".into()));
+    }
     let offer = std::str::from_utf8(&body).map_err(|_| OfferError::Malformed("body is not UTF-8".into()))?;
     let sdp::OfferPlan { session: mut plan, rejected } = sdp::plan(offer, endpoint)?;
     if source == Source::Screen {
@@ -652,6 +692,17 @@ mod tests {
         let status = resp.status();
         let body = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
         !(matches!(status, StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) && body.is_empty())
+    }
+
+    #[test]
+    fn ranges_that_do_not_parse_are_told_apart() {
+        for ok in ["bytes=0-5", "bytes=10-", "bytes=-100", "bytes=0-1, 5-9", "bytes=99999999-"] {
+            assert!(range_is_well_formed(ok), "{ok}");
+        }
+        for bad in ["items=0-5", "bytes=abc", "bytes=", "bytes=5", "bytes=-", "bytes=1-x"] {
+            assert!(!range_is_well_formed(bad), "{bad}");
+        }
+        assert!(check_room_name("..").is_err() && check_room_name(".").is_err() && check_room_name("a.b").is_ok());
     }
 
     #[test]

@@ -122,14 +122,22 @@ async fn record(dir: PathBuf, format: &str) {
     let r = common::http("GET", format!("{base}/{id}/file"), None, vec![]).await;
     assert_eq!(r.status, 200);
     let url = format!("{base}/{id}/file");
-    let (status, range_len) = tokio::task::spawn_blocking(move || {
-        let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
-        let mut resp = agent.get(&url).header("range", "bytes=0-99").call().unwrap();
-        (resp.status().as_u16(), resp.body_mut().read_to_vec().unwrap().len())
-    })
-    .await
-    .unwrap();
-    assert_eq!((status, range_len), (206, 100));
+    let whole = r.body.len();
+    let get_range = |range: &'static str| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+            let mut resp = agent.get(&url).header("range", range).call().unwrap();
+            (resp.status().as_u16(), resp.body_mut().read_to_vec().unwrap().len())
+        })
+    };
+    assert_eq!(get_range("bytes=0-99").await.unwrap(), (206, 100));
+    // A Range that does not parse is ignored (RFC 9110 §14.2): the whole file.
+    for bad in ["items=0-5", "bytes=abc"] {
+        let (status, len) = get_range(bad).await.unwrap();
+        assert_eq!(status, 200, "Range: {bad}");
+        assert!(len + 100_000 >= whole, "Range: {bad}: {len} of {whole} bytes");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
