@@ -211,18 +211,39 @@ async fn participant_until(
 }
 
 /// Listens in half-second windows (up to `timeout`) until `freq` is louder than -30 dB; returns
-/// the loudest level heard.
-async fn hear(peer: &Peer, freq: f64, timeout: Duration) -> f64 {
+/// the loudest level heard and a description of every window, for failure messages.
+async fn hear(peer: &Peer, freq: f64, timeout: Duration) -> (f64, String) {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut best = -180.0f64;
+    let mut levels = vec![];
     while tokio::time::Instant::now() < deadline {
         let s = peer.audio_window(24000, Duration::from_secs(5)).await;
-        best = best.max(tone_db(&s, freq));
+        let l = tone_db(&s, freq);
+        levels.push(format!("{l:.0}"));
+        best = best.max(l);
         if best > -30.0 {
             break;
         }
     }
-    best
+    let st = peer.stats();
+    let about = format!(
+        "{} Hz per 0.5 s window: [{}] dB; {} received {} audio packets, {} gaps > 100 ms",
+        freq,
+        levels.join(", "),
+        peer.opts.name,
+        st.audio_packets,
+        st.audio_gaps
+    );
+    (best, about)
+}
+
+/// The room's audio figures, for failure messages.
+async fn room_audio(addr: SocketAddr, room: &str) -> String {
+    let r = common::room_json(addr, room).await;
+    format!(
+        "room: audio_decodes_last_tick {}, audio_encodes_last_tick {}, active_speaker {}",
+        r["audio_decodes_last_tick"], r["audio_encodes_last_tick"], r["active_speaker"]
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,8 +272,13 @@ async fn a_max_bundle_webrtcbin_publisher_is_seen_and_heard() {
         f.colour_at(320, 360, 40),
         f.colour_at(960, 360, 40)
     );
-    let level = hear(&ear, 660.0, Duration::from_secs(10)).await;
-    assert!(level > -30.0, "the webrtcbin publisher's 660 Hz is not in the mix: {level:.1} dB");
+    let (level, heard) = hear(&ear, 660.0, Duration::from_secs(10)).await;
+    assert!(
+        level > -30.0,
+        "the webrtcbin publisher's 660 Hz is not in the mix: {heard}; {}; publisher {}",
+        room_audio(srv.addr, room).await,
+        participant(srv.addr, room, &id).await
+    );
     let p = participant(srv.addr, room, &id).await;
     assert_eq!(p["kind"], "whip", "{p}");
     assert_eq!(p["publishes"], serde_json::json!({"audio": true, "video": true}), "{p}");
@@ -345,7 +371,7 @@ async fn publisher_with_undeclared_ssrc(mode: &str, room: &str, video: bool) {
     }
     let id = gst.connected().await;
     let viewer = common::join(srv.addr, room, PeerOpts::viewer("viewer")).await;
-    let level = hear(&viewer, 660.0, Duration::from_secs(12)).await;
+    let (level, heard) = hear(&viewer, 660.0, Duration::from_secs(12)).await;
     let frame = if video {
         viewer
             .wait_frame(Duration::from_secs(8), |f| close(f.colour_at(640, 360, 60), colour, 45))
@@ -359,8 +385,9 @@ async fn publisher_with_undeclared_ssrc(mode: &str, room: &str, video: bool) {
     })
     .await;
     let seen = format!(
-        "660 Hz at {level:.1} dB in the viewer's mix; composite centre {frame:?} (want {colour:?}); publishes {}",
-        p["publishes"]
+        "{heard}; composite centre {frame:?} (want {colour:?}); publishes {}; {}",
+        p["publishes"],
+        room_audio(srv.addr, room).await
     );
     assert!(level > -30.0, "the publisher's audio is not mixed: {seen}");
     assert_eq!(p["publishes"]["audio"], true, "{seen}");

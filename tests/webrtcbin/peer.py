@@ -258,6 +258,7 @@ class Peer:
         self.colours = {}
         self.audio = array.array("h")
         self.audio_total = 0
+        self.wav = array.array("h") if args.wav else None
         self.start = time.monotonic()
         self.connected_at = None
 
@@ -567,6 +568,8 @@ class Peer:
             if sys.byteorder != "little":
                 chunk.byteswap()
             with self.lock:
+                if self.wav is not None:
+                    self.wav.extend(chunk)
                 self.audio.extend(chunk)
                 self.audio_total += len(chunk)
                 if len(self.audio) > RATE:
@@ -589,10 +592,12 @@ class Peer:
                 ok_p, packets = value.get_uint64("packets-received")
                 ok_l, lost = value.get_int64("packets-lost")
                 ok_j, jitter = value.get_double("jitter")
+                ok_d, discarded = value.get_uint64("packets-discarded")
                 out[kind] = {
                     "packets": packets if ok_p else None,
                     "lost": lost if ok_l else None,
                     "jitter_ms": round(jitter * 1000, 1) if ok_j else None,
+                    "discarded": discarded if ok_d else None,
                 }
             return True
 
@@ -651,6 +656,14 @@ class Peer:
 
     def stop(self):
         self.pipe.set_state(Gst.State.NULL)
+        if self.wav is not None:
+            import wave
+
+            with wave.open(self.args.wav, "wb") as w:
+                w.setnchannels(1)
+                w.setsampwidth(2)
+                w.setframerate(RATE)
+                w.writeframes(self.wav.tobytes())
         self.loop.quit()
         return False
 
@@ -720,6 +733,7 @@ def main():
     )
     p.add_argument("--tones", type=floats, default=[], help="frequencies to measure in what is received, Hz")
     p.add_argument("--points", type=points, default=[], help="x,y;x,y pixels whose colour stats report")
+    p.add_argument("--wav", help="write all decoded audio (48 kHz mono S16) to this WAV file at exit")
     p.add_argument("--duration", type=float, default=20.0, help="seconds before leaving (0: until SIGTERM)")
     p.add_argument("--gather-timeout", type=int, default=10, help="seconds to wait for ICE gathering")
     p.add_argument("--print-sdp", action="store_true", help="log the offer and answer on stderr")
