@@ -26,6 +26,30 @@ pub struct Who {
     pub name: String,
 }
 
+/// A participant as `welcome` lists it: who, how it joined, and its mutes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Member {
+    /// Participant id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// `participant`, `whip` or `whep`.
+    pub kind: String,
+    /// `camera` or `screen`.
+    pub source: String,
+    /// Muted audio and video.
+    pub muted: Muted,
+}
+
+/// Mute flags of a participant.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Muted {
+    /// Audio muted.
+    pub audio: bool,
+    /// Video muted.
+    pub video: bool,
+}
+
 /// One room event. JSON: `{"type": "joined", "ts": 1700000000000, "participant": {...}}` and so on,
 /// `ts` in ms since the Unix epoch (server time).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -38,8 +62,8 @@ pub enum RoomEvent {
         ts: u64,
         /// The receiving participant.
         you: Who,
-        /// Everyone in the room, join order.
-        participants: Vec<Who>,
+        /// Everyone in the room, join order, with how they joined and their mutes.
+        participants: Vec<Member>,
         /// Current layout.
         layout: LayoutSpec,
         /// Active speaker.
@@ -53,6 +77,8 @@ pub enum RoomEvent {
         participant: Who,
         /// `camera` or `screen`.
         source: String,
+        /// `participant`, `whip` or `whep`.
+        kind: String,
     },
     /// Someone left.
     Left {
@@ -96,7 +122,9 @@ pub enum RoomEvent {
         ts: u64,
         /// Recording or egress id.
         id: String,
-        /// `recording`, `stopped`, `failed`, `reconnecting`.
+        /// `recording` or `egress`.
+        kind: String,
+        /// `recording`, `stopped`, `failed`, `connecting`, `streaming`, `reconnecting`.
         state: String,
     },
     /// A chat message, relayed by the server.
@@ -182,7 +210,7 @@ pub(super) async fn data_channel(room: Arc<Room>, me: Who, dc: Arc<dyn DataChann
     let mut open = false;
     let send = |e: &RoomEvent| serde_json::to_string(e).unwrap_or_default();
     let welcome = || {
-        let participants = room.participants.lock().unwrap().iter().map(|x| x.who()).collect();
+        let participants = room.participants.lock().unwrap().iter().map(|x| x.member()).collect();
         let speaker = room.video.speaker().and_then(|id| room.who(&id));
         RoomEvent::Welcome { ts: now_ms(), you: me.clone(), participants, layout: room.layout().into(), speaker }
     };

@@ -58,6 +58,17 @@ pub enum JoinKind {
     Whep,
 }
 
+impl JoinKind {
+    /// Its JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JoinKind::Participant => "participant",
+            JoinKind::Whip => "whip",
+            JoinKind::Whep => "whep",
+        }
+    }
+}
+
 /// What a publisher's video is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -67,6 +78,16 @@ pub enum Source {
     Camera,
     /// A screen share: shown large by the `presentation` layout.
     Screen,
+}
+
+impl Source {
+    /// Its JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Camera => "camera",
+            Source::Screen => "screen",
+        }
+    }
 }
 
 /// Errors of the room engine, each with the reason a client is told.
@@ -525,8 +546,8 @@ impl Room {
         {
             tracing::error!(room = %self.name, "automatic recording failed: {e}");
         }
-        let source = if source == Source::Screen { "screen" } else { "camera" };
-        self.emit(RoomEvent::Joined { ts: crate::ids::now_ms(), participant: p.who(), source: source.into() });
+        let (source, kind) = (source.as_str().into(), kind.as_str().into());
+        self.emit(RoomEvent::Joined { ts: crate::ids::now_ms(), participant: p.who(), source, kind });
         handler.ready();
         Ok((id, answer))
     }
@@ -537,6 +558,13 @@ impl Room {
             let Some(i) = ps.iter().position(|p| p.id == id) else { return false };
             ps.remove(i)
         };
+        let left = RoomEvent::Left { ts: crate::ids::now_ms(), participant: p.who(), reason: reason.into() };
+        // Its own `left` (a kick, the room's end) reaches it before its channel goes.
+        let channel = p.channel.lock().unwrap().take();
+        if let Some(dc) = channel {
+            let text = serde_json::to_string(&left).unwrap_or_default();
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(500), dc.send_text(&text)).await;
+        }
         let tasks: Vec<_> = p.tasks.lock().unwrap().drain(..).collect();
         for t in &tasks {
             t.abort();
@@ -552,7 +580,7 @@ impl Room {
         self.departed
             .1
             .fetch_add(p.session.counters.keyframe_requests_received.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.emit(RoomEvent::Left { ts: crate::ids::now_ms(), participant: p.who(), reason: reason.into() });
+        self.emit(left);
         p.session.close().await;
         tracing::info!(room = %self.name, participant = id, reason, "left");
         true

@@ -37,7 +37,12 @@ impl Room {
         let rec = Recording::start(&id, format, path, &self.video, &self.audio)?;
         let info = rec.info();
         self.outputs.recordings.lock().unwrap().push(rec);
-        self.emit(RoomEvent::RecordingState { ts: crate::ids::now_ms(), id: id.clone(), state: "recording".into() });
+        self.emit(RoomEvent::RecordingState {
+            ts: crate::ids::now_ms(),
+            id: id.clone(),
+            kind: "recording".into(),
+            state: "recording".into(),
+        });
         Ok(info)
     }
 
@@ -52,7 +57,8 @@ impl Room {
         if was {
             let state =
                 serde_json::to_value(info.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-            self.emit(RoomEvent::RecordingState { ts: crate::ids::now_ms(), id: id.into(), state });
+            let kind = "recording".into();
+            self.emit(RoomEvent::RecordingState { ts: crate::ids::now_ms(), id: id.into(), kind, state });
         }
         Ok(info)
     }
@@ -68,7 +74,8 @@ impl Room {
         let (w, i) = (Arc::downgrade(self), id.clone());
         let on_state: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |state: &str| {
             if let Some(room) = w.upgrade() {
-                room.emit(RoomEvent::RecordingState { ts: crate::ids::now_ms(), id: i.clone(), state: state.into() });
+                let (id, kind, state) = (i.clone(), "egress".into(), state.into());
+                room.emit(RoomEvent::RecordingState { ts: crate::ids::now_ms(), id, kind, state });
             }
         });
         let e = Egress::start(&id, target, &self.video, &self.audio, on_state)?;

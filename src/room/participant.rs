@@ -48,6 +48,8 @@ pub(super) struct Participant {
     pub(super) video_status: Arc<VideoStatus>,
     /// Its simulcast layers and the one decoded, when it publishes simulcast.
     pub(super) layers: Mutex<Option<LayersView>>,
+    /// Its data channel, when it opened one: its own `left` goes there before it is closed.
+    pub(super) channel: Mutex<Option<Arc<dyn DataChannel>>>,
 }
 
 /// A simulcast publisher's layers as the room JSON shows them.
@@ -90,6 +92,7 @@ impl Participant {
             tasks: Mutex::new(vec![]),
             video_status: Arc::default(),
             layers: Mutex::new(None),
+            channel: Mutex::new(None),
         }
     }
 
@@ -108,6 +111,19 @@ impl Participant {
 
     pub(super) fn who(&self) -> Who {
         Who { id: self.id.clone(), name: self.name.clone() }
+    }
+
+    pub(super) fn member(&self) -> super::events::Member {
+        super::events::Member {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            kind: self.kind.as_str().into(),
+            source: self.source.as_str().into(),
+            muted: super::events::Muted {
+                audio: self.muted_audio.load(Ordering::Relaxed),
+                video: self.muted_video.load(Ordering::Relaxed),
+            },
+        }
     }
 }
 
@@ -216,6 +232,7 @@ impl Room {
     fn on_data_channel(self: &Arc<Self>, id: &str, dc: Arc<dyn DataChannel>) {
         let Some(p) = self.participant(id) else { return };
         let span = tracing::info_span!("participant", room = %self.name, participant = %id);
+        *p.channel.lock().unwrap() = Some(dc.clone());
         let handle = tokio::spawn(super::events::data_channel(self.clone(), p.who(), dc).instrument(span));
         p.tasks.lock().unwrap().push(handle);
     }

@@ -26,7 +26,12 @@ async fn events_and_chat_reach_the_other_peers() {
         .await
         .expect("alice hears that bob joined");
     assert_eq!(joined["participant"]["name"], "bob");
-    bob.wait_event(Duration::from_secs(5), |e| e["type"] == "welcome").await.expect("bob's welcome");
+    assert_eq!((joined["kind"].as_str(), joined["source"].as_str()), (Some("participant"), Some("camera")));
+    let welcome = bob.wait_event(Duration::from_secs(5), |e| e["type"] == "welcome").await.expect("bob's welcome");
+    let listed = &welcome["participants"][0];
+    assert_eq!(listed["id"], alice.id.as_str(), "{welcome}");
+    assert_eq!(listed["kind"], "participant");
+    assert_eq!(listed["muted"], json!({"audio": false, "video": false}));
 
     // Chat: relayed to everyone with the sender's id and name and the server's time.
     alice.send(&json!({"type": "chat", "text": "hello bob"})).await.unwrap();
@@ -79,4 +84,17 @@ async fn events_and_chat_reach_the_other_peers() {
         .await
         .expect("left event");
     assert_eq!(left["reason"], "left");
+
+    // A kick reaches the kicked participant itself before its connection goes.
+    let mut o = PeerOpts::viewer("carol");
+    o.data_channel = true;
+    let carol = common::join(a, "chat", o).await;
+    carol.wait_event(Duration::from_secs(5), |e| e["type"] == "welcome").await.expect("carol's welcome");
+    let r = common::http("DELETE", format!("http://{a}{}", carol.location), None, vec![]).await;
+    assert_eq!(r.status, 204);
+    let own = carol
+        .wait_event(Duration::from_secs(5), |e| e["type"] == "left" && e["participant"]["id"] == carol.id.as_str())
+        .await
+        .expect("carol hears her own left");
+    assert_eq!(own["reason"], "left");
 }
