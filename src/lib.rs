@@ -14,6 +14,7 @@
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod doctor;
 pub mod ids;
 pub mod media;
 pub mod outputs;

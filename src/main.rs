@@ -26,6 +26,28 @@ enum Command {
     Token(TokenArgs),
     /// Record a room of a running server until Ctrl-C, with a progress line.
     Record(tessera::client::record::RecordArgs),
+    /// Print which backend runs each media role on this machine (GPU encoders and decoders are
+    /// probed by running them), the GPUs, and the codec policy that follows.
+    Doctor(DoctorArgs),
+}
+
+#[derive(clap::Args)]
+struct DoctorArgs {
+    /// Backend to report on: a folder of `pipelines/` (`cpu`, `nvenc`, `vaapi`), as `serve --backend`.
+    #[arg(long, env = "TESSERA_BACKEND", default_value = "cpu")]
+    backend: String,
+    /// Read pipeline fragments from this folder instead of the embedded copies.
+    #[arg(long, env = "TESSERA_PIPELINES_DIR")]
+    pipelines_dir: Option<std::path::PathBuf>,
+    /// Print the report as JSON (its shape: `tessera::doctor`'s docs).
+    #[arg(long)]
+    json: bool,
+    /// Only check element names and parsing; run no probe pipelines.
+    #[arg(long)]
+    no_probe: bool,
+    /// Longest a probe pipeline may run, ms.
+    #[arg(long, default_value_t = 10_000)]
+    probe_timeout_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -99,6 +121,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Loadgen(args) => tessera::client::loadgen::cli::run(args).await,
         Command::Record(args) => tessera::client::record::run(args).await,
+        Command::Doctor(a) => {
+            let opts = tessera::doctor::Options {
+                backend: a.backend,
+                pipelines_dir: a.pipelines_dir,
+                probe: (!a.no_probe).then(|| std::time::Duration::from_millis(a.probe_timeout_ms)),
+            };
+            let report = tokio::task::spawn_blocking(move || tessera::doctor::report(&opts)).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", tessera::doctor::render_text(&report));
+            }
+            Ok(())
+        }
         Command::Token(t) => {
             let auth = tessera::signaling::auth::Auth::new(Some(&t.api_secret));
             let grants =

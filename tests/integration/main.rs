@@ -10,6 +10,7 @@ mod browser;
 mod crash;
 mod demux;
 mod doctor;
+mod doctor;
 mod edge;
 mod egress;
 mod events;
