@@ -1,7 +1,7 @@
 //! `tessera`: the command line. `tessera serve` runs the MCU.
 
 use clap::{Parser, Subcommand};
-use tessera::config::Config;
+use tessera::config::{Config, LogFormat};
 use tessera::server::Server;
 
 #[derive(Parser)]
@@ -91,14 +91,37 @@ fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(secs))
 }
 
+/// The log filter when `RUST_LOG` is not set.
+const DEFAULT_LOG_FILTER: &str = "info,webrtc=warn,rtc=warn,webrtc_ice=warn";
+
+/// The subscriber for `format`: text lines, or one JSON object per line with the event's fields
+/// at the top level (`message`, ...), the innermost span's fields under `span` and every open
+/// span's under `spans` (so each line of a participant carries its `room` and `participant`).
+fn log_subscriber<W>(
+    format: LogFormat,
+    filter: tracing_subscriber::EnvFilter,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    match format {
+        LogFormat::Text => Box::new(fmt.finish()),
+        LogFormat::Json => Box::new(
+            fmt.json().with_ansi(false).flatten_event(true).with_current_span(true).with_span_list(true).finish(),
+        ),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,webrtc=warn,rtc=warn,webrtc_ice=warn".into()),
-        )
-        .init();
     let cli = Cli::parse();
+    let format = match &cli.command {
+        Command::Serve(cfg) => cfg.log_format,
+        _ => LogFormat::Text,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT_LOG_FILTER.into());
+    tracing_subscriber::util::SubscriberInitExt::init(log_subscriber(format, filter, std::io::stdout));
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Command::Serve(cfg) = &cli.command {
         rt.worker_threads(cfg.runtime_threads());
@@ -183,4 +206,46 @@ fn spawn_lag_probes() {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[test]
+    fn json_lines_carry_the_fields_of_the_spans() {
+        let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let out = buf.clone();
+        let writer = move || Writer(out.clone());
+        let sub = log_subscriber(LogFormat::Json, "info".into(), writer);
+        tracing::subscriber::with_default(sub, || {
+            let span = tracing::info_span!("participant", room = "demo", participant = "p1-3f9a2c");
+            let _in = span.enter();
+            tracing::info!(kbps = 910, "tier switched");
+        });
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.lines().next().expect("a line")).expect("JSON");
+        assert_eq!(line["message"], "tier switched");
+        assert_eq!(line["kbps"], 910);
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["span"]["room"], "demo");
+        assert_eq!(line["span"]["participant"], "p1-3f9a2c");
+        assert_eq!(line["spans"][0]["name"], "participant");
+    }
+
+    /// A writer into a shared buffer.
+    struct Writer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Writer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
 }
