@@ -34,6 +34,18 @@ pub struct Config {
     #[arg(long, env = "TESSERA_UDP_PORTS", value_parser = parse_port_range)]
     pub udp_ports: Option<PortRange>,
 
+    /// ICE-lite (RFC 8445 §2.5): answer clients' connectivity checks, never send any — for a
+    /// server with a public address, as media servers commonly run. The server then learns a
+    /// dead client only from its missing consent checks (browsers send one every ~5 s), so
+    /// `--peer-timeout-ms` is at least 15 s.
+    #[arg(long, env = "TESSERA_ICE_LITE")]
+    pub ice_lite: bool,
+
+    /// A peer connection that has been silent this long (no STUN: no consent, RFC 7675) — or that
+    /// never connected — fails, and its participant is removed, ms.
+    #[arg(long, env = "TESSERA_PEER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub peer_timeout_ms: u64,
+
     /// IP address the media ports bind to (default 0.0.0.0: every interface). Host candidates
     /// are announced at each non-loopback interface address (plus 127.0.0.1 when `--listen` is
     /// loopback), or at `--public-ip`. Give one address on hosts with several networks.
@@ -146,6 +158,8 @@ impl Default for Config {
             tcp_port: 7881,
             no_ice_tcp: false,
             udp_ports: None,
+            ice_lite: false,
+            peer_timeout_ms: 10_000,
             media_ip: None,
             public_ips: vec![],
             ice_servers: vec![],

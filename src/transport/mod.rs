@@ -10,6 +10,7 @@ pub mod answer;
 pub mod bwe;
 pub mod demux;
 pub mod mux;
+pub mod offer;
 pub mod rtcp;
 pub mod stun;
 pub mod tracks;
@@ -125,6 +126,10 @@ enum MediaPorts {
 /// Shared by every session: settings and the media ports.
 pub struct Transport {
     media: MediaPorts,
+    /// ICE-lite (RFC 8445 §2.5): answer checks, never send them.
+    lite: bool,
+    /// ICE disconnected / failed timeouts and keepalive interval.
+    ice_timeouts: (Duration, Duration, Duration),
     ice_servers: Vec<RTCIceServer>,
     pli_interval: Duration,
     /// Where a receiver's bandwidth estimate starts, bits/s (above the largest tier's need, so a
@@ -201,8 +206,19 @@ impl Transport {
                 MediaPorts::Shared { mux, announce }
             }
         };
+        let half = Duration::from_millis(cfg.peer_timeout_ms / 2);
         Ok(Self {
             media,
+            lite: cfg.ice_lite,
+            // Consent (RFC 7675): the agent checks the selected pair every 2 s; with nothing heard
+            // for half the timeout the connection is `disconnected`, for all of it `failed`, and
+            // the participant is removed. An ICE-lite agent sends no checks and relies on the
+            // client's (about every 5 s in browsers): it waits at least 8 + 7 s.
+            ice_timeouts: if cfg.ice_lite {
+                (half.max(Duration::from_secs(8)), half.max(Duration::from_secs(7)), Duration::from_secs(2))
+            } else {
+                (half, half, Duration::from_secs(2))
+            },
             ice_servers: cfg.ice_servers.iter().map(|u| parse_ice_server(u)).collect(),
             pli_interval: Duration::from_millis(cfg.pli_interval_ms),
             initial_estimate_bps: cfg.video_kbps as f64 * 1000.0 * 2.5,
@@ -247,7 +263,14 @@ impl Transport {
     ) -> Result<(Session, String), TransportError> {
         // A sending section that declares no SSRC gets a placeholder: webrtc-rs refuses it
         // otherwise, and the real one is declared from its first packet (`demux`).
-        let offer = demux::declare_missing_ssrcs(offer);
+        let (offer, dropped) = offer::filter_candidates(offer);
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "remote candidates not checked (link-local, multicast, unspecified or unparseable)"
+            );
+        }
+        let offer = demux::declare_missing_ssrcs(&offer);
         let offer = RTCSessionDescription::offer(offer).map_err(|e| TransportError::Offer(e.to_string()))?;
         let (gather_tx, mut gather_rx) = mpsc::channel(1);
         let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
@@ -332,7 +355,11 @@ impl Transport {
         };
         // No mDNS: Tessera announces plain IPs, and joining the multicast group fails on hosts
         // without a multicast-capable interface (a loopback-only container).
-        let settings = SettingEngineBuilder::new().with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
+        let (disconnected, failed, keepalive) = self.ice_timeouts;
+        let settings = SettingEngineBuilder::new()
+            .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+            .with_ice_timeouts(Some(disconnected), Some(failed), Some(keepalive))
+            .with_lite(self.lite);
         let builder = PeerConnectionBuilder::new()
             .with_media_engine(media_engine)
             .with_interceptor_registry(registry)
@@ -367,7 +394,9 @@ impl Transport {
                         p
                     }
                 };
-                let config = RTCConfigurationBuilder::new().with_ice_servers(self.ice_servers.clone()).build();
+                // An ICE-lite agent gathers nothing but host candidates (and refuses servers).
+                let servers = if self.lite { vec![] } else { self.ice_servers.clone() };
+                let config = RTCConfigurationBuilder::new().with_ice_servers(servers).build();
                 let built = builder
                     .with_configuration(config)
                     .with_setting_engine(settings.build())

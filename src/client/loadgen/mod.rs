@@ -24,7 +24,7 @@ use std::time::Duration;
 
 pub use analysis::{Frame, Rgb};
 pub use http::{HTTP_TIMEOUT, HttpResponse, http, http_auth};
-pub use peer::Peer;
+pub use peer::{Peer, offer_only};
 pub use talk::TalkTurn;
 
 /// A gap between two decoded frames longer than this counts as a freeze.

@@ -58,6 +58,46 @@ impl Drop for Peer {
     }
 }
 
+/// An offer SDP (receive-only video and audio, loopback host candidates, gathering complete) from a
+/// peer connection that is closed again at once: a client that asks to join and then never answers
+/// a connectivity check. For tests of what the server does with joins that never connect.
+///
+/// # Errors
+/// [`LoadgenError`] when webrtc-rs cannot build the connection or the offer.
+pub async fn offer_only() -> Result<String, LoadgenError> {
+    let mut me = crate::transport::media_engine(crate::transport::Feedback::None).map_err(w)?;
+    let registry = register_default_interceptors(Registry::new(), &mut me).map_err(w)?;
+    let (gather_tx, mut gather_rx) = mpsc::channel(1);
+    let (state_tx, _state_rx) = watch::channel(RTCPeerConnectionState::New);
+    let (tick_tx, _tick) = watch::channel(0u64);
+    let handler = Arc::new(Handler {
+        gather_tx,
+        state_tx,
+        received: Arc::new(Received { count_only: true, ..Default::default() }),
+        tick_tx: Arc::new(tick_tx),
+        pipelines: Arc::new(Mutex::new(vec![])),
+    });
+    let settings = SettingEngineBuilder::new().with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
+    let pc = PeerConnectionBuilder::new()
+        .with_media_engine(me)
+        .with_interceptor_registry(registry)
+        .with_handler(handler)
+        .with_setting_engine(settings.build())
+        .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
+        .build()
+        .await
+        .map_err(w)?;
+    let init = || Some(RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, ..Default::default() });
+    pc.add_transceiver_from_kind(RtpCodecKind::Video, init()).await.map_err(w)?;
+    pc.add_transceiver_from_kind(RtpCodecKind::Audio, init()).await.map_err(w)?;
+    let offer = pc.create_offer(None).await.map_err(w)?;
+    pc.set_local_description(offer).await.map_err(w)?;
+    let _ = tokio::time::timeout(Duration::from_secs(5), gather_rx.recv()).await;
+    let sdp = pc.local_description().await.ok_or_else(|| w("no local description"))?.sdp;
+    let _ = pc.close().await;
+    Ok(sdp)
+}
+
 impl Peer {
     /// Joins `room` on the server at `base` (e.g. `http://127.0.0.1:8080`): offers, POSTs, applies
     /// the answer, waits until connected (10 s), then starts publishing. `keep_pixels` keeps the
