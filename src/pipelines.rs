@@ -374,7 +374,7 @@ impl Backends {
                     Ok(bin) => {
                         if f.backend != self.backend {
                             tracing::warn!(backend = %self.backend, role = role.name(), skipped = %skipped.join("; "),
-                                "pipeline fragment unusable here; falling back to cpu");
+                                "no usable pipeline fragment in this backend (none, or skipped); falling back to cpu");
                         }
                         tracing::debug!(role = role.name(), backend = %f.backend, variant = f.variant,
                             desc = %f.description, "pipeline fragment");
