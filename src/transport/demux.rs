@@ -114,7 +114,11 @@ pub fn declare_ssrc(offer: &str, mid: &str, ssrc: u32) -> String {
             .iter()
             .find_map(|l| l.strip_prefix("a=ssrc:").and_then(|r| r.split_once(" cname:")).map(|(_, c)| c.to_string()))
             .unwrap_or_else(|| "tessera".to_string());
-        let msid = section.iter().find_map(|l| l.strip_prefix("a=msid:").map(str::to_string));
+        let msid = section.iter().find_map(|l| l.strip_prefix("a=msid:").map(str::to_string)).or_else(|| {
+            section.iter().find_map(|l| {
+                l.strip_prefix("a=ssrc:").and_then(|r| r.split_once(" msid:")).map(|(_, m)| m.to_string())
+            })
+        });
         out.extend(
             section
                 .drain(..)
@@ -155,6 +159,46 @@ pub fn declare_missing_ssrcs(offer: &str) -> String {
         out.extend(section.drain(..).map(str::to_string));
         if media && sends && mid && !declared {
             out.push(format!("a=ssrc:{} cname:tessera-placeholder", crate::ids::random_ssrc()));
+        }
+    };
+    for l in lines {
+        if l.starts_with("m=") {
+            flush(&mut section, &mut out);
+        }
+        if l.is_empty() {
+            continue;
+        }
+        section.push(l);
+    }
+    flush(&mut section, &mut out);
+    out.join("\r\n") + "\r\n"
+}
+
+/// `offer` with an `a=msid:tessera <kind>-<mid>` (RFC 8830) after the `a=mid` of every audio/video
+/// section that names no track (neither `a=msid` nor an `a=ssrc ... msid:`). webrtc-rs keys the
+/// remote tracks of a connection by track id: two unnamed sections would share the empty id, and
+/// the second stream's packets would go to the first's track (webrtcbin 1.22 writes no `msid`);
+/// it also only treats `a=rid` layers as simulcast when the section names its track.
+pub fn name_unnamed_tracks(offer: &str) -> String {
+    let lines: Vec<&str> = offer.split("\r\n").collect();
+    let mut out: Vec<String> = Vec::with_capacity(lines.len() + 4);
+    let mut section: Vec<&str> = vec![];
+    let flush = |section: &mut Vec<&str>, out: &mut Vec<String>| {
+        let kind = section.first().and_then(|l| l.strip_prefix("m=")).and_then(|l| l.split(' ').next());
+        let named = section
+            .iter()
+            .any(|l| l.starts_with("a=msid:") || (l.starts_with("a=ssrc:") && l.contains(" msid:")));
+        let mid = section.iter().find_map(|l| l.strip_prefix("a=mid:")).map(str::trim).map(str::to_string);
+        let media = matches!(kind, Some("audio" | "video"));
+        for l in section.drain(..) {
+            out.push(l.to_string());
+            if media
+                && !named
+                && let (Some(kind), Some(mid)) = (kind, &mid)
+                && l.starts_with("a=mid:")
+            {
+                out.push(format!("a=msid:tessera {kind}-{mid}"));
+            }
         }
     };
     for l in lines {
@@ -289,6 +333,21 @@ mod tests {
         // A section that declared nothing gets a declaration.
         let none = OFFER.replace("a=ssrc:21 cname:cn\r\n", "");
         assert!(declare_ssrc(&none, "1", 7).ends_with("a=rtpmap:111 opus/48000/2\r\na=ssrc:7 cname:tessera\r\n"));
+    }
+
+    #[test]
+    fn sections_without_a_track_name_get_one_per_mid() {
+        let offer = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:video0\r\na=ssrc:5 cname:c\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:audio1\r\na=ssrc:6 cname:c\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=msid:s t\r\n\
+            m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:3\r\n";
+        let named = name_unnamed_tracks(offer);
+        assert!(named.contains("a=mid:video0\r\na=msid:tessera video-video0\r\na=ssrc:5"), "{named}");
+        assert!(named.contains("a=mid:audio1\r\na=msid:tessera audio-audio1\r\n"), "{named}");
+        assert_eq!(named.matches("a=msid:").count(), 3, "{named}");
+        // A named section keeps its name when its SSRC is declared again.
+        let declared = declare_ssrc("v=0\r\nm=audio 9 X 111\r\na=mid:a\r\na=ssrc:1 msid:s t\r\n", "a", 9);
+        assert!(declared.contains("a=ssrc:9 msid:s t"), "{declared}");
     }
 
     #[test]

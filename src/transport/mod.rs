@@ -262,7 +262,8 @@ impl Transport {
         events: Arc<dyn SessionEvents>,
     ) -> Result<(Session, String), TransportError> {
         // A sending section that declares no SSRC gets a placeholder: webrtc-rs refuses it
-        // otherwise, and the real one is declared from its first packet (`demux`).
+        // otherwise, and the real one is declared from its first packet (`demux`). A section that
+        // names no track gets a name: webrtc-rs tells remote tracks apart by it.
         let (offer, dropped) = offer::filter_candidates(offer);
         if dropped > 0 {
             tracing::info!(
@@ -270,7 +271,7 @@ impl Transport {
                 "remote candidates not checked (link-local, multicast, unspecified or unparseable)"
             );
         }
-        let offer = demux::declare_missing_ssrcs(&offer);
+        let offer = demux::name_unnamed_tracks(&demux::declare_missing_ssrcs(&offer));
         let offer = RTCSessionDescription::offer(offer).map_err(|e| TransportError::Offer(e.to_string()))?;
         let (gather_tx, mut gather_rx) = mpsc::channel(1);
         let (state_tx, state_rx) = watch::channel(RTCPeerConnectionState::New);
