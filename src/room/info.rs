@@ -127,6 +127,14 @@ pub struct RoomInfo {
     pub audio_encodes_last_tick: u64,
     /// Opus decodes in the last 20 ms tick (≤ K loudest talkers + publishers without RFC 6464 levels).
     pub audio_decodes_last_tick: u64,
+    /// Publishers' audio packets that arrived after their turn in the jitter buffer: dropped.
+    pub audio_packets_late: u64,
+    /// Publishers' audio packets dropped to catch up after a burst (over 120 ms buffered).
+    pub audio_packets_overflow: u64,
+    /// Audio frames concealed (Opus PLC) because a publisher's packet was missing at its tick.
+    pub audio_frames_concealed: u64,
+    /// Mixer ticks that started over 20 ms late (its thread was starved of CPU).
+    pub audio_late_ticks: u64,
     /// PLIs sent to this room's publishers since it started.
     pub plis_sent_total: u64,
     /// Keyframe requests received from this room's receivers since it started.
@@ -214,6 +222,10 @@ impl Room {
             encoder_branches,
             audio_encodes_last_tick: audio.encodes_last_tick.load(Ordering::Relaxed),
             audio_decodes_last_tick: audio.decodes_last_tick.load(Ordering::Relaxed),
+            audio_packets_late: audio.packets_late.load(Ordering::Relaxed),
+            audio_packets_overflow: audio.packets_overflow.load(Ordering::Relaxed),
+            audio_frames_concealed: audio.frames_concealed.load(Ordering::Relaxed),
+            audio_late_ticks: audio.late_ticks.load(Ordering::Relaxed),
             plis_sent_total: self.departed.0.load(Ordering::Relaxed) + plis_now,
             keyframe_requests_total: self.departed.1.load(Ordering::Relaxed) + requests_now,
             age_s: self.created.elapsed().as_secs_f64(),

@@ -241,8 +241,15 @@ async fn hear(peer: &Peer, freq: f64, timeout: Duration) -> (f64, String) {
 async fn room_audio(addr: SocketAddr, room: &str) -> String {
     let r = common::room_json(addr, room).await;
     format!(
-        "room: audio_decodes_last_tick {}, audio_encodes_last_tick {}, active_speaker {}",
-        r["audio_decodes_last_tick"], r["audio_encodes_last_tick"], r["active_speaker"]
+        "room: audio_decodes_last_tick {}, audio_encodes_last_tick {}, active_speaker {}, packets late {} \
+         overflow {}, frames concealed {}, late ticks {}",
+        r["audio_decodes_last_tick"],
+        r["audio_encodes_last_tick"],
+        r["active_speaker"],
+        r["audio_packets_late"],
+        r["audio_packets_overflow"],
+        r["audio_frames_concealed"],
+        r["audio_late_ticks"]
     )
 }
 

@@ -10,6 +10,11 @@ const PREBUFFER: usize = 2;
 const MAX_DEPTH: usize = 6;
 /// Consecutive missing frames after which the source counts as stopped (100 ms).
 const MAX_CONCEALED: u32 = 5;
+/// Above this many buffered frames for `SHRINK_AFTER` ticks in a row, one is dropped: a burst's
+/// backlog is worked off instead of adding its delay (up to 120 ms) for good.
+const TARGET_DEPTH: usize = PREBUFFER + 1;
+/// Ticks (20 ms) of a backlog above `TARGET_DEPTH` before one frame of it is dropped (1 s).
+const SHRINK_AFTER: u32 = 50;
 
 /// What the mixer gets for one 20 ms tick.
 #[derive(Debug, PartialEq, Eq)]
@@ -29,11 +34,15 @@ pub struct JitterBuffer {
     highest: Option<u64>,
     next: Option<u64>,
     concealed: u32,
+    overflowed: u64,
+    /// Ticks in a row with more than `TARGET_DEPTH` frames waiting.
+    backlog_ticks: u32,
 }
 
 impl JitterBuffer {
-    /// Stores a packet with 16-bit sequence number `seq`; late and duplicate packets are dropped.
-    pub fn push(&mut self, seq: u16, payload: Bytes) {
+    /// Stores a packet with 16-bit sequence number `seq`. Returns `false` when it was dropped: it
+    /// came after its turn (already played or concealed).
+    pub fn push(&mut self, seq: u16, payload: Bytes) -> bool {
         let ext = match self.highest {
             None => (1u64 << 32) + seq as u64,
             Some(h) => {
@@ -46,9 +55,10 @@ impl JitterBuffer {
             self.highest = Some(ext);
         }
         if self.next.is_some_and(|n| ext < n) {
-            return;
+            return false;
         }
         self.packets.insert(ext, payload);
+        true
     }
 
     /// The frame for this tick.
@@ -61,8 +71,21 @@ impl JitterBuffer {
             self.next = Some(first);
             return self.pop();
         };
-        while self.packets.len() > MAX_DEPTH {
-            self.packets.pop_first();
+        // Too many waiting (a burst): drop the oldest and play on from the first kept. Dropping
+        // them while `next` stays put would conceal the very packets dropped, and with one packet
+        // arriving per tick the buffer would stay full and conceal every frame from then on.
+        let mut next = next;
+        self.backlog_ticks = if self.packets.len() > TARGET_DEPTH { self.backlog_ticks + 1 } else { 0 };
+        let keep = if self.backlog_ticks > SHRINK_AFTER {
+            self.backlog_ticks = 0;
+            self.packets.len() - 1
+        } else {
+            MAX_DEPTH
+        };
+        while self.packets.len() > keep {
+            let (k, _) = self.packets.pop_first().unwrap();
+            self.overflowed += 1;
+            next = next.max(k + 1);
         }
         let next =
             self.packets.first_key_value().map_or(next, |(&k, _)| if k > next + MAX_DEPTH as u64 { k } else { next });
@@ -79,6 +102,12 @@ impl JitterBuffer {
         }
         self.next = Some(next + 1);
         Pop::Lost
+    }
+
+    /// Packets dropped since the last call because more than `MAX_DEPTH` (120 ms) waited, or a
+    /// backlog above `TARGET_DEPTH` lasted a second.
+    pub fn take_overflowed(&mut self) -> u64 {
+        std::mem::take(&mut self.overflowed)
     }
 
     /// Packets waiting.
@@ -103,7 +132,7 @@ mod tests {
         j.push(0, b(3)); // 65535 is late
         assert_eq!(j.pop(), Pop::Packet(b(1)));
         assert_eq!(j.pop(), Pop::Lost);
-        j.push(65535, b(2)); // too late now: dropped
+        assert!(!j.push(65535, b(2)), "too late now: dropped");
         assert_eq!(j.pop(), Pop::Packet(b(3)));
         j.push(1, b(4));
         assert_eq!(j.pop(), Pop::Packet(b(4)));
@@ -111,6 +140,30 @@ mod tests {
             assert_eq!(j.pop(), Pop::Lost);
         }
         assert_eq!(j.pop(), Pop::Idle, "stopped talking");
+    }
+
+    #[test]
+    fn plays_on_after_a_burst_with_one_packet_per_tick() {
+        // A burst fills the buffer past its depth, then packets keep arriving one per tick: after
+        // dropping the burst's oldest, every tick plays a packet (none is concealed).
+        let mut j = JitterBuffer::default();
+        for s in 0..(MAX_DEPTH as u16 + 3) {
+            j.push(s, b(s as u8));
+        }
+        let mut seq = MAX_DEPTH as u16 + 3;
+        for _ in 0..50 {
+            assert!(matches!(j.pop(), Pop::Packet(_)), "a frame concealed while its packets wait");
+            j.push(seq, b(0));
+            seq += 1;
+        }
+        assert!(j.take_overflowed() > 0);
+        // The backlog is worked off, a frame a second, down to the target depth.
+        for _ in 0..(SHRINK_AFTER as usize + 1) * MAX_DEPTH {
+            assert!(matches!(j.pop(), Pop::Packet(_)));
+            j.push(seq, b(0));
+            seq += 1;
+        }
+        assert!(j.depth() <= TARGET_DEPTH, "still {} frames behind", j.depth());
     }
 
     #[test]
@@ -122,5 +175,7 @@ mod tests {
         let Pop::Packet(p) = j.pop() else { panic!() };
         assert!(p[0] >= 13, "old frames dropped, got {}", p[0]);
         assert!(j.depth() <= MAX_DEPTH);
+        assert!(j.take_overflowed() >= 13 - MAX_DEPTH as u64);
+        assert_eq!(j.take_overflowed(), 0);
     }
 }

@@ -88,6 +88,12 @@ pub struct AudioStats {
     pub decodes_last_tick: AtomicU64,
     /// Ticks that started late by more than one frame (the thread was starved).
     pub late_ticks: AtomicU64,
+    /// Publishers' packets that arrived after their turn (already concealed): dropped.
+    pub packets_late: AtomicU64,
+    /// Publishers' packets dropped because over 120 ms waited in a jitter buffer (a burst).
+    pub packets_overflow: AtomicU64,
+    /// Frames concealed (Opus PLC) because a decoded publisher's packet was missing at its tick.
+    pub frames_concealed: AtomicU64,
 }
 
 enum Cmd {
@@ -341,7 +347,9 @@ impl Mixer {
             Cmd::MixTalkers(k) => self.mix_talkers = k.max(1),
             Cmd::Packet { id, seq, payload, level } => {
                 if let Some(s) = self.sources.get_mut(&id) {
-                    s.jitter.push(seq, payload);
+                    if !s.jitter.push(seq, payload) {
+                        self.stats.packets_late.fetch_add(1, Ordering::Relaxed);
+                    }
                     if let Some(l) = level {
                         s.ext_level = Some(-(l.min(127) as f32));
                     }
@@ -355,6 +363,10 @@ impl Mixer {
         //    senders are ranked (an idle buffer counts as silence).
         for s in self.sources.values_mut() {
             s.pending = s.jitter.pop();
+            let overflowed = s.jitter.take_overflowed();
+            if overflowed > 0 {
+                self.stats.packets_overflow.fetch_add(overflowed, Ordering::Relaxed);
+            }
             match s.ext_level {
                 _ if s.muted => s.talk.reset(),
                 Some(l) => s.talk.feed(if s.pending == Pop::Idle { select::SILENCE_DBOV } else { l }),
@@ -389,6 +401,7 @@ impl Mixer {
                 }
                 Pop::Lost => {
                     decodes += 1;
+                    self.stats.frames_concealed.fetch_add(1, Ordering::Relaxed);
                     s.decoder.decode(&[], &mut s.pcm, false).unwrap_or(0)
                 }
                 Pop::Idle => 0,
