@@ -185,9 +185,8 @@ pub fn name_unnamed_tracks(offer: &str) -> String {
     let mut section: Vec<&str> = vec![];
     let flush = |section: &mut Vec<&str>, out: &mut Vec<String>| {
         let kind = section.first().and_then(|l| l.strip_prefix("m=")).and_then(|l| l.split(' ').next());
-        let named = section
-            .iter()
-            .any(|l| l.starts_with("a=msid:") || (l.starts_with("a=ssrc:") && l.contains(" msid:")));
+        let named =
+            section.iter().any(|l| l.starts_with("a=msid:") || (l.starts_with("a=ssrc:") && l.contains(" msid:")));
         let mid = section.iter().find_map(|l| l.strip_prefix("a=mid:")).map(str::trim).map(str::to_string);
         let media = matches!(kind, Some("audio" | "video"));
         for l in section.drain(..) {
