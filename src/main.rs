@@ -1,5 +1,7 @@
 //! `tessera`: the command line. `tessera serve` runs the MCU.
 
+mod allocator;
+
 use clap::{Parser, Subcommand};
 use tessera::config::{Config, LogFormat};
 use tessera::server::Server;

@@ -17,6 +17,7 @@ mod firefox;
 mod join_grid;
 mod layouts;
 mod leave;
+mod memory;
 mod metrics;
 mod mix_minus;
 mod mute;
