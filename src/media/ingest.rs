@@ -9,13 +9,15 @@
 //! frame) it sends `GstForceKeyUnit` upstream; that reaches this pad and is turned into a callback
 //! (the transport answers it with a rate-limited PLI to the publisher).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use gst::prelude::*;
 use gstreamer as gst;
 use gstreamer_app as gst_app;
 
 use super::bus::watch_bus;
+use super::jitter_target::JitterTarget;
 use super::video::{VideoError, VideoInput};
 use crate::codec::VideoCodec;
 use crate::pipelines::{Backends, Params, Role};
@@ -29,6 +31,10 @@ pub struct VideoIngest {
     /// Feeds the jitter buffer's sink pad (`application/x-rtp`); not in any element.
     src: gst::Pad,
     valve: gst::Element,
+    /// The `rtpjitterbuffer`, whose latency follows [`JitterTarget`].
+    jitter: gst::Element,
+    target: Mutex<JitterTarget>,
+    label: String,
 }
 
 impl Drop for VideoIngest {
@@ -48,7 +54,8 @@ impl Drop for VideoIngest {
 
 impl VideoIngest {
     /// Starts decoding RTP of `codec` with payload type `payload_type` (clock 90 kHz) into `tile`.
-    /// `jitter_ms` is the jitter buffer's latency (`rtpjitterbuffer latency`, ms).
+    /// `jitter_ms` is the jitter buffer's latency (`rtpjitterbuffer latency`, ms) on a clean path;
+    /// it grows while packets are lost (see [`JitterTarget`]).
     ///
     /// # Errors
     /// [`VideoError`] if an element is missing or the pipeline does not start.
@@ -116,7 +123,7 @@ impl VideoIngest {
         sink.set_property("async", false);
         let jitter_sink = jitter.static_pad("sink").ok_or_else(|| err(&"rtpjitterbuffer has no sink pad"))?;
         let elements: Vec<gst::Element> =
-            vec![jitter, valve.clone(), depay, dec.upcast(), convert, sink.clone().upcast()];
+            vec![jitter.clone(), valve.clone(), depay, dec.upcast(), convert, sink.clone().upcast()];
         pipeline.add_many(&elements).map_err(|e| err(&e))?;
         gst::Element::link_many(&elements).map_err(|e| err(&e))?;
         let src = rtp_source_pad(&caps, on_keyframe_needed);
@@ -138,7 +145,7 @@ impl VideoIngest {
         let _ = src.push_event(gst::event::StreamStart::new(label));
         let _ = src.push_event(gst::event::Caps::new(&caps));
         let _ = src.push_event(gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new()));
-        Ok(Self { pipeline, src, valve })
+        Ok(Self { pipeline, src, valve, jitter, target: Mutex::new(JitterTarget::new(jitter_ms)), label: label.into() })
     }
 
     /// A switch for the room's layout: `false` stops depayloading and decoding (the tile is not
@@ -159,6 +166,7 @@ impl VideoIngest {
     /// running time now): one hand-over to the decoder thread per frame. Runs on the caller's
     /// thread only for the jitter buffer's insert (it decodes on its own thread).
     pub fn push_rtp_frame(&self, packets: &mut Vec<bytes::Bytes>) {
+        self.adapt_latency(Instant::now());
         let now = self.pipeline.current_running_time();
         let mut list = gst::BufferList::new_sized(packets.len());
         {
@@ -173,6 +181,23 @@ impl VideoIngest {
             }
         }
         let _ = self.src.push_list(list);
+    }
+}
+
+impl VideoIngest {
+    /// Once a [`super::jitter_target::PERIOD`]: reads the jitter buffer's `stats` (`num-lost`)
+    /// and sets the latency [`JitterTarget`] asks for.
+    fn adapt_latency(&self, now: Instant) {
+        let mut target = self.target.lock().unwrap();
+        if !target.due(now) {
+            return;
+        }
+        let stats: gst::Structure = self.jitter.property("stats");
+        let lost = stats.get::<u64>("num-lost").unwrap_or(0);
+        if let Some(ms) = target.update(now, lost) {
+            tracing::info!(tile = %self.label, latency_ms = ms, lost, "video jitter buffer latency changed");
+            self.jitter.set_property("latency", ms);
+        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod canvas;
 pub mod downstream;
 pub mod fanout;
 pub mod ingest;
+pub mod jitter_target;
 pub mod layout;
 pub mod simulcast;
 pub mod tiers;

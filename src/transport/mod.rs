@@ -27,7 +27,6 @@ use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceGatheringState, RTCIceServer, RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
-    register_default_interceptors,
 };
 
 use crate::codec::{self, CodecChoice, CodecSpec, MediaKind, VideoCodec};
@@ -344,7 +343,7 @@ impl Transport {
         watch: demux::SsrcWatch,
     ) -> Result<(impl PeerConnection + use<>, Option<Arc<bwe::Estimate>>), TransportError> {
         let mut media_engine = media_engine(Feedback::Full)?;
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine).map_err(rtc_err)?;
+        let registry = interceptors(&mut media_engine)?;
         let registry = registry
             .with(rtcp::SLOT.into(), rtcp::KeyframeRequestInterceptor::default())
             .with(demux::SLOT.into(), watch);
@@ -474,6 +473,32 @@ pub enum Feedback {
     /// Codecs only: the load generator's peers, which ask for keyframes with plain PLIs and do not
     /// NACK (so a capped downlink is not made worse by retransmissions of what it dropped).
     None,
+}
+
+/// How often a receiver repeats its NACKs for what is still missing (RFC 4585 §6.2.1). webrtc-rs
+/// defaults to 100 ms, which with a 50 ms jitter buffer (`--jitter-ms`) lets a retransmission
+/// arrive only after the frame was given up; browsers ask within a few ms of seeing the gap.
+pub const NACK_INTERVAL: Duration = Duration::from_millis(20);
+
+/// webrtc-rs's default interceptors (`register_default_interceptors`: NACK generator and
+/// responder, simulcast header extensions, TWCC receiver, sender and receiver reports) with the
+/// NACK generator asking every [`NACK_INTERVAL`], for the server and the load generator alike.
+///
+/// # Errors
+/// [`TransportError::WebRtc`] if the media engine refuses a header extension.
+pub fn interceptors(media_engine: &mut MediaEngine) -> Result<Registry, TransportError> {
+    use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Slot};
+    use rtc::peer_connection::configuration::interceptor_registry as defaults;
+    for parameter in ["", "pli"] {
+        let fb = RTCPFeedback { typ: "nack".into(), parameter: parameter.into() };
+        media_engine.register_feedback(fb, RtpCodecKind::Video);
+    }
+    let registry = Registry::new()
+        .with(Slot::NackResponder, NackResponderBuilder::new().build())
+        .with(Slot::NackGenerator, NackGeneratorBuilder::new().with_interval(NACK_INTERVAL).build());
+    defaults::configure_simulcast_extension_headers(media_engine).map_err(rtc_err)?;
+    let registry = defaults::configure_twcc_receiver_only(registry, media_engine).map_err(rtc_err)?;
+    Ok(defaults::configure_rtcp_reports(registry))
 }
 
 /// A media engine with the codec table ([`codec::CODECS`]: Opus, VP8 and H.264, in that order),

@@ -89,6 +89,27 @@ pub struct LoadgenArgs {
     /// Peers use ICE-TCP only (as clients on networks that block UDP).
     #[arg(long, conflicts_with = "ice_servers")]
     pub ice_tcp_only: bool,
+    /// Every peer's link drops this share of its RTP and RTCP packets, percent, in both directions
+    /// (independent losses; user space, see `loadgen::lossy`).
+    #[arg(long, default_value_t = 0.0, value_parser = percent)]
+    pub loss: f64,
+    /// Every peer's link delays each packet by a uniform random 0..=MS ms, in both directions
+    /// (which reorders packets, as `netem` jitter does).
+    #[arg(long, default_value_t = 0)]
+    pub jitter_ms: u64,
+}
+
+fn percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a percentage from 0 to 100")),
+    }
+}
+
+/// The link every peer gets from `--loss` and `--jitter-ms`; `None` for a clean one.
+fn link(a: &LoadgenArgs) -> Option<super::lossy::LinkSpec> {
+    (a.loss > 0.0 || a.jitter_ms > 0)
+        .then(|| super::lossy::LinkSpec { loss: a.loss / 100.0, jitter: Duration::from_millis(a.jitter_ms) })
 }
 
 fn median(v: &mut [u64]) -> u64 {
@@ -146,6 +167,7 @@ fn plan(a: &LoadgenArgs) -> Vec<(String, PeerOpts)> {
             o.decode = !a.publishers_count_only;
             o.token = a.token.clone();
             o.ice = ice_path(a);
+            o.link = link(a);
             if !a.tones {
                 // The marker publisher keeps one of the talkers' seats, so the server's last-N
                 // speaker selection keeps its tile on screen.
@@ -163,6 +185,7 @@ fn plan(a: &LoadgenArgs) -> Vec<(String, PeerOpts)> {
             o.token = a.token.clone();
             o.decode = !a.viewers_count_only;
             o.ice = ice_path(a);
+            o.link = link(a);
             plan.push((room.clone(), o));
         }
         if marker {
@@ -170,6 +193,7 @@ fn plan(a: &LoadgenArgs) -> Vec<(String, PeerOpts)> {
             o.token = a.token.clone();
             o.latency_probe = true;
             o.ice = ice_path(a);
+            o.link = link(a);
             plan.push((room.clone(), o));
         }
     }

@@ -12,6 +12,7 @@
 pub mod analysis;
 pub mod cli;
 pub mod http;
+pub mod lossy;
 pub mod marker;
 pub mod netcap;
 pub mod peer;
@@ -155,6 +156,10 @@ pub struct PeerOpts {
     /// Caps what it receives to this many bits/s (0 = no cap; changeable while running): a slow
     /// downlink, see [`netcap`].
     pub rate_cap: Option<netcap::Cap>,
+    /// Reaches the server through a relay that drops and delays datagrams in both directions (a
+    /// bad network, see [`lossy`]; loopback ICE only);
+    /// `None` (the default) is a clean link.
+    pub link: Option<lossy::LinkSpec>,
     /// Publishes pre-encoded speech-like Opus in talk turns (one shared ticker for the whole
     /// process, RFC 6464 audio levels) instead of a GStreamer-encoded `tone_hz` sine; `None` (the
     /// default) keeps the tone.
@@ -181,6 +186,7 @@ impl PeerOpts {
             via: Via::Participant,
             keyframe_interval: 0,
             rate_cap: None,
+            link: None,
             tone_volume: 0.25,
             data_channel: false,
             token: None,

@@ -14,7 +14,7 @@ use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::{mpsc, watch};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, RTCConfigurationBuilder, RTCPeerConnectionState, RTCSessionDescription,
-    Registry, SettingEngineBuilder, register_default_interceptors,
+    SettingEngineBuilder,
 };
 
 use super::http::http_auth;
@@ -45,6 +45,8 @@ pub struct Peer {
     pipelines: Arc<Mutex<Vec<gst::Pipeline>>>,
     channel: Option<Arc<dyn webrtc::data_channel::DataChannel>>,
     talk: Option<Arc<talk::TalkStream>>,
+    /// The lossy relays its media goes through ([`PeerOpts::link`]); they stop when dropped.
+    _relays: Vec<super::lossy::Relay>,
 }
 
 impl Drop for Peer {
@@ -66,7 +68,7 @@ impl Drop for Peer {
 /// [`LoadgenError`] when webrtc-rs cannot build the connection or the offer.
 pub async fn offer_only() -> Result<String, LoadgenError> {
     let mut me = crate::transport::media_engine(crate::transport::Feedback::None).map_err(w)?;
-    let registry = register_default_interceptors(Registry::new(), &mut me).map_err(w)?;
+    let registry = crate::transport::interceptors(&mut me).map_err(w)?;
     let (gather_tx, mut gather_rx) = mpsc::channel(1);
     let (state_tx, _state_rx) = watch::channel(RTCPeerConnectionState::New);
     let (tick_tx, _tick) = watch::channel(0u64);
@@ -108,18 +110,21 @@ impl Peer {
     pub async fn join(base: &str, room: &str, opts: PeerOpts, keep_pixels: bool) -> Result<Peer, LoadgenError> {
         gst::init().map_err(|e| LoadgenError::Gst(e.to_string()))?;
         let mut me = crate::transport::media_engine(crate::transport::Feedback::None).map_err(w)?;
-        let registry = register_default_interceptors(Registry::new(), &mut me)
+        let registry = crate::transport::interceptors(&mut me)
             .map_err(w)?
             .with(crate::transport::rtcp::SLOT.into(), crate::transport::rtcp::KeyframeRequestInterceptor::default());
         let registry = match &opts.rate_cap {
             Some(cap) => registry.with(netcap::SLOT.into(), netcap::RateCap::new(cap.clone())),
             None => registry,
         };
+
         let (gather_tx, mut gather_rx) = mpsc::channel(1);
         let (state_tx, mut state_rx) = watch::channel(RTCPeerConnectionState::New);
         let (tick_tx, tick) = watch::channel(0u64);
         let probe = (opts.latency_probe && opts.decode).then(marker::Probe::default);
-        let received = Arc::new(Received { keep_pixels, count_only: !opts.decode, probe, ..Default::default() });
+        let jitter_ms = if opts.link.is_some() { super::receive::LOSSY_JITTER_MS } else { super::receive::JITTER_MS };
+        let received =
+            Arc::new(Received { keep_pixels, count_only: !opts.decode, probe, jitter_ms, ..Default::default() });
         let pipelines = Arc::new(Mutex::new(vec![]));
         let handler_tick = Arc::new(tick_tx);
         let handler = Arc::new(Handler {
@@ -249,8 +254,21 @@ impl Peer {
         {
             tracing::warn!(offer = ?crate::codec::extmap_id(&sdp_sent, "audio", crate::codec::extmap::AUDIO_LEVEL), answer = ?level_ext, "audio-level extension ids differ");
         }
-        let answer_sdp = resp.body.clone();
-        pc.set_remote_description(RTCSessionDescription::answer(resp.body).map_err(w)?).await.map_err(w)?;
+        let mut answer_sdp = resp.body;
+        // A bad network: each of the server's UDP ports is reached through a lossy relay.
+        let mut relays = vec![];
+        if let (Some(spec), IcePath::Loopback) = (opts.link, &opts.ice) {
+            for port in super::lossy::udp_host_ports(&answer_sdp) {
+                let seed = u64::from(crate::ids::random_u32()) << 32 | u64::from(crate::ids::random_u32());
+                let to = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                let relay = super::lossy::Relay::start(to, spec, seed).await.map_err(w)?;
+                relays.push((port, relay));
+            }
+            answer_sdp = super::lossy::redirect_candidates(&answer_sdp, |p| {
+                relays.iter().find(|(q, _)| *q == p).map(|(_, r)| r.addr.port())
+            });
+        }
+        pc.set_remote_description(RTCSessionDescription::answer(answer_sdp.clone()).map_err(w)?).await.map_err(w)?;
         if opts.ice == IcePath::TcpOnly {
             // webrtc-rs dials a passive TCP candidate only when it is added as a trickled one
             // (browsers dial those of the SDP too).
@@ -346,7 +364,20 @@ impl Peer {
             );
             publish(&desc, t, &pipelines)?;
         }
-        Ok(Peer { opts, location, id, posted_at, base: base.to_string(), pc, received, tick, pipelines, channel, talk })
+        Ok(Peer {
+            opts,
+            location,
+            id,
+            posted_at,
+            base: base.to_string(),
+            pc,
+            received,
+            tick,
+            pipelines,
+            channel,
+            talk,
+            _relays: relays.into_iter().map(|(_, r)| r).collect(),
+        })
     }
 
     /// Waits (up to `timeout`) for a decoded frame that satisfies `pred` and returns it; on timeout

@@ -17,6 +17,13 @@ use webrtc::peer_connection::{PeerConnectionEventHandler, RTCIceGatheringState, 
 
 use super::{AUDIO_GAP, FREEZE, Frame, LoadgenError, marker};
 
+/// The receive jitter buffer (`rtpjitterbuffer latency`, ms) on a clean link.
+pub const JITTER_MS: u32 = 60;
+/// The receive jitter buffer behind a lossy link (`PeerOpts::link`): long enough for a NACKed
+/// packet to come back (a browser's jitter buffer grows the same way when it sees loss and
+/// retransmissions).
+pub const LOSSY_JITTER_MS: u32 = 200;
+
 #[derive(Default)]
 pub(super) struct Received {
     pub(super) frame: Mutex<Option<Frame>>,
@@ -39,6 +46,9 @@ pub(super) struct Received {
     pub(super) last_audio_at: Mutex<Option<Instant>>,
     /// Reads latency markers from decoded composite frames.
     pub(super) probe: Option<marker::Probe>,
+    /// The decode pipelines' `rtpjitterbuffer latency`, ms: [`JITTER_MS`], or
+    /// [`LOSSY_JITTER_MS`] behind a lossy link.
+    pub(super) jitter_ms: u32,
 }
 
 impl Received {
@@ -156,10 +166,11 @@ fn decode_pipeline(
     keyframe_needed: crate::media::ingest::KeyframeNeeded,
 ) -> Result<(gst::Pipeline, gst_app::AppSrc), LoadgenError> {
     let audio = kind == RtpCodecKind::Audio;
+    let jitter = if received.jitter_ms == 0 { JITTER_MS } else { received.jitter_ms };
     let desc = if audio {
         format!(
             "appsrc name=src is-live=true format=time do-timestamp=true caps=\"application/x-rtp,media=audio,clock-rate=48000,encoding-name=OPUS,payload={pt}\" \
-             ! rtpjitterbuffer latency=60 ! rtpopusdepay ! opusdec plc=true ! audioconvert ! audioresample \
+             ! rtpjitterbuffer latency={jitter} ! rtpopusdepay ! opusdec plc=true ! audioconvert ! audioresample \
              ! audio/x-raw,format=S16LE,rate=48000,channels=1 ! appsink name=sink sync=false"
         )
     } else {
@@ -172,7 +183,7 @@ fn decode_pipeline(
         let convert = if received.keep_pixels { "! videoconvert ! video/x-raw,format=RGB " } else { "" };
         format!(
             "appsrc name=src is-live=true format=time do-timestamp=true caps=\"application/x-rtp,media=video,clock-rate=90000,encoding-name={name},payload={pt}\" \
-             ! rtpjitterbuffer latency=60 ! {depay} request-keyframe=true ! {dec} {convert}! appsink name=sink sync=false max-buffers=2 drop=true"
+             ! rtpjitterbuffer latency={jitter} ! {depay} request-keyframe=true ! {dec} {convert}! appsink name=sink sync=false max-buffers=2 drop=true"
         )
     };
     let g = |e: &dyn std::fmt::Display| LoadgenError::Gst(e.to_string());

@@ -157,7 +157,7 @@ pub async fn send_video<T: ReceiverTrack>(
                         video.release_idle_tiers();
                     }
                     TierMove::Start(want) => {
-                        tracing::info!(estimate_kbps = (sample.bps / 1000.0) as u64, from = ?switch.current(), to = ?want, "bandwidth estimate asks for another output tier");
+                        tracing::info!(estimate_kbps = (sample.bps / 1000.0) as u64, delay_kbps = (sample.delay_bps / 1000.0) as u64, loss = format!("{:.3}", sample.loss), from = ?switch.current(), to = ?want, "bandwidth estimate asks for another output tier");
                         match video.subscribe_tier(codec, want) {
                             Ok(new_rx) => {
                                 next = Some(new_rx);
