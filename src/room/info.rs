@@ -133,6 +133,8 @@ pub struct RoomInfo {
     pub audio_packets_overflow: u64,
     /// Audio frames concealed (Opus PLC) because a publisher's packet was missing at its tick.
     pub audio_frames_concealed: u64,
+    /// Missing audio frames decoded from the next packet's Opus in-band FEC instead of concealed.
+    pub audio_frames_fec_recovered: u64,
     /// Mixer ticks that started over 20 ms late (its thread was starved of CPU).
     pub audio_late_ticks: u64,
     /// PLIs sent to this room's publishers since it started.
@@ -225,6 +227,7 @@ impl Room {
             audio_packets_late: audio.packets_late.load(Ordering::Relaxed),
             audio_packets_overflow: audio.packets_overflow.load(Ordering::Relaxed),
             audio_frames_concealed: audio.frames_concealed.load(Ordering::Relaxed),
+            audio_frames_fec_recovered: audio.frames_fec_recovered.load(Ordering::Relaxed),
             audio_late_ticks: audio.late_ticks.load(Ordering::Relaxed),
             plis_sent_total: self.departed.0.load(Ordering::Relaxed) + plis_now,
             keyframe_requests_total: self.departed.1.load(Ordering::Relaxed) + requests_now,

@@ -23,6 +23,10 @@ pub enum Pop {
     Packet(Bytes),
     /// The next packet is missing: conceal it (Opus PLC).
     Lost,
+    /// The next packet is missing but the one after it is here: decode that packet's in-band FEC
+    /// (RFC 6716 §2.1.7, `useinbandfec=1` of RFC 7587 §6.1), which carries a coarser copy of the
+    /// missing frame. The packet itself stays buffered for the next tick.
+    Recover(Bytes),
     /// Not playing: contribute silence.
     Idle,
 }
@@ -101,7 +105,10 @@ impl JitterBuffer {
             return Pop::Idle;
         }
         self.next = Some(next + 1);
-        Pop::Lost
+        match self.packets.get(&(next + 1)) {
+            Some(following) => Pop::Recover(following.clone()),
+            None => Pop::Lost,
+        }
     }
 
     /// Packets dropped since the last call because more than `MAX_DEPTH` (120 ms) waited, or a
@@ -131,7 +138,7 @@ mod tests {
         assert_eq!(j.pop(), Pop::Idle, "prebuffering");
         j.push(0, b(3)); // 65535 is late
         assert_eq!(j.pop(), Pop::Packet(b(1)));
-        assert_eq!(j.pop(), Pop::Lost);
+        assert_eq!(j.pop(), Pop::Recover(b(3)), "65535 is missing: from 0's FEC");
         assert!(!j.push(65535, b(2)), "too late now: dropped");
         assert_eq!(j.pop(), Pop::Packet(b(3)));
         j.push(1, b(4));
@@ -177,5 +184,31 @@ mod tests {
         assert!(j.depth() <= MAX_DEPTH);
         assert!(j.take_overflowed() >= 13 - MAX_DEPTH as u64);
         assert_eq!(j.take_overflowed(), 0);
+    }
+
+    #[test]
+    fn a_lost_packet_is_recovered_from_the_next_ones_fec_and_that_one_still_plays() {
+        let mut j = JitterBuffer::default();
+        for seq in [10u16, 11, 13, 14] {
+            j.push(seq, b(seq as u8));
+        }
+        assert_eq!(j.pop(), Pop::Packet(b(10)));
+        assert_eq!(j.pop(), Pop::Packet(b(11)));
+        assert_eq!(j.pop(), Pop::Recover(b(13)), "12 is missing, 13 carries its FEC");
+        assert_eq!(j.pop(), Pop::Packet(b(13)));
+        assert_eq!(j.pop(), Pop::Packet(b(14)));
+    }
+
+    #[test]
+    fn two_lost_in_a_row_conceal_the_first_and_recover_the_second() {
+        let mut j = JitterBuffer::default();
+        for seq in [10u16, 11, 14] {
+            j.push(seq, b(seq as u8));
+        }
+        assert_eq!(j.pop(), Pop::Packet(b(10)));
+        assert_eq!(j.pop(), Pop::Packet(b(11)));
+        assert_eq!(j.pop(), Pop::Lost);
+        assert_eq!(j.pop(), Pop::Recover(b(14)));
+        assert_eq!(j.pop(), Pop::Packet(b(14)));
     }
 }
