@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Soak: does a long-running server give back what its rooms took?
 #
-#   bash benches/soak.sh [CYCLES=28] [IDLE_S=60]
+#   bash benches/soak.sh [CYCLES=30] [IDLE_S=60]
 #
 # One `tessera serve` (its own process); CYCLES rooms one after the other, each joined by
 # `tessera loadgen` for DURATION seconds and then left (the load generator DELETEs its peers), in a
@@ -30,7 +30,7 @@
 # target/release/tessera).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CYCLES=${1:-28}; IDLE_S=${2:-60}
+CYCLES=${1:-30}; IDLE_S=${2:-60}
 DURATION=${DURATION:-5}; SHARED=${SHARED:-../shared}; MEDIA=${MEDIA:-target/bench-media}
 BIN=${BIN:-target/release/tessera}
 OUT=target/bench-soak; mkdir -p "$OUT"
