@@ -97,6 +97,18 @@ pub struct LoadgenArgs {
     /// (which reorders packets, as `netem` jitter does).
     #[arg(long, default_value_t = 0)]
     pub jitter_ms: u64,
+    /// The codec receivers ask the composite in: `vp8` (the default) or `h264` (what a GPU
+    /// encodes). WHEP viewers and the latency probe offer only it; publishers put it first where
+    /// their offer lists it (webrtc-rs offers a VP8 sender's section with VP8 alone, so they
+    /// receive VP8).
+    #[arg(long, default_value = "vp8", value_parser = ["vp8", "h264"])]
+    pub video_codec: String,
+}
+
+/// The offered video codecs (MIME types) of a publisher and of a viewer, from `--video-codec`.
+fn video_codecs(a: &LoadgenArgs) -> (Vec<&'static str>, Vec<&'static str>) {
+    let (vp8, h264) = (crate::codec::VP8.mime, crate::codec::H264.mime);
+    if a.video_codec == "h264" { (vec![h264, vp8], vec![h264]) } else { (vec![vp8, h264], vec![vp8, h264]) }
 }
 
 fn percent(s: &str) -> Result<f64, String> {
@@ -168,6 +180,7 @@ fn plan(a: &LoadgenArgs) -> Vec<(String, PeerOpts)> {
             o.token = a.token.clone();
             o.ice = ice_path(a);
             o.link = link(a);
+            o.video_codecs = video_codecs(a).0;
             if !a.tones {
                 // The marker publisher keeps one of the talkers' seats, so the server's last-N
                 // speaker selection keeps its tile on screen.
@@ -186,6 +199,7 @@ fn plan(a: &LoadgenArgs) -> Vec<(String, PeerOpts)> {
             o.decode = !a.viewers_count_only;
             o.ice = ice_path(a);
             o.link = link(a);
+            o.video_codecs = video_codecs(a).1;
             plan.push((room.clone(), o));
         }
         if marker {
@@ -194,6 +208,7 @@ fn plan(a: &LoadgenArgs) -> Vec<(String, PeerOpts)> {
             o.latency_probe = true;
             o.ice = ice_path(a);
             o.link = link(a);
+            o.video_codecs = video_codecs(a).1;
             plan.push((room.clone(), o));
         }
     }

@@ -211,6 +211,8 @@ impl Peer {
         let mut sdp = pc.local_description().await.ok_or_else(|| w("no local description"))?.sdp;
         if opts.video_codecs.len() == 1 {
             sdp = keep_only_video_codec(&sdp, opts.video_codecs[0]);
+        } else if let Some(first) = opts.video_codecs.first() {
+            sdp = super::publish::prefer_video_codec(&sdp, first);
         }
         if let Some(edit) = opts.offer_edit {
             sdp = edit(sdp);

@@ -199,6 +199,43 @@ pub(super) fn forward_layer_keyframe_requests(track: Arc<TrackLocalStaticRTP>, e
 }
 
 /// Removes every video codec but `mime` (`video/VP8` or `video/H264`) from an offer.
+/// `sdp` with the video m-line's payload types reordered: those of `mime` (e.g. `video/H264`)
+/// first, the rest as they were. The server sends the composite in the first codec it can
+/// (RFC 3264 §6.1), so this is how a client says which it prefers.
+pub(super) fn prefer_video_codec(sdp: &str, mime: &str) -> String {
+    let want = mime.rsplit('/').next().unwrap_or(mime).to_ascii_lowercase();
+    let mut first = vec![];
+    let mut in_video = false;
+    for l in sdp.lines() {
+        if l.starts_with("m=") {
+            in_video = l.starts_with("m=video");
+        }
+        if in_video
+            && let Some((pt, codec)) = l.strip_prefix("a=rtpmap:").and_then(|r| r.split_once(' '))
+            && codec.to_ascii_lowercase().starts_with(&want)
+        {
+            first.push(pt.to_string());
+        }
+    }
+    let eol = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
+    let mut out: Vec<String> = vec![];
+    for l in sdp.lines() {
+        if l.starts_with("m=video") {
+            let parts: Vec<&str> = l.split(' ').collect();
+            let (head, pts) = parts.split_at(3.min(parts.len()));
+            let mut line: Vec<&str> = head.to_vec();
+            line.extend(pts.iter().filter(|p| first.iter().any(|f| f == *p)));
+            line.extend(pts.iter().filter(|p| !first.iter().any(|f| f == *p)));
+            out.push(line.join(" "));
+        } else {
+            out.push(l.to_string());
+        }
+    }
+    let mut s = out.join(eol);
+    s.push_str(eol);
+    s
+}
+
 pub(super) fn keep_only_video_codec(sdp: &str, mime: &str) -> String {
     let want = mime.rsplit('/').next().unwrap_or(mime).to_ascii_lowercase();
     let mut keep = vec![];
