@@ -84,8 +84,11 @@ const DOWN_AFTER: u32 = 2;
 /// Updates after a move during which no other move happens (every 500 ms: 3 s): GCC undershoots
 /// right after congestion and needs a moment to climb back to what the new tier leaves free.
 const COOLDOWN: u32 = 6;
-/// Smoothed loss above which the current tier is hurting the receiver.
-const HURTING_LOSS: f64 = 0.05;
+/// Smoothed loss (as the receiver reports it, RFC 3550 §6.4.1) above which the current tier is
+/// hurting the receiver: GCC's own loss-based controller starts to back off above 10% too
+/// (draft-ietf-rmcat-gcc-02 §6); a few per cent of random loss is what NACK and FEC are for, and a
+/// smaller tier would not lower it.
+const HURTING_LOSS: f64 = 0.10;
 /// Estimates in a row that would carry the next tier up (with twice the headroom) before moving up
 /// (every 500 ms: 5 s).
 const UP_AFTER: u32 = 10;
