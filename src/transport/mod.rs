@@ -343,7 +343,7 @@ impl Transport {
         watch: demux::SsrcWatch,
     ) -> Result<(impl PeerConnection + use<>, Option<Arc<bwe::Estimate>>), TransportError> {
         let mut media_engine = media_engine(Feedback::Full)?;
-        let registry = interceptors(&mut media_engine)?;
+        let registry = interceptors(&mut media_engine, NackTiming::Prompt)?;
         let registry = registry
             .with(rtcp::SLOT.into(), rtcp::KeyframeRequestInterceptor::default())
             .with(demux::SLOT.into(), watch);
@@ -479,23 +479,45 @@ pub enum Feedback {
 /// defaults to 100 ms, which with a 50 ms jitter buffer (`--jitter-ms`) lets a retransmission
 /// arrive only after the frame was given up; browsers ask within a few ms of seeing the gap.
 pub const NACK_INTERVAL: Duration = Duration::from_millis(20);
+/// NACKs for one missing packet at most (webrtc-rs: unlimited): with [`NACK_INTERVAL`], asking
+/// for 100 ms, after which the packet is too late for the jitter buffer anyway; unlimited NACKs
+/// every 20 ms make a congested downlink carry a retransmission storm.
+pub const MAX_NACKS_PER_PACKET: u16 = 5;
+
+/// How a receiver NACKs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NackTiming {
+    /// Every [`NACK_INTERVAL`], [`MAX_NACKS_PER_PACKET`] times at most: the server.
+    Prompt,
+    /// webrtc-rs's default (every 100 ms, no limit): the load generator's peers on loopback or
+    /// behind a rate cap, whose drops happen above SRTP, so a retransmission would be refused as
+    /// a replay and only add load.
+    WebrtcRsDefault,
+}
 
 /// webrtc-rs's default interceptors (`register_default_interceptors`: NACK generator and
 /// responder, simulcast header extensions, TWCC receiver, sender and receiver reports) with the
-/// NACK generator asking every [`NACK_INTERVAL`], for the server and the load generator alike.
+/// NACK generator asking every [`NACK_INTERVAL`], [`MAX_NACKS_PER_PACKET`] times at most, for the
+/// server and the load generator alike.
 ///
 /// # Errors
 /// [`TransportError::WebRtc`] if the media engine refuses a header extension.
-pub fn interceptors(media_engine: &mut MediaEngine) -> Result<Registry, TransportError> {
+pub fn interceptors(media_engine: &mut MediaEngine, nack: NackTiming) -> Result<Registry, TransportError> {
     use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Slot};
     use rtc::peer_connection::configuration::interceptor_registry as defaults;
     for parameter in ["", "pli"] {
         let fb = RTCPFeedback { typ: "nack".into(), parameter: parameter.into() };
         media_engine.register_feedback(fb, RtpCodecKind::Video);
     }
+    let generator = match nack {
+        NackTiming::Prompt => {
+            NackGeneratorBuilder::new().with_interval(NACK_INTERVAL).with_max_nacks_per_packet(MAX_NACKS_PER_PACKET)
+        }
+        NackTiming::WebrtcRsDefault => NackGeneratorBuilder::new(),
+    };
     let registry = Registry::new()
         .with(Slot::NackResponder, NackResponderBuilder::new().build())
-        .with(Slot::NackGenerator, NackGeneratorBuilder::new().with_interval(NACK_INTERVAL).build());
+        .with(Slot::NackGenerator, generator.build());
     defaults::configure_simulcast_extension_headers(media_engine).map_err(rtc_err)?;
     let registry = defaults::configure_twcc_receiver_only(registry, media_engine).map_err(rtc_err)?;
     Ok(defaults::configure_rtcp_reports(registry))
