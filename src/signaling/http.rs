@@ -15,6 +15,8 @@
 //!   once, so it neither waits in the kernel's backlog nor holds a descriptor.
 //! - **join rate per address** ([`JoinRate`]): a `POST` of an offer past the rate gets `429`
 //!   with `Retry-After` before its body is read.
+//! - **a panicking handler** answers `500` with a reason and a log line (tower-http's
+//!   `CatchPanicLayer`) instead of resetting the connection.
 //! - **accept errors** (`EMFILE` when descriptors run out): a pause that doubles up to 1 s and
 //!   one log line a second at most ([`AcceptBackoff`]), counted in `/metrics`.
 //!
@@ -386,8 +388,8 @@ struct Guards {
     body_timeout: Option<Duration>,
 }
 
-/// `app` with the join rate limit (outermost: a refused join's body is never read) and the body
-/// deadline around it.
+/// `app` with the body deadline, the join rate limit around it (a refused join's body is never
+/// read), and a panic catcher around both.
 fn harden(app: Router, limits: &HttpLimits, stats: Arc<HttpStats>) -> Router {
     let guards = Arc::new(Guards {
         stats,
@@ -396,6 +398,18 @@ fn harden(app: Router, limits: &HttpLimits, stats: Arc<HttpStats>) -> Router {
     });
     app.layer(axum::middleware::from_fn_with_state(guards.clone(), read_body_in_time))
         .layer(axum::middleware::from_fn_with_state(guards, limit_joins))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+}
+
+/// The answer to a request whose handler panicked: a bug, logged with the panic's message.
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> Response {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!("request handler panicked: {what}");
+    refusal(StatusCode::INTERNAL_SERVER_ERROR, "internal error: the request handler failed\n".into())
 }
 
 /// Whether a request is a join: a `POST` to `/v1/rooms/{room}/participants`, `/whip/{room}` or
@@ -499,6 +513,39 @@ mod tests {
         for path in ["/whip/", "/whip", "/v1/rooms/r", "/v1/rooms/r/participants/p", "/v1/rooms/r/recordings", "/"] {
             assert!(!is_join(&Method::POST, path), "{path}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_and_a_stalled_body_408() {
+        use axum::routing::{get, post};
+        async fn buggy() -> &'static str {
+            panic!("a bug")
+        }
+        let app =
+            Router::new().route("/panic", get(buggy)).route("/echo", post(|body: bytes::Bytes| async move { body }));
+        let limits = HttpLimits { body_timeout_ms: 50, ..HttpLimits::default() };
+        let app = harden(app, &limits, Arc::default());
+        let send = |req| tower::ServiceExt::oneshot(app.clone(), req);
+        let r = send(Request::get("/panic").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let text = axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
+        assert_eq!(&text[..], b"internal error: the request handler failed\n");
+        // A body that never ends.
+        struct Stalled;
+        impl HttpBody for Stalled {
+            type Data = bytes::Bytes;
+            type Error = std::io::Error;
+            fn poll_frame(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>>> {
+                Poll::Pending
+            }
+        }
+        let r = send(Request::post("/echo").body(Body::new(Stalled)).unwrap()).await.unwrap();
+        assert_eq!(r.status(), StatusCode::REQUEST_TIMEOUT);
+        let r = send(Request::post("/echo").body(Body::from("hello")).unwrap()).await.unwrap();
+        assert_eq!(axum::body::to_bytes(r.into_body(), 1024).await.unwrap(), "hello");
     }
 
     #[test]
