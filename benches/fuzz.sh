@@ -17,7 +17,7 @@ if FUZZ_SECS=$SECS cargo test --release --test fuzz -- --test-threads 1 --nocapt
 else
   status="FAILED"
 fi
-grep -E '^FUZZ ' "$out" || true
+grep -oE 'FUZZ .*' "$out" || true
 grep -E 'panicked|minimal failing input|Test failed' "$out" || true
 echo "fuzz: $status, $(( $(date +%s) - start )) s in all ($SECS s per target)"
 [ "$status" = "no failure" ]
