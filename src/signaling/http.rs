@@ -63,8 +63,8 @@ pub struct HttpStats {
     pub refused_per_ip: AtomicU64,
     /// `accept()` errors other than a connection reset before it was accepted (e.g. `EMFILE`).
     pub accept_errors: AtomicU64,
-    /// Connections closed for headers not received in time (a partial request; a connection
-    /// that sent nothing ends quietly and is not counted).
+    /// Connections closed for request headers not received in time (slowloris, or nothing
+    /// sent since the connection opened or since the previous response).
     pub header_timeouts: AtomicU64,
     /// Connections closed by the idle timeout.
     pub idle_timeouts: AtomicU64,

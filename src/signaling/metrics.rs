@@ -336,7 +336,7 @@ fn http_metrics(r: &Registry, s: &super::http::HttpStats) {
     let timeouts = counter_vec(
         r,
         "tessera_http_timeouts_total",
-        "HTTP connections or requests ended by a timeout: header (partial headers), idle, body (408)",
+        "HTTP connections or requests ended by a timeout: header (no complete request headers in time), idle, body (408)",
         &["kind"],
     );
     timeouts.with_label_values(&["header"]).inc_by(s.header_timeouts.load(Relaxed));
