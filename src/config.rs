@@ -138,6 +138,61 @@ pub struct Config {
     /// fields of the spans, such as `room` and `participant`, for a log collector).
     #[arg(long, env = "TESSERA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Timeouts, connection caps and join rate limits of the HTTP listeners.
+    #[command(flatten)]
+    pub http: HttpLimits,
+}
+
+/// What the HTTP listeners (`--listen` and `--metrics-listen`) allow a client: how long it may
+/// take to send a request, how long it may sit idle, how many connections it may hold, and how
+/// often it may join. Enforced by `signaling::http`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct HttpLimits {
+    /// A request's headers must arrive whole within this time of the connection opening or of the
+    /// previous response on it, else the connection is closed (slowloris; on a keep-alive
+    /// connection this also bounds the wait for the next request), ms. `0`: none.
+    #[arg(long = "http-header-timeout-ms", env = "TESSERA_HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+
+    /// A connection on which no byte has moved either way for this long, with no request being
+    /// handled, is closed (idle keep-alives, clients that stop reading a response), ms. `0`: none.
+    #[arg(long = "http-idle-timeout-ms", env = "TESSERA_HTTP_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub idle_timeout_ms: u64,
+
+    /// A request body must arrive whole within this time of its headers, else `408` and the
+    /// connection is closed, ms. `0`: none.
+    #[arg(long = "http-body-timeout-ms", env = "TESSERA_HTTP_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
+
+    /// Most HTTP connections open at once, all clients together; one more is answered `503` and
+    /// closed. Lowered at start to the open-file limit less 1024 (kept for media and pipelines).
+    /// `0`: as many as that limit allows.
+    #[arg(long = "http-max-connections", env = "TESSERA_HTTP_MAX_CONNECTIONS", default_value_t = 8192)]
+    pub max_connections: usize,
+
+    /// Most HTTP connections open at once from one client IP address (behind a reverse proxy,
+    /// every client has the proxy's address: raise it there). `0`: no cap.
+    #[arg(long = "http-max-connections-per-ip", env = "TESSERA_HTTP_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+
+    /// Joins (`POST` of an offer to a room's participants, WHIP or WHEP) one client IP address may
+    /// make per minute, in bursts of up to as many; more get `429` with `Retry-After`. `0`: no limit.
+    #[arg(long = "joins-per-minute-per-ip", env = "TESSERA_JOINS_PER_MINUTE_PER_IP", default_value_t = 600)]
+    pub joins_per_minute_per_ip: u32,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 30_000,
+            body_timeout_ms: 10_000,
+            max_connections: 8192,
+            max_connections_per_ip: 256,
+            joins_per_minute_per_ip: 600,
+        }
+    }
 }
 
 /// How log lines are written (`--log-format`).
@@ -180,6 +235,7 @@ impl Default for Config {
             metrics_listen: None,
             metrics_token: None,
             log_format: LogFormat::Text,
+            http: HttpLimits::default(),
         }
     }
 }
@@ -293,6 +349,19 @@ mod tests {
         assert!(matches!(open.validate(), Err(ConfigError::Insecure(_))));
         assert!(Config { insecure: true, ..open.clone() }.validate().is_ok());
         assert!(Config { api_secret: Some("x".into()), ..open }.validate().is_ok());
+    }
+
+    #[test]
+    fn the_http_limits_defaults_are_the_flags_defaults() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            http: HttpLimits,
+        }
+        assert_eq!(Flags::parse_from(["tessera"]).http, HttpLimits::default());
+        let f = Flags::parse_from(["tessera", "--http-header-timeout-ms", "5", "--joins-per-minute-per-ip", "0"]);
+        assert_eq!((f.http.header_timeout_ms, f.http.joins_per_minute_per_ip), (5, 0));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::media::tiers::OutputFormat;
 use crate::pipelines::Backends;
 use crate::room::{RoomDeps, Rooms};
-use crate::signaling::{AppState, MetricsOptions, metrics_router, router};
+use crate::signaling::{AppState, MetricsOptions, http, metrics_router, router};
 use crate::transport::Transport;
 
 /// A running server.
@@ -52,8 +52,9 @@ impl Server {
                 let listener = tokio::net::TcpListener::bind(at).await?;
                 let bound = listener.local_addr()?;
                 let app = metrics_router(state.clone());
+                let (limits, stats) = (cfg.http.clone(), state.http_stats());
                 let task = tokio::spawn(async move {
-                    if let Err(e) = axum::serve(listener, app).await {
+                    if let Err(e) = http::serve(listener, app, limits, stats, std::future::pending()).await {
                         tracing::error!(addr = %bound, "metrics listener failed: {e}");
                     }
                 });
@@ -65,17 +66,14 @@ impl Server {
             }
             None => (None, None),
         };
+        let (limits, stats) = (cfg.http.clone(), state.http_stats());
         let app = router(state);
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await
-        });
+        let task = tokio::spawn(http::serve(listener, app, limits, stats, async {
+            let _ = rx.await;
+        }));
         tracing::info!(%addr, media_ip = %cfg.media_bind_ip(), "tessera listening");
         Ok(Self { addr, metrics_addr, rooms, shutdown: Some(tx), task, metrics_task })
     }

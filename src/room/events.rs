@@ -192,14 +192,17 @@ impl RateLimit {
 
 /// Checks a chat text: trimmed, 1..=[`CHAT_MAX_CHARS`] characters, no control characters but newlines.
 pub fn check_chat(text: &str) -> Result<String, String> {
-    let t = text.trim();
+    // Control characters go first: a text of only those (`"\u{7f}"`) is empty, not an empty
+    // message broadcast to the room.
+    let kept: String = text.chars().filter(|c| !c.is_control() || *c == '\n').collect();
+    let t = kept.trim();
     if t.is_empty() {
         return Err("empty chat message".into());
     }
     if t.chars().count() > CHAT_MAX_CHARS {
         return Err(format!("chat message longer than {CHAT_MAX_CHARS} characters"));
     }
-    Ok(t.chars().filter(|c| !c.is_control() || *c == '\n').collect())
+    Ok(t.to_string())
 }
 
 /// One participant's data channel: room events out (a `welcome` first), chat and self-mute in.
@@ -292,6 +295,8 @@ mod tests {
         assert!(check_chat("  ").is_err());
         assert!(check_chat(&"x".repeat(1001)).is_err());
         assert_eq!(check_chat(" hi\u{7}\n").unwrap(), "hi");
+        // Found by tests/fuzz.rs: only control characters made an empty message.
+        assert!(check_chat("\u{7f}").is_err() && check_chat("\u{1b}\u{0} \n").is_err());
         let t0 = Instant::now();
         let mut r = RateLimit::new(5.0, t0);
         assert_eq!((0..10).filter(|_| r.allow(t0)).count(), 5);

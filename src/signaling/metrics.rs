@@ -62,6 +62,8 @@ pub(super) struct Metrics {
     joins: Histogram,
     /// What the last scrape saw of each room's composite frame counter, to turn it into a rate.
     last: Mutex<HashMap<String, (Instant, u64)>>,
+    /// What the HTTP listeners counted.
+    pub(super) http: std::sync::Arc<super::http::HttpStats>,
 }
 
 impl Default for Metrics {
@@ -78,7 +80,7 @@ impl Metrics {
                 .buckets(JOIN_BUCKETS.to_vec()),
         )
         .expect("valid metric");
-        Self { options, joins, last: Mutex::default() }
+        Self { options, joins, last: Mutex::default(), http: Default::default() }
     }
 
     /// Whether the main listener serves `/metrics` (no `--metrics-listen`).
@@ -97,6 +99,7 @@ impl Metrics {
         let r = Registry::new_custom(None, Some(node)).expect("valid node label");
         r.register(Box::new(self.joins.clone())).expect("unique metric");
         process_metrics(&r);
+        http_metrics(&r, &self.http);
         self.room_metrics(&r, rooms);
         if let Some(udp) = rooms.deps().transport.shared_udp() {
             int_gauge(&r, "tessera_udp_peers", "Peer connections with a remote address on the shared UDP port")
@@ -312,6 +315,41 @@ fn process_metrics(r: &Registry) {
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         int_gauge(r, "process_open_fds", "Open file descriptors").set(fds.count() as i64);
     }
+}
+
+/// The HTTP listeners' connections, refusals, timeouts and rate-limited joins.
+fn http_metrics(r: &Registry, s: &super::http::HttpStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    int_gauge(r, "tessera_http_connections_open", "HTTP connections open").set(s.open.load(Relaxed));
+    int_counter(r, "tessera_http_connections_total", "HTTP connections accepted and served")
+        .inc_by(s.accepted.load(Relaxed));
+    let refused = counter_vec(
+        r,
+        "tessera_http_connections_refused_total",
+        "HTTP connections answered 503 and closed at a cap",
+        &["reason"],
+    );
+    refused.with_label_values(&["max_connections"]).inc_by(s.refused_total.load(Relaxed));
+    refused.with_label_values(&["max_connections_per_ip"]).inc_by(s.refused_per_ip.load(Relaxed));
+    int_counter(r, "tessera_http_accept_errors_total", "accept() failures such as EMFILE (paused on, not fatal)")
+        .inc_by(s.accept_errors.load(Relaxed));
+    let timeouts = counter_vec(
+        r,
+        "tessera_http_timeouts_total",
+        "HTTP connections or requests ended by a timeout: header (no complete request headers in time), idle, body (408)",
+        &["kind"],
+    );
+    timeouts.with_label_values(&["header"]).inc_by(s.header_timeouts.load(Relaxed));
+    timeouts.with_label_values(&["idle"]).inc_by(s.idle_timeouts.load(Relaxed));
+    timeouts.with_label_values(&["body"]).inc_by(s.body_timeouts.load(Relaxed));
+    int_counter(r, "tessera_joins_rate_limited_total", "Joins answered 429 (--joins-per-minute-per-ip)")
+        .inc_by(s.joins_limited.load(Relaxed));
+}
+
+fn int_counter(r: &Registry, name: &str, help: &str) -> prometheus::IntCounter {
+    let c = prometheus::IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
 }
 
 fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {

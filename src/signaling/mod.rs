@@ -4,7 +4,9 @@
 //! in the body; none of them touches a room.
 
 pub mod auth;
+pub mod http;
 mod join;
+pub mod limits;
 mod metrics;
 mod outputs_api;
 mod rooms_api;
@@ -123,6 +125,11 @@ impl AppState {
     /// State for `rooms` with `auth`.
     pub fn new(rooms: Arc<Rooms>, auth: Auth) -> Self {
         Self { rooms, auth, metrics: Arc::default() }
+    }
+
+    /// What the HTTP listeners count ([`http::serve`] adds to it; `/metrics` shows it).
+    pub fn http_stats(&self) -> Arc<http::HttpStats> {
+        self.metrics.http.clone()
     }
 }
 

@@ -105,7 +105,11 @@ fn video_codecs(m: &MediaDescription) -> Vec<VideoCodec> {
         } else if c.name.eq_ignore_ascii_case("h264")
             && c.fmtp.contains("packetization-mode=1")
             && fmtp_value(&c.fmtp, "profile-level-id")
-                .is_some_and(|p| p.len() == 6 && p[..2].eq_ignore_ascii_case("42"))
+                // Six hex digits (RFC 6184 §8.1), profile_idc 0x42 (baseline); a value that is
+                // not hex is no H.264 (and slicing it could split a character).
+                .is_some_and(|p| {
+                    p.len() == 6 && p.bytes().all(|b| b.is_ascii_hexdigit()) && p[..2].eq_ignore_ascii_case("42")
+                })
         {
             Some(VideoCodec::H264)
         } else {
@@ -130,14 +134,14 @@ pub fn summarize(sdp: &str) -> Result<OfferSummary, OfferError> {
         return Err(OfferError::Malformed("an SDP offer starts with \"v=0\"".into()));
     }
     let desc = SessionDescription::unmarshal(&mut Cursor::new(sdp.as_bytes()))
-        .map_err(|e| OfferError::Malformed(e.to_string()))?;
+        .map_err(|e| OfferError::Malformed(one_line(&e.to_string())))?;
     let mut s = OfferSummary { audio: None, video: None, audio_level_ext: None, data_channel: false, rejected: vec![] };
     let mut mids: Vec<&str> = vec![];
     for m in &desc.media_descriptions {
         let mid = m.attribute("mid").flatten();
         if let Some(mid) = mid {
             if mids.contains(&mid) {
-                return Err(OfferError::DuplicateMid(mid.to_string()));
+                return Err(OfferError::DuplicateMid(one_line(mid)));
             }
             mids.push(mid);
         }
@@ -168,6 +172,24 @@ pub fn summarize(sdp: &str) -> Result<OfferSummary, OfferError> {
         return Err(OfferError::NoMedia);
     }
     Ok(s)
+}
+
+/// Longest piece of the offer a refusal quotes, characters.
+const QUOTE_MAX: usize = 100;
+
+/// `text` (which quotes the client's offer) fit for a one-line reason: control characters
+/// escaped (`\r\n` as written), at most [`QUOTE_MAX`] characters. The SDP parser's errors quote
+/// the offending line with its line end.
+fn one_line(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(QUOTE_MAX)
+        .flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
+        .collect();
+    if text.chars().nth(QUOTE_MAX).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 fn fmtp_value<'a>(fmtp: &'a str, key: &str) -> Option<&'a str> {
@@ -323,6 +345,33 @@ mod tests {
         assert_eq!(p.rejected[0].mid.as_deref(), Some("2"));
         let dup = two_videos.replace("a=mid:2", "a=mid:1");
         assert_eq!(plan(&dup, Endpoint::Participant), Err(OfferError::DuplicateMid("1".into())));
+    }
+
+    #[test]
+    fn refusals_quote_the_offer_on_one_line() {
+        // Found by tests/fuzz.rs: the SDP parser's error quotes the bad line with its line end.
+        for text in ["v=0\r\n \n", "v=0\r\na\n", "v=0\r\nA\r\no="] {
+            let Err(OfferError::Malformed(reason)) = plan(text, Endpoint::Participant) else { panic!("{text:?}") };
+            assert!(!reason.contains(['\r', '\n']), "{reason:?}");
+        }
+        let long = format!("v=0\r\n{}\r\n", "x".repeat(500));
+        let reason = plan(&long, Endpoint::Participant).unwrap_err().to_string();
+        assert!(reason.chars().count() < 150 && reason.ends_with('…'), "{reason}");
+        let dup = offer("sendrecv", "sendrecv", VP8)
+            .replace("a=mid:1", "a=mid:0\u{7}")
+            .replace("a=mid:0\r", "a=mid:0\u{7}\r");
+        assert_eq!(plan(&dup, Endpoint::Participant), Err(OfferError::DuplicateMid("0\\u{7}".into())));
+    }
+
+    #[test]
+    fn a_profile_level_id_of_multibyte_characters_is_no_h264() {
+        let h264 =
+            |id: &str| format!("a=rtpmap:102 H264/90000\r\na=fmtp:102 packetization-mode=1;profile-level-id={id}\r\n");
+        // Six bytes whose second ends inside a character: slicing two bytes would panic.
+        for id in ["4é123", "éé42", "42e01f"] {
+            let p = plan(&offer("recvonly", "recvonly", &h264(id)), Endpoint::Whep);
+            assert_eq!(p.is_ok(), id == "42e01f", "{id}: {p:?}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod edge;
 mod egress;
 mod events;
 mod firefox;
+mod http_hygiene;
 mod join_grid;
 mod layouts;
 mod leave;
