@@ -127,7 +127,12 @@ pub struct AudioMixer {
     tx: Arc<Mutex<mpsc::Sender<Cmd>>>,
     out: broadcast::Sender<Arc<MixFrame>>,
     stats: Arc<AudioStats>,
+    /// The mixer and its commands, until [`AudioMixer::wake`] hands them to its thread.
+    idle: Arc<Mutex<Option<IdleMixer>>>,
 }
+
+/// A mixer not running yet: its state, its commands and its room's name.
+type IdleMixer = (Mixer, mpsc::Receiver<Cmd>, String);
 
 /// Errors starting the mixer.
 #[derive(Debug, thiserror::Error)]
@@ -161,15 +166,37 @@ impl AudioMixer {
         config: MixerConfig,
         on_speaker: Option<SpeakerListener>,
     ) -> Result<Self, AudioError> {
+        let mixer = Self::idle(room, config, on_speaker)?;
+        mixer.wake()?;
+        Ok(mixer)
+    }
+
+    /// Prepares the mixer for `room` as [`AudioMixer::start_with`] does, without its thread: no
+    /// tick runs (commands wait) until [`AudioMixer::wake`]. An empty room costs nothing.
+    ///
+    /// # Errors
+    /// [`AudioError::Opus`] if libopus rejects the settings.
+    pub fn idle(room: &str, config: MixerConfig, on_speaker: Option<SpeakerListener>) -> Result<Self, AudioError> {
         let (tx, rx) = mpsc::channel();
         let (out, _) = broadcast::channel(FANOUT_CAPACITY);
         let stats = Arc::new(AudioStats::default());
         let mut m = Mixer::new(config.kbps, out.clone(), stats.clone())?;
         m.mix_talkers = config.mix_talkers.max(1);
         m.on_speaker = on_speaker;
-        let room = room.to_string();
-        std::thread::Builder::new().name(format!("mix-{room}")).spawn(move || m.run(rx, &room))?;
-        Ok(Self { tx: Arc::new(Mutex::new(tx)), out, stats })
+        let idle = Arc::new(Mutex::new(Some((m, rx, room.to_string()))));
+        Ok(Self { tx: Arc::new(Mutex::new(tx)), out, stats, idle })
+    }
+
+    /// Starts the mixer thread, if it is not running yet.
+    ///
+    /// # Errors
+    /// [`AudioError::Thread`] if the thread cannot start.
+    pub fn wake(&self) -> Result<(), AudioError> {
+        let mut idle = self.idle.lock().unwrap();
+        if let Some((mut m, rx, room)) = idle.take() {
+            std::thread::Builder::new().name(format!("mix-{room}")).spawn(move || m.run(rx, &room))?;
+        }
+        Ok(())
     }
 
     fn send(&self, c: Cmd) {

@@ -148,7 +148,7 @@ struct InputShared {
 
 impl Tiles {
     /// The tiles of `room` (none yet) with `layout` and at most `cap` visible, drawn by
-    /// `compositor`; starts the placeholder thread.
+    /// `compositor`; the placeholder thread starts with [`Tiles::start`].
     pub(super) fn new(
         room: &str,
         format: OutputFormat,
@@ -159,16 +159,19 @@ impl Tiles {
     ) -> Arc<Self> {
         let state =
             State { inputs: vec![], layout, cap, speaker: None, last_spoke: HashMap::new(), placements: vec![] };
-        let tiles = Arc::new(Self {
+        Arc::new(Self {
             room: room.to_string(),
             format,
             compositor,
             state: Mutex::new(state),
             stats,
             stopped: AtomicBool::new(false),
-        });
-        spawn_placeholder_thread(Arc::downgrade(&tiles));
-        tiles
+        })
+    }
+
+    /// Starts the placeholder thread (once: the room video calls it when it starts).
+    pub(super) fn start(self: &Arc<Self>) {
+        spawn_placeholder_thread(Arc::downgrade(self));
     }
 
     /// Stops the placeholder thread.
