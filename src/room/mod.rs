@@ -374,6 +374,12 @@ impl Rooms {
     fn end_if_empty(&self, r: &Arc<Room>) {
         let mut rooms = self.rooms.lock().unwrap();
         let stays = r.persistent && !self.draining.load(Ordering::SeqCst);
+        if r.is_empty() && stays {
+            // A room made by `PUT` stays, idle.
+            let room = r.clone();
+            tokio::task::spawn_blocking(move || room.park_if_idle());
+            return;
+        }
         if r.is_empty() && !stays && rooms.get(&r.name).is_some_and(|x| Arc::ptr_eq(x, r)) {
             rooms.remove(&r.name);
             drop(rooms);
@@ -409,6 +415,19 @@ pub struct Room {
     /// PLIs sent and keyframe requests received by participants who left (totals stay monotonic).
     departed: (AtomicU64, AtomicU64),
     outputs: RoomOutputs,
+    /// Joins and outputs setting up with the media awake: it does not park meanwhile. The lock
+    /// orders waking and parking.
+    media_users: Mutex<usize>,
+}
+
+/// A join or output setting up on a room's woken media (see [`Room::wake`]): the media stays
+/// awake until it drops, by when the participant or output counts by itself.
+struct MediaUse<'a>(&'a Room);
+
+impl Drop for MediaUse<'_> {
+    fn drop(&mut self) {
+        *self.0.media_users.lock().unwrap() -= 1;
+    }
 }
 
 impl Room {
@@ -449,6 +468,7 @@ impl Room {
             created: Instant::now(),
             departed: Default::default(),
             outputs: RoomOutputs::default(),
+            media_users: Mutex::new(0),
         });
         let _ = slot.set(Arc::downgrade(&room));
         Ok(room)
@@ -587,18 +607,34 @@ impl Room {
     ///
     /// # Errors
     /// [`RoomError::Video`] or [`RoomError::Audio`] when they cannot start.
-    fn wake(&self) -> Result<(), RoomError> {
+    fn wake(&self) -> Result<MediaUse<'_>, RoomError> {
+        let mut users = self.media_users.lock().unwrap();
         if !self.video.started() {
             tracing::info!(room = %self.name, "room media starting");
         }
         self.video.start()?;
         self.audio.wake()?;
-        Ok(())
+        *users += 1;
+        Ok(MediaUse(self))
+    }
+
+    /// Idles the media of a room that nobody is in and that records and streams nothing (a room
+    /// made by `PUT` whose participants left): no clock, mixer or placeholder thread runs and the
+    /// pipeline is in `NULL` until the next join. Blocks up to a mixer tick (20 ms).
+    fn park_if_idle(&self) {
+        let users = self.media_users.lock().unwrap();
+        if *users > 0 || !self.is_empty() || self.outputs.running() || !self.video.started() {
+            return;
+        }
+        tracing::info!(room = %self.name, "room media parked: nobody is in the room");
+        self.video.park();
+        self.audio.park();
+        drop(users);
     }
 
     async fn join(self: &Arc<Self>, req: JoinRequest) -> Result<(String, String), RoomError> {
         self.check_cap()?;
-        self.wake()?;
+        let _media = self.wake()?;
         let JoinRequest { name, kind, source, offer, plan, rejected, identity } = req;
         let id = self.new_id("p");
         let span = tracing::info_span!("participant", room = %self.name, participant = %id);

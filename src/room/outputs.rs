@@ -39,7 +39,7 @@ impl Room {
         if self.outputs.recordings.lock().unwrap().iter().any(|r| r.is_recording() && r.path() == path) {
             return Err(RecordingError::BadName(format!("{} is being recorded already", path.display())).into());
         }
-        self.wake()?;
+        let _media = self.wake()?;
         let rec = Recording::start(&id, format, path, &self.video, &self.audio)?;
         let info = rec.info();
         self.outputs.recordings.lock().unwrap().push(rec);
@@ -84,7 +84,7 @@ impl Room {
                 room.emit(RoomEvent::RecordingState { ts: crate::ids::now_ms(), id, kind, state });
             }
         });
-        self.wake()?;
+        let _media = self.wake()?;
         let e = Egress::start(&id, target, &self.video, &self.audio, on_state)?;
         let info = e.info();
         self.outputs.egresses.lock().unwrap().push(e);

@@ -142,6 +142,72 @@ async fn room_and_participant_caps_refuse_what_would_pass_them() {
     srv.shutdown().await;
 }
 
+/// Threads of this process whose name starts with `prefix` (Linux truncates names to 15 bytes).
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim_end().starts_with(prefix))
+        .count()
+}
+
+/// Polls (up to 10 s) until `what` holds.
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{what}: not within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_nobody_is_in_runs_no_thread_until_someone_joins() {
+    let _serial = common::serial().await;
+    let srv = common::server().await;
+    let a = srv.addr;
+    // The room's own threads: its mixer and its pipeline's bus watch (the clock and placeholder
+    // threads have no room in their names, and go with them).
+    let ours = || threads_named("mix-idlr") + threads_named("bus-idlr");
+    let put = send("PUT", format!("http://{a}/v1/rooms/idlr"), None).await;
+    assert_eq!(put.status, 201, "{}", put.body);
+    assert_eq!(ours(), 0, "an empty room made by PUT starts no thread");
+    assert_eq!(common::room_json(a, "idlr").await["frames_out"], 0, "and no clock");
+
+    let joined = offer_to(a, "/v1/rooms/idlr/participants").await;
+    assert_eq!(joined.status, 201, "{}", joined.body);
+    until("the room's threads start with its first join", || ours() == 2).await;
+    let t0 = Instant::now();
+    while common::room_json(a, "idlr").await["frames_out"].as_u64().unwrap() == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the clock never ticked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The last one leaves: the room stays (made by PUT), idle again.
+    let gone = send("DELETE", format!("http://{a}{}", newest_participant(a, "idlr").await), None).await;
+    assert_eq!(gone.status, 204, "{}", gone.body);
+    until("the room's threads end when it empties", || ours() == 0).await;
+    assert_eq!(room_names(a).await, ["idlr"]);
+    let frames = common::room_json(a, "idlr").await["frames_out"].as_u64().unwrap();
+
+    // And wakes again for the next join.
+    let again = offer_to(a, "/v1/rooms/idlr/participants").await;
+    assert_eq!(again.status, 201, "{}", again.body);
+    until("the room's threads start again", || ours() == 2).await;
+    let t0 = Instant::now();
+    while common::room_json(a, "idlr").await["frames_out"].as_u64().unwrap() <= frames {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the clock did not tick again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    srv.shutdown().await;
+}
+
+/// The path of the newest participant of `room` (what its join's `Location` said).
+async fn newest_participant(addr: SocketAddr, room: &str) -> String {
+    let r = common::room_json(addr, room).await;
+    let id = r["participants"].as_array().unwrap().last().unwrap()["id"].as_str().unwrap().to_string();
+    format!("/v1/rooms/{room}/participants/{id}")
+}
+
 /// A free TCP port on loopback.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

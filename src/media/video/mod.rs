@@ -84,6 +84,8 @@ struct Inner {
     src: gst_app::AppSrc,
     /// [`RoomVideo::start`] ran: the pipeline plays and the clock and placeholder threads run.
     started: std::sync::Mutex<bool>,
+    /// Generation of the clock thread: one that sees another number ends (a park, a restart).
+    generation: AtomicU64,
     format: OutputFormat,
     tiles: Arc<Tiles>,
     compositor: Arc<dyn Compositor>,
@@ -164,6 +166,7 @@ impl RoomVideo {
             pipeline,
             src,
             started: std::sync::Mutex::new(false),
+            generation: AtomicU64::new(0),
             format,
             tiles,
             compositor,
@@ -190,10 +193,27 @@ impl RoomVideo {
         super::bus::watch_bus(&self.inner.pipeline, room.to_string());
         self.inner.pipeline.set_state(gst::State::Playing).map_err(gst_err)?;
         let period = Duration::from_nanos(1_000_000_000 / u64::from(self.inner.format.fps.max(1)));
-        clock::spawn(Arc::downgrade(&self.inner), self.inner.src.clone(), period);
+        let generation = self.inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        clock::spawn(Arc::downgrade(&self.inner), self.inner.src.clone(), period, generation);
         self.inner.tiles.start();
         *started = true;
         Ok(())
+    }
+
+    /// Idles a started room video again, as [`RoomVideo::new_idle`] left it: the clock and the
+    /// placeholder thread end (within a frame and a placeholder period), the pipeline — its
+    /// encoder branches included — goes to `NULL`. Tiles, layout and branches stay, and
+    /// [`RoomVideo::start`] runs them again. For a room that nobody is in and that records
+    /// nothing.
+    pub fn park(&self) {
+        let mut started = self.inner.started.lock().unwrap();
+        if !*started {
+            return;
+        }
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        self.inner.tiles.park();
+        let _ = self.inner.pipeline.set_state(gst::State::Null);
+        *started = false;
     }
 
     /// Whether [`RoomVideo::start`] ran.

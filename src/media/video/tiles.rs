@@ -110,6 +110,8 @@ pub(super) struct Tiles {
     state: Mutex<State>,
     stats: Arc<VideoStats>,
     stopped: AtomicBool,
+    /// Generation of the placeholder thread: one that sees another number ends.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 struct State {
@@ -166,12 +168,20 @@ impl Tiles {
             state: Mutex::new(state),
             stats,
             stopped: AtomicBool::new(false),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
-    /// Starts the placeholder thread (once: the room video calls it when it starts).
+    /// Starts the placeholder thread (the room video calls it when it starts; a thread of an
+    /// earlier start ends).
     pub(super) fn start(self: &Arc<Self>) {
-        spawn_placeholder_thread(Arc::downgrade(self));
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        spawn_placeholder_thread(Arc::downgrade(self), generation);
+    }
+
+    /// Ends the placeholder thread until the next [`Tiles::start`].
+    pub(super) fn park(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Stops the placeholder thread.
@@ -362,12 +372,12 @@ impl Tiles {
 
 /// Draws the placeholders of muted, audio-only and stale tiles, checked every
 /// [`PLACEHOLDER_PERIOD`].
-fn spawn_placeholder_thread(tiles: Weak<Tiles>) {
+fn spawn_placeholder_thread(tiles: Weak<Tiles>, generation: u64) {
     let _ = std::thread::Builder::new().name("placeholders".into()).spawn(move || {
         loop {
             std::thread::sleep(PLACEHOLDER_PERIOD);
             let Some(t) = tiles.upgrade() else { return };
-            if t.stopped.load(Ordering::Relaxed) {
+            if t.stopped.load(Ordering::Relaxed) || t.generation.load(Ordering::SeqCst) != generation {
                 return;
             }
             let due: Vec<(String, Arc<InputShared>)> = {
