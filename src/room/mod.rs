@@ -9,6 +9,7 @@
 
 pub mod admission;
 pub mod events;
+mod idle;
 pub mod info;
 mod node;
 mod options;
@@ -36,7 +37,7 @@ use crate::outputs::egress::EgressError;
 use crate::outputs::recording::RecordingError;
 use crate::pipelines::Backends;
 use crate::transport::{Rejected, SessionPlan, Transport, TransportError};
-use admission::{EncoderKind, JoinAsk, Limits, Refusal};
+use admission::{Limits, Refusal};
 use events::{RoomEvent, Who};
 pub use info::{EncoderInfo, Media, ParticipantInfo, RoomInfo, TileInfo};
 pub use node::Readiness;
@@ -180,7 +181,7 @@ pub struct Rooms {
     /// No new rooms or joins; rooms end when they empty (`PUT` rooms too).
     draining: AtomicBool,
     /// Cost of the joins admitted whose participant is not in its room yet, units.
-    pending: Mutex<f64>,
+    pending: Mutex<node::PendingJoins>,
     /// Woken whenever a room leaves the registry.
     removed: tokio::sync::Notify,
     /// Rooms that left the registry and are still finalizing their recordings.
@@ -200,7 +201,7 @@ impl Rooms {
             rooms: Mutex::new(HashMap::new()),
             limits,
             draining: AtomicBool::new(false),
-            pending: Mutex::new(0.0),
+            pending: Mutex::default(),
             removed: tokio::sync::Notify::new(),
             finishing: Mutex::new(vec![]),
         }
@@ -236,10 +237,6 @@ impl Rooms {
     /// No rooms.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    fn encoder_kind(&self) -> EncoderKind {
-        EncoderKind::of_backend(self.deps.backends.backend())
     }
 
     /// Creates room `name` with `options`, or updates the settings that can change live (layout,
@@ -287,26 +284,6 @@ impl Rooms {
         Ok((r, true))
     }
 
-    /// What a join with `plan` costs in `room` (`None`: a new room).
-    fn join_ask(&self, room: Option<&Room>, plan: &SessionPlan) -> JoinAsk {
-        let format = room.map_or(self.deps.format, |r| r.video.format());
-        let running = room.map(|r| r.video.encoder_branches()).unwrap_or_default();
-        let new_encoder = plan
-            .receive_video
-            .filter(|c| !running.iter().any(|(rc, _, _)| rc == c))
-            .map(|_| (format.width, format.height));
-        JoinAsk {
-            publish_video: plan.publish_video,
-            publish_audio: plan.publish_audio,
-            receives: plan.receive_audio || plan.receive_video.is_some(),
-            new_encoder,
-            starts_room: room.is_none_or(|r| !r.load().active),
-            new_room: room.is_none(),
-            fps: format.fps,
-            kind: self.encoder_kind(),
-        }
-    }
-
     /// Joins room `room` (creating it with the defaults); returns the participant id and the answer.
     ///
     /// # Errors
@@ -321,8 +298,7 @@ impl Rooms {
             if let Some(r) = &existing {
                 r.check_cap()?;
             }
-            let ask = self.join_ask(existing.as_deref(), &req.plan);
-            let reserved = self.reserve(&rooms, ask.cost(), ask.new_room)?;
+            let reserved = self.reserve_join(&rooms, room, existing.as_deref(), &req.plan)?;
             let r = match existing {
                 Some(r) => r,
                 None => {
@@ -418,16 +394,6 @@ pub struct Room {
     /// Joins and outputs setting up with the media awake: it does not park meanwhile. The lock
     /// orders waking and parking.
     media_users: Mutex<usize>,
-}
-
-/// A join or output setting up on a room's woken media (see [`Room::wake`]): the media stays
-/// awake until it drops, by when the participant or output counts by itself.
-struct MediaUse<'a>(&'a Room);
-
-impl Drop for MediaUse<'_> {
-    fn drop(&mut self) {
-        *self.0.media_users.lock().unwrap() -= 1;
-    }
 }
 
 impl Room {
@@ -600,36 +566,6 @@ impl Room {
             let who = u.speaker.as_deref().and_then(|id| self.who(id));
             self.emit(RoomEvent::ActiveSpeaker { ts: crate::ids::now_ms(), participant: who });
         }
-    }
-
-    /// Starts the room's media — video pipeline, room clock, placeholders, mixer — if idle
-    /// (a room made by `PUT` runs nothing until its first join or output).
-    ///
-    /// # Errors
-    /// [`RoomError::Video`] or [`RoomError::Audio`] when they cannot start.
-    fn wake(&self) -> Result<MediaUse<'_>, RoomError> {
-        let mut users = self.media_users.lock().unwrap();
-        if !self.video.started() {
-            tracing::info!(room = %self.name, "room media starting");
-        }
-        self.video.start()?;
-        self.audio.wake()?;
-        *users += 1;
-        Ok(MediaUse(self))
-    }
-
-    /// Idles the media of a room that nobody is in and that records and streams nothing (a room
-    /// made by `PUT` whose participants left): no clock, mixer or placeholder thread runs and the
-    /// pipeline is in `NULL` until the next join. Blocks up to a mixer tick (20 ms).
-    fn park_if_idle(&self) {
-        let users = self.media_users.lock().unwrap();
-        if *users > 0 || !self.is_empty() || self.outputs.running() || !self.video.started() {
-            return;
-        }
-        tracing::info!(room = %self.name, "room media parked: nobody is in the room");
-        self.video.park();
-        self.audio.park();
-        drop(users);
     }
 
     async fn join(self: &Arc<Self>, req: JoinRequest) -> Result<(String, String), RoomError> {

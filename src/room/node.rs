@@ -10,20 +10,51 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::admission::{NodeLoad, Refusal, RoomLoad};
-use super::{EncoderKind, Room, RoomError, Rooms};
+use super::admission::{EncoderKind, JoinAsk, NodeLoad, Refusal, RoomLoad};
+use super::{Room, RoomError, Rooms};
+use crate::codec::VideoCodec;
+use crate::transport::SessionPlan;
+
+/// Joins admitted whose participant is not in its room yet: their cost, and what they start —
+/// an encoder branch (room, codec), a room's base — so that joins at once into a new room count
+/// its encoder and base once, not once each.
+#[derive(Debug, Default)]
+pub(super) struct PendingJoins {
+    load: f64,
+    encoders: HashMap<(String, VideoCodec), usize>,
+    starts: HashMap<String, usize>,
+}
 
 /// A join's admitted cost, counted in the node's load until dropped (by then the participant is
 /// in its room, or the join failed).
 pub(super) struct Reservation<'a> {
     rooms: &'a Rooms,
     cost: f64,
+    room: String,
+    encoder: Option<VideoCodec>,
+    starts: bool,
 }
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         let mut p = self.rooms.pending.lock().unwrap();
-        *p = (*p - self.cost).max(0.0);
+        p.load = (p.load - self.cost).max(0.0);
+        if let Some(codec) = self.encoder {
+            release(&mut p.encoders, (self.room.clone(), codec));
+        }
+        if self.starts {
+            release(&mut p.starts, self.room.clone());
+        }
+    }
+}
+
+/// Counts one user of `key` less, forgetting it at none.
+fn release<K: std::hash::Hash + Eq>(m: &mut HashMap<K, usize>, key: K) {
+    if let Some(n) = m.get_mut(&key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            m.remove(&key);
+        }
     }
 }
 
@@ -53,7 +84,7 @@ pub struct Readiness {
 impl Rooms {
     /// The node's load now, with `rooms` the locked registry.
     pub(super) fn node_load(&self, rooms: &HashMap<String, Arc<Room>>) -> NodeLoad {
-        let load: f64 = rooms.values().map(|r| r.load().cost()).sum::<f64>() + *self.pending.lock().unwrap();
+        let load: f64 = rooms.values().map(|r| r.load().cost()).sum::<f64>() + self.pending.lock().unwrap().load;
         NodeLoad { load, rooms: rooms.len(), draining: self.draining.load(Ordering::SeqCst) }
     }
 
@@ -82,19 +113,48 @@ impl Rooms {
         }
     }
 
-    /// Admits `cost` units (a new room when `new_room`) against the limits, counting it as
-    /// pending until the returned reservation drops. `rooms` is the locked registry, so two joins
-    /// cannot both take the last room.
-    pub(super) fn reserve(
+    /// Admits a join with `plan` into room `name` (`room`: it, `None` when the join makes it)
+    /// against the limits, counting its cost as pending until the returned reservation drops.
+    /// `rooms` is the locked registry, so two joins cannot both take the last unit or room.
+    ///
+    /// # Errors
+    /// The [`Refusal`].
+    pub(super) fn reserve_join(
         &self,
         rooms: &HashMap<String, Arc<Room>>,
-        cost: f64,
-        new_room: bool,
+        name: &str,
+        room: Option<&Room>,
+        plan: &SessionPlan,
     ) -> Result<Reservation<'_>, Refusal> {
         let node = self.node_load(rooms);
-        self.limits.admit(node, cost, new_room)?;
-        *self.pending.lock().unwrap() += cost;
-        Ok(Reservation { rooms: self, cost })
+        let format = room.map_or(self.deps.format, |r| r.video.format());
+        let running = room.map(|r| r.video.encoder_branches()).unwrap_or_default();
+        let mut pending = self.pending.lock().unwrap();
+        // The branch of its codec, unless it runs or a join under way starts it.
+        let encoder = plan.receive_video.filter(|c| {
+            !running.iter().any(|(rc, _, _)| rc == c) && !pending.encoders.contains_key(&(name.to_string(), *c))
+        });
+        let starts = room.is_none_or(|r| !r.load().active) && !pending.starts.contains_key(name);
+        let ask = JoinAsk {
+            publish_video: plan.publish_video,
+            publish_audio: plan.publish_audio,
+            receives: plan.receive_audio || plan.receive_video.is_some(),
+            new_encoder: encoder.map(|_| (format.width, format.height)),
+            starts_room: starts,
+            new_room: room.is_none(),
+            fps: format.fps,
+            kind: EncoderKind::of_backend(self.deps.backends.backend()),
+        };
+        let cost = ask.cost();
+        self.limits.admit(node, cost, ask.new_room)?;
+        pending.load += cost;
+        if let Some(codec) = encoder {
+            *pending.encoders.entry((name.to_string(), codec)).or_default() += 1;
+        }
+        if starts {
+            *pending.starts.entry(name.to_string()).or_default() += 1;
+        }
+        Ok(Reservation { rooms: self, cost, room: name.to_string(), encoder, starts })
     }
 
     /// Whether the node drains.
@@ -195,5 +255,67 @@ impl Room {
             kind: Some(EncoderKind::of_backend(self.deps.backends.backend())),
             active: people > 0 || self.outputs.running(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::admission::Limits;
+    use crate::room::{RoomDeps, Rooms};
+
+    fn rooms(max_load: f64) -> Rooms {
+        let cfg = crate::config::Config { udp_port: 0, tcp_port: 0, ..crate::config::Config::default() };
+        let deps = RoomDeps {
+            transport: crate::transport::Transport::new(&cfg).unwrap(),
+            backends: crate::pipelines::Backends::new("cpu", None),
+            format: crate::media::tiers::OutputFormat { width: 1280, height: 720, fps: 30, kbps: 1500 },
+            audio_kbps: 32,
+            jitter_ms: 50,
+            recordings_dir: std::env::temp_dir(),
+        };
+        Rooms::with_limits(deps, Limits { max_load, max_rooms: None, max_participants_per_room: None })
+    }
+
+    const PUBLISHER: SessionPlan = SessionPlan {
+        publish_video: true,
+        publish_audio: true,
+        receive_video: Some(VideoCodec::Vp8),
+        codec_choice: None,
+        receive_audio: true,
+        audio_level_ext: None,
+    };
+
+    #[tokio::test]
+    async fn joins_at_once_into_a_new_room_count_its_encoder_and_base_once() {
+        let reg = rooms(4.0);
+        let none = HashMap::new();
+        // The first: its decode, audio, fan-out, the VP8 branch and the room's base.
+        let first = reg.reserve_join(&none, "r", None, &PUBLISHER).unwrap();
+        assert!((reg.load() - 3.02).abs() < 1e-9, "{}", reg.load());
+        // The second, before the first is in: the branch and the base are counted already.
+        let second = reg.reserve_join(&none, "r", None, &PUBLISHER).unwrap();
+        assert!((reg.load() - 3.34).abs() < 1e-9, "{}", reg.load());
+        // Another room starts its own branch: past 4 units.
+        let other = reg.reserve_join(&none, "s", None, &PUBLISHER);
+        assert!(matches!(other, Err(Refusal::Full { .. })), "{:?}", other.err());
+        drop((first, second));
+        assert_eq!(reg.load(), 0.0);
+        let p = reg.pending.lock().unwrap();
+        assert!(p.encoders.is_empty() && p.starts.is_empty(), "{p:?}");
+    }
+
+    #[tokio::test]
+    async fn a_draining_registry_refuses_and_says_so() {
+        let reg = rooms(100.0);
+        assert!(reg.readiness().ready);
+        assert!(reg.start_drain());
+        assert!(!reg.start_drain(), "once");
+        let r = reg.readiness();
+        assert!(!r.ready && r.draining);
+        assert_eq!(r.reason.as_deref(), Some("this node is draining: it takes no new rooms or joins"));
+        let none = HashMap::new();
+        assert!(matches!(reg.reserve_join(&none, "r", None, &PUBLISHER), Err(Refusal::Draining)));
+        assert!(reg.wait_empty(tokio::time::Instant::now()).await, "no rooms: drained at once");
     }
 }

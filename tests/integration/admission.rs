@@ -142,6 +142,40 @@ async fn room_and_participant_caps_refuse_what_would_pass_them() {
     srv.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_port_range_answers_503_with_retry_after_and_an_unconnected_join_gives_its_port_back() {
+    let _serial = common::serial().await;
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let timeout_ms = 2000;
+    let cfg = Config {
+        udp_ports: Some(tessera::config::PortRange { low: port, high: port }),
+        peer_timeout_ms: timeout_ms,
+        ..Config::default()
+    };
+    let srv = common::server_with(cfg).await;
+    let a = srv.addr;
+    let first = offer_to(a, "/whep/ports").await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let taken = Instant::now();
+    let full = offer_to(a, "/whep/ports").await;
+    assert_refused(&full, "a join past the port range", "no free UDP port");
+    assert_eq!(full.retry_after.as_deref(), Some("10"));
+    // The first never connects: it is removed after the peer timeout and its port comes back.
+    loop {
+        let again = offer_to(a, "/whep/ports").await;
+        if again.status == 201 {
+            break;
+        }
+        assert_eq!(again.status, 503, "{}", again.body);
+        assert!(taken.elapsed() < Duration::from_secs(10), "the port did not come back within 10 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let back = taken.elapsed();
+    eprintln!("port back {back:?} after the unconnected join (peer timeout {timeout_ms} ms)");
+    assert!(back >= Duration::from_millis(timeout_ms / 2), "back after {back:?}: before the timeout");
+    srv.shutdown().await;
+}
+
 /// Threads of this process whose name starts with `prefix` (Linux truncates names to 15 bytes).
 fn threads_named(prefix: &str) -> usize {
     std::fs::read_dir("/proc/self/task")
