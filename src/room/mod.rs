@@ -5,7 +5,9 @@
 //! A [`Room`] is self-contained — its own video pipeline, mixer thread, participants and event
 //! bus — so rooms can be spread across machines behind a shared registry without touching it.
 //! Around it: [`participant`] (one participant's wiring), [`info`] (the API views), [`events`]
-//! (room events and the data-channel protocol), [`outputs`] (recordings and egress).
+//! (room events and the data-channel protocol), [`outputs`] (recordings and egress), [`idle`]
+//! (a room nobody is in runs no thread), [`admission`] (the cost model and caps, pure) and
+//! [`node`] (the registry's load, readiness and drain).
 
 pub mod admission;
 pub mod events;
