@@ -33,7 +33,7 @@ pair() {
   local bins=("$1" "$2") ports=() spids=() lpids=() i
   for i in 0 1; do
     ports[i]=$((20000 + RANDOM % 20000))
-    RUST_LOG=warn "${bins[i]}" serve --listen "127.0.0.1:${ports[i]}" --udp-ports 0 --media-ip 127.0.0.1 >"$OUT/server-$i.log" 2>&1 &
+    TESSERA_DRAIN_TIMEOUT=0s TESSERA_MAX_LOAD=1000 RUST_LOG=warn "${bins[i]}" serve --listen "127.0.0.1:${ports[i]}" --udp-ports 0 --media-ip 127.0.0.1 >"$OUT/server-$i.log" 2>&1 &
     spids[i]=$!; PIDS+=("${spids[i]}")
   done
   for i in 0 1; do

@@ -105,7 +105,7 @@ measure() {
   local b=$1 r=$2 port dir slog lg
   port=$((20000 + RANDOM % 20000)); dir=$(mktemp -d)
   slog=$OUT/server-$b-$r.log; lg=$OUT/loadgen-$b-$r.log
-  RUST_LOG=${RUST_LOG:-warn} "$BIN" serve --backend "$b" --listen "127.0.0.1:$port" --udp-ports 0 --media-ip 127.0.0.1 \
+  TESSERA_DRAIN_TIMEOUT=0s TESSERA_MAX_LOAD=1000 RUST_LOG=${RUST_LOG:-warn} "$BIN" serve --backend "$b" --listen "127.0.0.1:$port" --udp-ports 0 --media-ip 127.0.0.1 \
     --recordings-dir "$dir" --width 1280 --height 720 --video-kbps 1500 >"$slog" 2>&1 &
   SPID=$!
   for _ in $(seq 100); do http_ok "$port" /healthz && break; sleep 0.1; done

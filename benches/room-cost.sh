@@ -27,7 +27,7 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 # measure NAME LOADGEN_ARGS...: prints "cpu fps join freezes rss_mb"
 measure() {
   local port=$((20000 + RANDOM % 20000)) dir; dir=$(mktemp -d)
-  RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$port" --udp-ports 0 --media-ip 127.0.0.1 --recordings-dir "$dir" \
+  TESSERA_DRAIN_TIMEOUT=0s TESSERA_MAX_LOAD=1000 RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$port" --udp-ports 0 --media-ip 127.0.0.1 --recordings-dir "$dir" \
     >/tmp/tessera-bench-server.log 2>&1 &
   local spid=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done

@@ -130,7 +130,8 @@ measure() {
   read -r w h kbps < <(size "$RES")
   port=$((20000 + RANDOM % 20000)); dir=$(mktemp -d)
   slog=$OUT/server-$1.log; lg=$OUT/loadgen-$1.log
-  RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$port" "${SARGS[@]}" --media-ip 127.0.0.1 --recordings-dir "$dir" \
+  # No drain on stop, and no admission cap: the benchmark measures the server past any --max-load.
+  TESSERA_DRAIN_TIMEOUT=0s TESSERA_MAX_LOAD=1000 RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$port" "${SARGS[@]}" --media-ip 127.0.0.1 --recordings-dir "$dir" \
     --width "$w" --height "$h" --video-kbps "$kbps" >"$slog" 2>&1 &
   SPID=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done

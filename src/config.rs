@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 
@@ -142,6 +143,30 @@ pub struct Config {
     /// Timeouts, connection caps and join rate limits of the HTTP listeners.
     #[command(flatten)]
     pub http: HttpLimits,
+
+    // --- Admission and drain ---
+    /// Most load this node takes, in admission cost units (1.0 = one 1280x720 30 fps decode on
+    /// the CPU; README, "Admission and drain"). Joins and new rooms past it get `503` with
+    /// `Retry-After`, and `/readyz` answers `503`. Default: 12 per CPU core (15 units a core
+    /// carries, times 0.8).
+    #[arg(long, env = "TESSERA_MAX_LOAD")]
+    pub max_load: Option<f64>,
+
+    /// Most rooms on this node, idle ones (made by `PUT`, nobody in them) included; a new room
+    /// past it gets `503` with `Retry-After`. Default: no cap.
+    #[arg(long, env = "TESSERA_MAX_ROOMS")]
+    pub max_rooms: Option<usize>,
+
+    /// Most participants in one room, viewers included (a room's own `max_participants` may set
+    /// fewer); a join past it gets `409` (the room is full, not the node). Default: no cap.
+    #[arg(long, env = "TESSERA_MAX_PARTICIPANTS_PER_ROOM")]
+    pub max_participants_per_room: Option<usize>,
+
+    /// On SIGTERM (or SIGINT) the server drains: it takes no new rooms or joins and keeps its
+    /// rooms until they are empty or this long has passed, then finalizes the recordings and
+    /// exits. `300s`, `5m`, `1h` or plain seconds (`300`). A second signal exits at once.
+    #[arg(long, env = "TESSERA_DRAIN_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
 }
 
 /// What the HTTP listeners (`--listen` and `--metrics-listen`) allow a client: how long it may
@@ -236,6 +261,10 @@ impl Default for Config {
             metrics_token: None,
             log_format: LogFormat::Text,
             http: HttpLimits::default(),
+            max_load: None,
+            max_rooms: None,
+            max_participants_per_room: None,
+            drain_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -247,6 +276,9 @@ pub enum ConfigError {
     /// Output size or rate out of range (width/height must be even, 64..=3840 x 64..=2160, fps 1..=60).
     #[error("invalid output format: {0}")]
     Output(String),
+    /// A zero or negative admission cap.
+    #[error("invalid admission limit: {0}")]
+    Admission(String),
     /// A non-loopback listen address with no `--api-secret` and no `--insecure`.
     #[error(
         "refusing to listen on {0} without --api-secret: anyone could join and control rooms (pass --insecure to allow)"
@@ -271,6 +303,14 @@ impl Config {
         }
         if !(1..=60).contains(&self.fps) {
             return Err(ConfigError::Output(format!("fps {}: need 1..=60", self.fps)));
+        }
+        if let Some(l) = self.max_load
+            && !(l.is_finite() && l > 0.0)
+        {
+            return Err(ConfigError::Admission(format!("--max-load {l}: need a positive number of units")));
+        }
+        if self.max_rooms == Some(0) || self.max_participants_per_room == Some(0) {
+            return Err(ConfigError::Admission("--max-rooms and --max-participants-per-room: need at least 1".into()));
         }
         if self.api_secret.as_deref().is_none_or(str::is_empty) && !self.listen.ip().is_loopback() && !self.insecure {
             return Err(ConfigError::Insecure(self.listen));
@@ -318,6 +358,27 @@ impl std::fmt::Display for PortRange {
     }
 }
 
+/// Parses a duration: plain seconds (`300`), or a number with a unit `ms`, `s`, `m`, `h` (`300s`,
+/// `5m`, `1.5h`).
+///
+/// # Errors
+/// The one-line reason for anything else (a negative or unknown unit, an empty string).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: f64 =
+        n.parse().map_err(|_| format!("{s:?}: expected a number of seconds, or a number and ms, s, m or h"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        u => return Err(format!("{s:?}: unknown unit {u:?} (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
 fn parse_port_range(s: &str) -> Result<PortRange, String> {
     if s.trim() == "0" {
         return Ok(PortRange { low: 0, high: 0 });
@@ -362,6 +423,26 @@ mod tests {
         assert_eq!(Flags::parse_from(["tessera"]).http, HttpLimits::default());
         let f = Flags::parse_from(["tessera", "--http-header-timeout-ms", "5", "--joins-per-minute-per-ip", "0"]);
         assert_eq!((f.http.header_timeout_ms, f.http.joins_per_minute_per_ip), (5, 0));
+    }
+
+    #[test]
+    fn drain_timeouts_take_seconds_and_units() {
+        assert_eq!(parse_duration("300s"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("300"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["", "s", "5d", "-3s", "5 minutes"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn admission_caps_must_be_positive() {
+        assert!(Config { max_load: Some(0.0), ..Config::default() }.validate().is_err());
+        assert!(Config { max_load: Some(f64::NAN), ..Config::default() }.validate().is_err());
+        assert!(Config { max_rooms: Some(0), ..Config::default() }.validate().is_err());
+        assert!(Config { max_load: Some(0.5), max_rooms: Some(3), ..Config::default() }.validate().is_ok());
     }
 
     #[test]

@@ -28,6 +28,10 @@ enum Command {
     Token(TokenArgs),
     /// Record a room of a running server until Ctrl-C, with a progress line.
     Record(tessera::client::record::RecordArgs),
+    /// Drain a running server: it takes no new rooms or joins, and each room ends when its last
+    /// participant leaves (the process keeps running; SIGTERM drains and exits). With `--wait`,
+    /// return once the server holds no rooms (exit 1 if `--timeout` passes first).
+    Drain(DrainArgs),
     /// Print which backend runs each media role on this machine (GPU encoders and decoders are
     /// probed by running them), the GPUs, and the codec policy that follows.
     Doctor(DoctorArgs),
@@ -50,6 +54,23 @@ struct DoctorArgs {
     /// Longest a probe pipeline may run, ms.
     #[arg(long, default_value_t = 10_000)]
     probe_timeout_ms: u64,
+}
+
+#[derive(clap::Args)]
+struct DrainArgs {
+    /// The server's HTTP address.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Wait until the server holds no rooms.
+    #[arg(long)]
+    wait: bool,
+    /// Longest `--wait` waits: the server's drain timeout (`300s`, `5m` or plain seconds).
+    #[arg(long, env = "TESSERA_DRAIN_TIMEOUT", default_value = "300s", value_parser = tessera::config::parse_duration)]
+    timeout: std::time::Duration,
+    /// The server's secret: `POST /v1/drain` needs an admin token, minted from it (unset: a server
+    /// without tokens).
+    #[arg(long, env = "TESSERA_API_SECRET", hide_env_values = true)]
+    api_secret: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -137,13 +158,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if std::env::var_os("TESSERA_LAG_PROBE").is_some() {
                 spawn_lag_probes();
             }
+            let timeout = cfg.drain_timeout;
+            let mut signals = Signals::new()?;
             let server = Server::start(cfg).await?;
+            let first = signals.next().await;
+            let rooms = server.rooms.len();
+            tracing::info!(signal = first, rooms, ?timeout, "draining: no new rooms or joins, rooms run until empty");
             tokio::select! {
-                r = tokio::signal::ctrl_c() => { r?; tracing::info!("shutting down"); server.shutdown().await; }
-                _ = terminate() => { tracing::info!("SIGTERM: shutting down"); server.shutdown().await; }
+                all = server.drain(timeout) => {
+                    if !all {
+                        let rooms = server.rooms.len();
+                        tracing::warn!(rooms, ?timeout, "drain timeout passed: ending the rooms left");
+                    }
+                }
+                again = signals.next() => {
+                    tracing::warn!(signal = again, "second signal: exiting now");
+                    std::process::exit(1);
+                }
             }
+            tokio::select! {
+                () = server.shutdown() => {}
+                again = signals.next() => {
+                    tracing::warn!(signal = again, "second signal: exiting now");
+                    std::process::exit(1);
+                }
+            }
+            tracing::info!("stopped");
             Ok(())
         }
+        Command::Drain(a) => drain(a).await,
         Command::Loadgen(args) => tessera::client::loadgen::cli::run(args).await,
         Command::Record(args) => tessera::client::record::run(args).await,
         Command::Doctor(a) => {
@@ -170,12 +213,67 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn terminate() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut s) => {
-            s.recv().await;
+/// SIGTERM and SIGINT, as they arrive: the first drains, a second one stops at once.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
         }
-        Err(_) => std::future::pending().await,
+    }
+}
+
+/// `tessera drain`: `POST /v1/drain` with an admin token, then with `--wait` polls `/readyz` once
+/// a second until the server holds no rooms.
+async fn drain(a: DrainArgs) -> anyhow::Result<()> {
+    use tessera::client::loadgen::{http, http_auth};
+    let base = a.url.trim_end_matches('/');
+    let token = a.api_secret.filter(|s| !s.is_empty()).map(|secret| {
+        let grants = tessera::signaling::auth::Grants { publish: false, subscribe: false, admin: true };
+        let ttl = a.timeout + std::time::Duration::from_secs(60);
+        tessera::signaling::auth::Auth::new(Some(&secret)).mint("*", "tessera-drain", None, grants, ttl)
+    });
+    let r = http_auth("POST", &format!("{base}/v1/drain"), None, vec![], token.as_deref()).await?;
+    if r.status != 202 {
+        anyhow::bail!("POST {base}/v1/drain: {} {}", r.status, r.body.trim());
+    }
+    let state = |body: &str| -> anyhow::Result<(u64, u64)> {
+        let v: serde_json::Value = serde_json::from_str(body)?;
+        Ok((v["rooms"].as_u64().unwrap_or(0), v["participants"].as_u64().unwrap_or(0)))
+    };
+    let (rooms, participants) = state(&r.body)?;
+    println!("{base}: draining; {rooms} rooms, {participants} participants");
+    if !a.wait {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + a.timeout;
+    let mut last = (rooms, participants);
+    loop {
+        let r = http("GET", &format!("{base}/readyz"), None, vec![]).await?;
+        let now = state(&r.body)?;
+        if now.0 == 0 {
+            println!("{base}: drained, no rooms left");
+            return Ok(());
+        }
+        if now != last {
+            println!("{base}: {} rooms, {} participants", now.0, now.1);
+            last = now;
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!("{base}: {} rooms still running after {:?}", now.0, a.timeout);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }
 

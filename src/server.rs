@@ -40,7 +40,8 @@ impl Server {
             jitter_ms: cfg.jitter_ms,
             recordings_dir: cfg.recordings_dir.clone(),
         };
-        let rooms = Arc::new(Rooms::new(deps));
+        let rooms = Arc::new(Rooms::with_limits(deps, admission_limits(&cfg)));
+        tracing::info!(limits = %rooms.limits(), "admission");
         let auth = crate::signaling::auth::Auth::new(cfg.api_secret.as_deref().filter(|s| !s.is_empty()));
         let state = AppState::new(rooms.clone(), auth).with_metrics(MetricsOptions {
             node: cfg.node(),
@@ -78,14 +79,22 @@ impl Server {
         Ok(Self { addr, metrics_addr, rooms, shutdown: Some(tx), task, metrics_task })
     }
 
-    /// Stops accepting requests, finalizes every recording, and waits for the HTTP server to finish.
+    /// Drains: takes no new rooms or joins from now on (`503`, `/readyz` `503`) and waits until
+    /// every room has ended — each ends when its last participant leaves — or `timeout` has
+    /// passed. Returns whether every room ended. HTTP keeps serving the rooms meanwhile.
+    pub async fn drain(&self, timeout: std::time::Duration) -> bool {
+        self.rooms.start_drain();
+        self.rooms.wait_empty(tokio::time::Instant::now() + timeout).await
+    }
+
+    /// Stops accepting requests, ends every room (its participants leave with `server shutting
+    /// down`), finalizes every recording — those of rooms that ended before too — and waits for
+    /// the HTTP server to finish.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        for room in self.rooms.all() {
-            room.stop_recordings().await;
-        }
+        self.rooms.end_all("server shutting down", FINALIZE_WAIT).await;
         let _ = (&mut self.task).await;
         if let Some(t) = self.metrics_task.take() {
             t.abort();
@@ -99,5 +108,18 @@ impl Server {
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await??;
         Ok(())
+    }
+}
+
+/// Longest a shutdown waits for recordings of rooms that ended before it to be finalized.
+const FINALIZE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The node's admission caps from the configuration (`--max-load` defaults to the cores').
+fn admission_limits(cfg: &Config) -> crate::room::admission::Limits {
+    let defaults = crate::room::admission::Limits::default();
+    crate::room::admission::Limits {
+        max_load: cfg.max_load.unwrap_or(defaults.max_load),
+        max_rooms: cfg.max_rooms,
+        max_participants_per_room: cfg.max_participants_per_room,
     }
 }

@@ -5,16 +5,21 @@
 //! A [`Room`] is self-contained — its own video pipeline, mixer thread, participants and event
 //! bus — so rooms can be spread across machines behind a shared registry without touching it.
 //! Around it: [`participant`] (one participant's wiring), [`info`] (the API views), [`events`]
-//! (room events and the data-channel protocol), [`outputs`] (recordings and egress).
+//! (room events and the data-channel protocol), [`outputs`] (recordings and egress), [`idle`]
+//! (a room nobody is in runs no thread), [`admission`] (the cost model and caps, pure) and
+//! [`node`] (the registry's load, readiness and drain).
 
+pub mod admission;
 pub mod events;
+mod idle;
 pub mod info;
+mod node;
 mod options;
 mod outputs;
 mod participant;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
@@ -34,8 +39,10 @@ use crate::outputs::egress::EgressError;
 use crate::outputs::recording::RecordingError;
 use crate::pipelines::Backends;
 use crate::transport::{Rejected, SessionPlan, Transport, TransportError};
+use admission::{Limits, Refusal};
 use events::{RoomEvent, Who};
 pub use info::{EncoderInfo, Media, ParticipantInfo, RoomInfo, TileInfo};
+pub use node::Readiness;
 pub use options::RoomOptions;
 use outputs::RoomOutputs;
 pub use participant::LayersView;
@@ -124,6 +131,9 @@ pub enum RoomError {
     /// An egress could not start.
     #[error(transparent)]
     Egress(#[from] EgressError),
+    /// The node is full or draining (`503` with `Retry-After`); nothing was allocated.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
 }
 
 /// What every room shares: transport settings and media defaults.
@@ -163,20 +173,50 @@ pub struct JoinRequest {
 
 /// Every room of this server, by name. The first join creates a room (unless created with
 /// options by `PUT`); the last leave ends a room that was created by a join.
+///
+/// It also admits: every join and new room is checked against the node's [`Limits`] with the
+/// rooms' summed [`RoomLoad::cost`] before anything is made, and refused while the node drains.
 pub struct Rooms {
     deps: Arc<RoomDeps>,
     rooms: Mutex<HashMap<String, Arc<Room>>>,
+    limits: Limits,
+    /// No new rooms or joins; rooms end when they empty (`PUT` rooms too).
+    draining: AtomicBool,
+    /// Cost of the joins admitted whose participant is not in its room yet, units.
+    pending: Mutex<node::PendingJoins>,
+    /// Woken whenever a room leaves the registry.
+    removed: tokio::sync::Notify,
+    /// Rooms that left the registry and are still finalizing their recordings.
+    finishing: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Rooms {
-    /// An empty registry.
+    /// An empty registry with the default [`Limits`] (the load cap from the cores, no other cap).
     pub fn new(deps: RoomDeps) -> Self {
-        Self { deps: Arc::new(deps), rooms: Mutex::new(HashMap::new()) }
+        Self::with_limits(deps, Limits::default())
+    }
+
+    /// An empty registry that admits within `limits`.
+    pub fn with_limits(deps: RoomDeps, limits: Limits) -> Self {
+        Self {
+            deps: Arc::new(deps),
+            rooms: Mutex::new(HashMap::new()),
+            limits,
+            draining: AtomicBool::new(false),
+            pending: Mutex::default(),
+            removed: tokio::sync::Notify::new(),
+            finishing: Mutex::new(vec![]),
+        }
     }
 
     /// The shared settings.
     pub fn deps(&self) -> &RoomDeps {
         &self.deps
+    }
+
+    /// The node's caps.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// A room by name.
@@ -191,13 +231,25 @@ impl Rooms {
         v
     }
 
+    /// Number of rooms (idle ones included).
+    pub fn len(&self) -> usize {
+        self.rooms.lock().unwrap().len()
+    }
+
+    /// No rooms.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Creates room `name` with `options`, or updates the settings that can change live (layout,
     /// visible-tile cap, participant cap) of an existing one. Returns the room and whether it
-    /// was created. A room created this way stays until `DELETE`, even when empty.
+    /// was created. A room created this way stays until `DELETE`, even when empty, and runs
+    /// nothing (no thread, no clock, no encoder) until someone joins.
     ///
     /// # Errors
     /// [`RoomError::Invalid`] for bad options, [`RoomError::Conflict`] for an output format change
-    /// on a running room, media errors when the room cannot start.
+    /// on a running room, [`RoomError::Refused`] for a new room on a full or draining node,
+    /// media errors when the room cannot start.
     pub fn create_or_update(
         self: &Arc<Self>,
         name: &str,
@@ -217,6 +269,9 @@ impl Rooms {
             return Ok((r, false));
         }
         let format = options.format(self.deps.format).map_err(RoomError::Invalid)?;
+        // An idle room costs no load, but it is a room (--max-rooms), and a full node makes none:
+        // it must take at least the room's first viewer.
+        self.limits.admit(self.node_load(&rooms), admission::CHEAPEST_JOIN, true)?;
         let r = Room::new(
             name,
             self.deps.clone(),
@@ -234,13 +289,20 @@ impl Rooms {
     /// Joins room `room` (creating it with the defaults); returns the participant id and the answer.
     ///
     /// # Errors
-    /// [`RoomError`] when the room is full, its media cannot start or the transport refuses the
-    /// offer; then no participant is created and an otherwise empty new room is ended again.
+    /// [`RoomError::Refused`] when the node is full or draining, [`RoomError::Full`] when the
+    /// room is: both before anything is made. Otherwise [`RoomError`] when the room's media
+    /// cannot start or the transport refuses the offer; then no participant is created and an
+    /// otherwise empty new room is ended again.
     pub async fn join(self: &Arc<Self>, room: &str, req: JoinRequest) -> Result<(String, String), RoomError> {
-        let r = {
+        let (r, _reserved) = {
             let mut rooms = self.rooms.lock().unwrap();
-            match rooms.get(room) {
-                Some(r) => r.clone(),
+            let existing = rooms.get(room).cloned();
+            if let Some(r) = &existing {
+                r.check_cap()?;
+            }
+            let reserved = self.reserve_join(&rooms, room, existing.as_deref(), &req.plan)?;
+            let r = match existing {
+                Some(r) => r,
                 None => {
                     let (deps, reg) = (self.deps.clone(), Arc::downgrade(self));
                     let r = Room::new(room, deps, reg, self.deps.format, Layout::Grid, RoomOptions::default(), false)?;
@@ -248,7 +310,8 @@ impl Rooms {
                     tracing::info!(room, "room created");
                     r
                 }
-            }
+            };
+            (r, reserved)
         };
         let res = r.join(req).await;
         if res.is_err() {
@@ -268,27 +331,46 @@ impl Rooms {
 
     /// Ends room `room`: every participant leaves (reason `room ended`) and its media stops.
     pub async fn end(&self, room: &str) -> bool {
+        self.end_with(room, "room ended").await
+    }
+
+    /// Ends room `room`, its participants leaving with `reason`; its recordings are finalized
+    /// before this returns.
+    async fn end_with(&self, room: &str, reason: &str) -> bool {
         let Some(r) = self.rooms.lock().unwrap().remove(room) else { return false };
+        self.removed.notify_waiters();
         r.stop_recordings().await;
         let ids: Vec<String> = r.participants.lock().unwrap().iter().map(|p| p.id.clone()).collect();
         for id in ids {
-            r.leave(&id, "room ended").await;
+            r.leave(&id, reason).await;
         }
         r.video.stop();
-        tracing::info!(room, "room ended by the API");
+        tracing::info!(room, reason, "room ended");
         true
     }
 
     fn end_if_empty(&self, r: &Arc<Room>) {
         let mut rooms = self.rooms.lock().unwrap();
-        if r.is_empty() && !r.persistent && rooms.get(&r.name).is_some_and(|x| Arc::ptr_eq(x, r)) {
-            rooms.remove(&r.name);
-            // Finalize recordings before the pipeline stops.
+        let stays = r.persistent && !self.draining.load(Ordering::SeqCst);
+        if r.is_empty() && stays {
+            // A room made by `PUT` stays, idle.
             let room = r.clone();
-            tokio::spawn(async move {
+            tokio::task::spawn_blocking(move || room.park_if_idle());
+            return;
+        }
+        if r.is_empty() && !stays && rooms.get(&r.name).is_some_and(|x| Arc::ptr_eq(x, r)) {
+            rooms.remove(&r.name);
+            drop(rooms);
+            self.removed.notify_waiters();
+            // Finalize recordings before the pipeline stops; a drain waits for it.
+            let room = r.clone();
+            let finishing = tokio::spawn(async move {
                 room.stop_recordings().await;
                 room.video.stop();
             });
+            let mut f = self.finishing.lock().unwrap();
+            f.retain(|h| !h.is_finished());
+            f.push(finishing);
             tracing::info!(room = %r.name, "room ended");
         }
     }
@@ -311,6 +393,9 @@ pub struct Room {
     /// PLIs sent and keyframe requests received by participants who left (totals stay monotonic).
     departed: (AtomicU64, AtomicU64),
     outputs: RoomOutputs,
+    /// Joins and outputs setting up with the media awake: it does not park meanwhile. The lock
+    /// orders waking and parking.
+    media_users: Mutex<usize>,
 }
 
 impl Room {
@@ -324,7 +409,8 @@ impl Room {
         persistent: bool,
     ) -> Result<Arc<Self>, RoomError> {
         let cap = options.max_visible.unwrap_or(DEFAULT_MAX_VISIBLE).max(1);
-        let video = RoomVideo::new(name, format, deps.backends.clone(), layout, cap)?;
+        // Nothing runs until someone joins (or an output starts): see `Room::wake`.
+        let video = RoomVideo::new_idle(name, format, deps.backends.clone(), layout, cap)?;
         let (events, _) = broadcast::channel(EVENTS_CAPACITY);
         // The mixer calls back into the room; the room exists only after the mixer started.
         let slot: Arc<std::sync::OnceLock<Weak<Room>>> = Arc::default();
@@ -334,7 +420,8 @@ impl Room {
                 room.on_speaker(u, tick);
             }
         });
-        let audio = AudioMixer::start(name, deps.audio_kbps, Some(on_speaker))?;
+        let config = crate::media::audio::MixerConfig::new(deps.audio_kbps);
+        let audio = AudioMixer::idle(name, config, Some(on_speaker))?;
         let room = Arc::new(Self {
             name: name.to_string(),
             deps,
@@ -349,6 +436,7 @@ impl Room {
             created: Instant::now(),
             departed: Default::default(),
             outputs: RoomOutputs::default(),
+            media_users: Mutex::new(0),
         });
         let _ = slot.set(Arc::downgrade(&room));
         Ok(room)
@@ -483,11 +571,8 @@ impl Room {
     }
 
     async fn join(self: &Arc<Self>, req: JoinRequest) -> Result<(String, String), RoomError> {
-        if let Some(max) = self.options.lock().unwrap().max_participants
-            && self.len() >= max
-        {
-            return Err(RoomError::Full(max));
-        }
+        self.check_cap()?;
+        let _media = self.wake()?;
         let JoinRequest { name, kind, source, offer, plan, rejected, identity } = req;
         let id = self.new_id("p");
         let span = tracing::info_span!("participant", room = %self.name, participant = %id);

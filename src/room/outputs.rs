@@ -20,6 +20,11 @@ impl RoomOutputs {
     pub(super) fn recording_any(&self) -> bool {
         self.recordings.lock().unwrap().iter().any(|r| r.is_recording())
     }
+
+    /// Whether a recording or an egress runs (the room's media must then run too).
+    pub(super) fn running(&self) -> bool {
+        self.recording_any() || !self.egresses.lock().unwrap().is_empty()
+    }
 }
 
 impl Room {
@@ -34,6 +39,7 @@ impl Room {
         if self.outputs.recordings.lock().unwrap().iter().any(|r| r.is_recording() && r.path() == path) {
             return Err(RecordingError::BadName(format!("{} is being recorded already", path.display())).into());
         }
+        let _media = self.wake()?;
         let rec = Recording::start(&id, format, path, &self.video, &self.audio)?;
         let info = rec.info();
         self.outputs.recordings.lock().unwrap().push(rec);
@@ -78,6 +84,7 @@ impl Room {
                 room.emit(RoomEvent::RecordingState { ts: crate::ids::now_ms(), id, kind, state });
             }
         });
+        let _media = self.wake()?;
         let e = Egress::start(&id, target, &self.video, &self.audio, on_state)?;
         let info = e.info();
         self.outputs.egresses.lock().unwrap().push(e);

@@ -100,6 +100,7 @@ impl Metrics {
         r.register(Box::new(self.joins.clone())).expect("unique metric");
         process_metrics(&r);
         http_metrics(&r, &self.http);
+        admission_metrics(&r, rooms);
         self.room_metrics(&r, rooms);
         if let Some(udp) = rooms.deps().transport.shared_udp() {
             int_gauge(&r, "tessera_udp_peers", "Peer connections with a remote address on the shared UDP port")
@@ -350,6 +351,21 @@ fn int_counter(r: &Registry, name: &str, help: &str) -> prometheus::IntCounter {
     let c = prometheus::IntCounter::new(name, help).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
     c
+}
+
+/// The node's admission state: `tessera_load` and `tessera_max_load` (admission cost units, 1.0 =
+/// one 720p30 decode; the dashboard's "Load vs max load") and `tessera_draining` (1 while draining).
+fn admission_metrics(r: &Registry, rooms: &Rooms) {
+    let ready = rooms.readiness();
+    let gauge = |name: &str, help: &str, v: f64| {
+        let g = prometheus::Gauge::new(name, help).expect("valid metric");
+        r.register(Box::new(g.clone())).expect("unique metric");
+        g.set(v);
+    };
+    gauge("tessera_load", "The rooms' summed admission cost, units (1.0 = one 1280x720 30 fps decode)", ready.load);
+    gauge("tessera_max_load", "Load past which joins and new rooms are refused (--max-load), units", ready.max_load);
+    int_gauge(r, "tessera_draining", "1 while the node drains (takes no new rooms or joins)")
+        .set(i64::from(ready.draining));
 }
 
 fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {

@@ -8,6 +8,7 @@ pub mod http;
 mod join;
 pub mod limits;
 mod metrics;
+mod node_api;
 mod outputs_api;
 mod rooms_api;
 pub mod sdp;
@@ -30,6 +31,7 @@ use crate::transport::TransportError;
 use auth::{Auth, AuthError, Need};
 use join::{join_participant, join_whep, join_whip, leave};
 pub use metrics::{MetricsOptions, metrics_router};
+use node_api::{drain, readyz};
 use outputs_api::{
     get_recording, list_egress, list_recordings, recording_file, start_egress, start_recording, stop_egress,
     stop_recording,
@@ -85,7 +87,9 @@ impl IntoResponse for ApiError {
             ApiError::Auth(AuthError::WrongRoom { .. } | AuthError::Forbidden(_)) => StatusCode::FORBIDDEN,
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
             ApiError::Room(RoomError::Transport(TransportError::Offer(_))) => StatusCode::BAD_REQUEST,
-            ApiError::Room(RoomError::Transport(TransportError::NoPort(_))) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Room(RoomError::Transport(TransportError::NoPort(_)) | RoomError::Refused(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Room(RoomError::Full(_) | RoomError::Conflict(_)) => StatusCode::CONFLICT,
             ApiError::Room(RoomError::Invalid(_)) => StatusCode::BAD_REQUEST,
             ApiError::Room(RoomError::NoParticipant(_) | RoomError::NoRecording(_)) => StatusCode::NOT_FOUND,
@@ -106,6 +110,16 @@ impl IntoResponse for ApiError {
             (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{self}\n")).into_response();
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        let retry_after = match &self {
+            ApiError::Room(RoomError::Refused(refusal)) => Some(refusal.retry_after()),
+            ApiError::Room(RoomError::Transport(TransportError::NoPort(_))) => {
+                Some(crate::room::admission::RETRY_NO_PORT)
+            }
+            _ => None,
+        };
+        if let Some(after) = retry_after {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
         }
         r
     }
@@ -142,7 +156,7 @@ pub fn router(state: AppState) -> Router {
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS])
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::IF_MATCH])
-        .expose_headers([header::LOCATION, header::LINK, header::ETAG]);
+        .expose_headers([header::LOCATION, header::LINK, header::ETAG, header::RETRY_AFTER]);
     // With a listener of its own, `/metrics` falls to `/{file}` here: a 404.
     let metrics_here = state.metrics.on_main_listener();
     let plain = routes()
@@ -215,6 +229,8 @@ fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     };
     vec![
         ("/healthz", get(|| async { "ok\n" })),
+        ("/readyz", get(readyz)),
+        ("/v1/drain", post(drain)),
         ("/metrics", get(metrics::handler)),
         ("/v1/openapi.json", get(openapi)),
         ("/v1/config", get(client_config)),

@@ -30,6 +30,9 @@ async fn spawn_server(dir: &Path) -> ServerProcess {
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--udp-ports", "0", "--media-ip", "127.0.0.1"])
         .arg("--recordings-dir")
         .arg(dir)
+        // SIGTERM drains first; with no drain time the rooms end at once, as a stop after the
+        // drain timeout does (`admission` tests a drain that waits for the room).
+        .args(["--drain-timeout", "0s"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -99,11 +99,26 @@ pub struct AudioStats {
 }
 
 enum Cmd {
-    AddSource { id: String, listens: bool },
-    RemoveSource { id: String },
-    Packet { id: String, seq: u16, payload: Bytes, level: Option<u8> },
-    Mute { id: String, muted: bool },
+    AddSource {
+        id: String,
+        listens: bool,
+    },
+    RemoveSource {
+        id: String,
+    },
+    Packet {
+        id: String,
+        seq: u16,
+        payload: Bytes,
+        level: Option<u8>,
+    },
+    Mute {
+        id: String,
+        muted: bool,
+    },
     MixTalkers(usize),
+    /// End the thread and hand the mixer back (see [`AudioMixer::park`]).
+    Park(mpsc::SyncSender<IdleMixer>),
 }
 
 /// Settings of a room's mixer.
@@ -129,7 +144,12 @@ pub struct AudioMixer {
     tx: Arc<Mutex<mpsc::Sender<Cmd>>>,
     out: broadcast::Sender<Arc<MixFrame>>,
     stats: Arc<AudioStats>,
+    /// The mixer and its commands, until [`AudioMixer::wake`] hands them to its thread.
+    idle: Arc<Mutex<Option<IdleMixer>>>,
 }
+
+/// A mixer not running yet: its state, its commands and its room's name.
+type IdleMixer = (Mixer, mpsc::Receiver<Cmd>, String);
 
 /// Errors starting the mixer.
 #[derive(Debug, thiserror::Error)]
@@ -163,15 +183,57 @@ impl AudioMixer {
         config: MixerConfig,
         on_speaker: Option<SpeakerListener>,
     ) -> Result<Self, AudioError> {
+        let mixer = Self::idle(room, config, on_speaker)?;
+        mixer.wake()?;
+        Ok(mixer)
+    }
+
+    /// Prepares the mixer for `room` as [`AudioMixer::start_with`] does, without its thread: no
+    /// tick runs (commands wait) until [`AudioMixer::wake`]. An empty room costs nothing.
+    ///
+    /// # Errors
+    /// [`AudioError::Opus`] if libopus rejects the settings.
+    pub fn idle(room: &str, config: MixerConfig, on_speaker: Option<SpeakerListener>) -> Result<Self, AudioError> {
         let (tx, rx) = mpsc::channel();
         let (out, _) = broadcast::channel(FANOUT_CAPACITY);
         let stats = Arc::new(AudioStats::default());
         let mut m = Mixer::new(config.kbps, out.clone(), stats.clone())?;
         m.mix_talkers = config.mix_talkers.max(1);
         m.on_speaker = on_speaker;
-        let room = room.to_string();
-        std::thread::Builder::new().name(format!("mix-{room}")).spawn(move || m.run(rx, &room))?;
-        Ok(Self { tx: Arc::new(Mutex::new(tx)), out, stats })
+        let idle = Arc::new(Mutex::new(Some((m, rx, room.to_string()))));
+        Ok(Self { tx: Arc::new(Mutex::new(tx)), out, stats, idle })
+    }
+
+    /// Starts the mixer thread, if it is not running yet.
+    ///
+    /// # Errors
+    /// [`AudioError::Thread`] if the thread cannot start.
+    pub fn wake(&self) -> Result<(), AudioError> {
+        let mut idle = self.idle.lock().unwrap();
+        if let Some((mut m, rx, room)) = idle.take() {
+            std::thread::Builder::new().name(format!("mix-{room}")).spawn(move || {
+                if let Some(back) = m.run(&rx, &room) {
+                    let _ = back.send((m, rx, room));
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Ends the mixer thread, keeping the mixer's state and the commands not yet taken, until the
+    /// next [`AudioMixer::wake`]: for a room nobody is in. Blocks until the thread has taken the
+    /// request (at most a tick, 20 ms). Does nothing on an idle mixer.
+    pub fn park(&self) {
+        let mut idle = self.idle.lock().unwrap();
+        if idle.is_some() {
+            return;
+        }
+        let (back, parked) = mpsc::sync_channel(1);
+        self.send(Cmd::Park(back));
+        match parked.recv_timeout(Duration::from_secs(2)) {
+            Ok(m) => *idle = Some(m),
+            Err(e) => tracing::warn!("mixer did not park: {e}"),
+        }
     }
 
     fn send(&self, c: Cmd) {
@@ -278,7 +340,9 @@ impl Mixer {
         })
     }
 
-    fn run(&mut self, rx: mpsc::Receiver<Cmd>, room: &str) {
+    /// Ticks until every handle is gone (`None`) or a park is asked (`Some`: where to send the
+    /// mixer back).
+    fn run(&mut self, rx: &mpsc::Receiver<Cmd>, room: &str) -> Option<mpsc::SyncSender<IdleMixer>> {
         let frame = Duration::from_millis(20);
         let mut next = Instant::now() + frame;
         let mut tick: u64 = 0;
@@ -293,11 +357,15 @@ impl Mixer {
             }
             loop {
                 match rx.try_recv() {
+                    Ok(Cmd::Park(back)) => {
+                        tracing::debug!(%room, "mixer parked");
+                        return Some(back);
+                    }
                     Ok(c) => self.apply(c, room),
                     Err(mpsc::TryRecvError::Empty) => break,
                     Err(mpsc::TryRecvError::Disconnected) => {
                         tracing::debug!(%room, "mixer stopped");
-                        return;
+                        return None;
                     }
                 }
             }
@@ -347,6 +415,7 @@ impl Mixer {
                 }
             }
             Cmd::MixTalkers(k) => self.mix_talkers = k.max(1),
+            Cmd::Park(_) => {} // taken by `run`
             Cmd::Packet { id, seq, payload, level } => {
                 if let Some(s) = self.sources.get_mut(&id) {
                     if !s.jitter.push(seq, payload) {

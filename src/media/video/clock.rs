@@ -66,8 +66,9 @@ impl OutputRequests {
 }
 
 /// Starts the clock thread of the room video `video`, pushing into `src` every `period`. It ends
-/// when the room video is dropped or stopped, or `src` refuses a buffer.
-pub(super) fn spawn(video: Weak<super::Inner>, src: gst_app::AppSrc, period: Duration) {
+/// when the room video is dropped, stopped or parked (its clock generation is no longer
+/// `generation`), or `src` refuses a buffer.
+pub(super) fn spawn(video: Weak<super::Inner>, src: gst_app::AppSrc, period: Duration, generation: u64) {
     let _ = std::thread::Builder::new().name("room-clock".into()).spawn(move || {
         let mut next = Instant::now();
         let mut pacer = OutputPacer::default();
@@ -80,7 +81,7 @@ pub(super) fn spawn(video: Weak<super::Inner>, src: gst_app::AppSrc, period: Dur
                 next = now; // starved: do not burst to catch up
             }
             let Some(inner) = video.upgrade() else { break };
-            if inner.stopped.load(Ordering::Relaxed) {
+            if inner.stopped.load(Ordering::Relaxed) || inner.generation.load(Ordering::SeqCst) != generation {
                 break;
             }
             let now = Instant::now();

@@ -80,6 +80,12 @@ pub struct RoomVideo {
 
 struct Inner {
     pipeline: gst::Pipeline,
+    /// The composite's source, which the clock pushes into once started.
+    src: gst_app::AppSrc,
+    /// [`RoomVideo::start`] ran: the pipeline plays and the clock and placeholder threads run.
+    started: std::sync::Mutex<bool>,
+    /// Generation of the clock thread: one that sees another number ends (a park, a restart).
+    generation: AtomicU64,
     format: OutputFormat,
     tiles: Arc<Tiles>,
     compositor: Arc<dyn Compositor>,
@@ -103,6 +109,24 @@ impl RoomVideo {
     /// # Errors
     /// [`VideoError::Gst`] when an element is missing or the pipeline cannot start.
     pub fn new(
+        room: &str,
+        format: OutputFormat,
+        backends: Backends,
+        layout: Layout,
+        cap: usize,
+    ) -> Result<Self, VideoError> {
+        let video = Self::new_idle(room, format, backends, layout, cap)?;
+        video.start()?;
+        Ok(video)
+    }
+
+    /// Builds the room's video as [`RoomVideo::new`] does, but runs nothing — no clock, no
+    /// placeholder thread, the pipeline in `NULL` — until [`RoomVideo::start`]: an empty room
+    /// costs no CPU and no thread.
+    ///
+    /// # Errors
+    /// [`VideoError::Gst`] when an element is missing.
+    pub fn new_idle(
         room: &str,
         format: OutputFormat,
         backends: Backends,
@@ -140,6 +164,9 @@ impl RoomVideo {
         let encoders = Encoders::new(room, pipeline.clone(), tee, format, backends, stats.clone(), requests.clone());
         let inner = Arc::new(Inner {
             pipeline,
+            src,
+            started: std::sync::Mutex::new(false),
+            generation: AtomicU64::new(0),
             format,
             tiles,
             compositor,
@@ -148,11 +175,50 @@ impl RoomVideo {
             stats,
             stopped: AtomicBool::new(false),
         });
-        super::bus::watch_bus(&inner.pipeline, room.to_string());
-        inner.pipeline.set_state(gst::State::Playing).map_err(gst_err)?;
-        let period = Duration::from_nanos(1_000_000_000 / u64::from(format.fps.max(1)));
-        clock::spawn(Arc::downgrade(&inner), src, period);
         Ok(Self { inner })
+    }
+
+    /// Starts what [`RoomVideo::new_idle`] left idle: the pipeline plays, the room clock and the
+    /// placeholder thread run. Later calls (and calls after [`RoomVideo::stop`]) do nothing.
+    ///
+    /// # Errors
+    /// [`VideoError::Gst`] when the pipeline cannot start.
+    pub fn start(&self) -> Result<(), VideoError> {
+        let mut started = self.inner.started.lock().unwrap();
+        if *started || self.inner.stopped.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let room = self.inner.pipeline.name();
+        let room = room.strip_prefix("room-").unwrap_or(&room);
+        super::bus::watch_bus(&self.inner.pipeline, room.to_string());
+        self.inner.pipeline.set_state(gst::State::Playing).map_err(gst_err)?;
+        let period = Duration::from_nanos(1_000_000_000 / u64::from(self.inner.format.fps.max(1)));
+        let generation = self.inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        clock::spawn(Arc::downgrade(&self.inner), self.inner.src.clone(), period, generation);
+        self.inner.tiles.start();
+        *started = true;
+        Ok(())
+    }
+
+    /// Idles a started room video again, as [`RoomVideo::new_idle`] left it: the clock and the
+    /// placeholder thread end (within a frame and a placeholder period), the pipeline — its
+    /// encoder branches included — goes to `NULL`. Tiles, layout and branches stay, and
+    /// [`RoomVideo::start`] runs them again. For a room that nobody is in and that records
+    /// nothing.
+    pub fn park(&self) {
+        let mut started = self.inner.started.lock().unwrap();
+        if !*started {
+            return;
+        }
+        self.inner.generation.fetch_add(1, Ordering::SeqCst);
+        self.inner.tiles.park();
+        let _ = self.inner.pipeline.set_state(gst::State::Null);
+        *started = false;
+    }
+
+    /// Whether [`RoomVideo::start`] ran.
+    pub fn started(&self) -> bool {
+        *self.inner.started.lock().unwrap()
     }
 
     /// The output format.

@@ -110,6 +110,8 @@ pub(super) struct Tiles {
     state: Mutex<State>,
     stats: Arc<VideoStats>,
     stopped: AtomicBool,
+    /// Generation of the placeholder thread: one that sees another number ends.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 struct State {
@@ -148,7 +150,7 @@ struct InputShared {
 
 impl Tiles {
     /// The tiles of `room` (none yet) with `layout` and at most `cap` visible, drawn by
-    /// `compositor`; starts the placeholder thread.
+    /// `compositor`; the placeholder thread starts with [`Tiles::start`].
     pub(super) fn new(
         room: &str,
         format: OutputFormat,
@@ -159,16 +161,27 @@ impl Tiles {
     ) -> Arc<Self> {
         let state =
             State { inputs: vec![], layout, cap, speaker: None, last_spoke: HashMap::new(), placements: vec![] };
-        let tiles = Arc::new(Self {
+        Arc::new(Self {
             room: room.to_string(),
             format,
             compositor,
             state: Mutex::new(state),
             stats,
             stopped: AtomicBool::new(false),
-        });
-        spawn_placeholder_thread(Arc::downgrade(&tiles));
-        tiles
+            generation: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Starts the placeholder thread (the room video calls it when it starts; a thread of an
+    /// earlier start ends).
+    pub(super) fn start(self: &Arc<Self>) {
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        spawn_placeholder_thread(Arc::downgrade(self), generation);
+    }
+
+    /// Ends the placeholder thread until the next [`Tiles::start`].
+    pub(super) fn park(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Stops the placeholder thread.
@@ -359,12 +372,12 @@ impl Tiles {
 
 /// Draws the placeholders of muted, audio-only and stale tiles, checked every
 /// [`PLACEHOLDER_PERIOD`].
-fn spawn_placeholder_thread(tiles: Weak<Tiles>) {
+fn spawn_placeholder_thread(tiles: Weak<Tiles>, generation: u64) {
     let _ = std::thread::Builder::new().name("placeholders".into()).spawn(move || {
         loop {
             std::thread::sleep(PLACEHOLDER_PERIOD);
             let Some(t) = tiles.upgrade() else { return };
-            if t.stopped.load(Ordering::Relaxed) {
+            if t.stopped.load(Ordering::Relaxed) || t.generation.load(Ordering::SeqCst) != generation {
                 return;
             }
             let due: Vec<(String, Arc<InputShared>)> = {
