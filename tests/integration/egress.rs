@@ -250,6 +250,39 @@ fn play_rtmp(url: &str, want: impl Fn(&common::Frame) -> bool) -> Option<common:
     frame
 }
 
+/// The NAL types of the first `n` H.264 access units a player of `url` receives (within 15 s),
+/// and how many of them `avdec_h264` decoded.
+fn rtmp_access_units(url: &str, n: usize) -> (Vec<Vec<u8>>, usize) {
+    let desc = format!(
+        "rtmp2src location=\"{url}\" timeout=10 ! flvdemux name=d d.video ! queue ! h264parse \
+         ! video/x-h264,stream-format=byte-stream,alignment=au ! tee name=t \
+         t. ! queue ! appsink name=s sync=false t. ! queue ! avdec_h264 ! appsink name=f sync=false"
+    );
+    let p = gst::parse::launch(&desc).unwrap().downcast::<gst::Pipeline>().unwrap();
+    let s = p.by_name("s").unwrap().downcast::<gstreamer_app::AppSink>().unwrap();
+    let f = p.by_name("f").unwrap().downcast::<gstreamer_app::AppSink>().unwrap();
+    let decoded = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let d = decoded.clone();
+    f.set_callbacks(
+        gstreamer_app::AppSinkCallbacks::builder()
+            .new_sample(move |f| {
+                let _ = f.pull_sample();
+                d.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    p.set_state(gst::State::Playing).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut aus = vec![];
+    while aus.len() < n && Instant::now() < deadline {
+        let Some(sample) = s.try_pull_sample(gst::ClockTime::from_seconds(5)) else { break };
+        aus.push(nal_types(&sample.buffer().unwrap().map_readable().unwrap()));
+    }
+    p.set_state(gst::State::Null).unwrap();
+    (aus, decoded.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtmp_egress_is_received_and_reconnects() {
     let _serial = common::serial().await;
@@ -287,6 +320,16 @@ async fn rtmp_egress_is_received_and_reconnects() {
         .unwrap()
         .expect("the RTMP stream decodes");
     common::save(&f, "egress-rtmp");
+    // 3 s of the stream: it starts at SPS+PPS+IDR, repeats them at the forced keyframes, decodes.
+    let url = rtmp.clone();
+    let (aus, decoded) = tokio::task::spawn_blocking(move || rtmp_access_units(&url, 90)).await.unwrap();
+    eprintln!(
+        "RTMP: {} access units, {} IDRs, {decoded} decoded",
+        aus.len(),
+        aus.iter().filter(|a| a.contains(&IDR)).count()
+    );
+    assert_keyframes_in_band(&aus, 1, "RTMP");
+    assert!(aus.len() >= 90 && decoded > 60, "RTMP: {} access units, {decoded} decoded", aus.len());
     assert_eq!((f.width, f.height), (1280, 720));
     assert!(close(f.colour_at(640, 360, 40), (40, 200, 60), 50), "centre {:?}", f.colour_at(640, 360, 40));
 
