@@ -3,9 +3,17 @@
 //! Matroska/WebM in clusters of at most 1 s, MP4 fragmented every second.
 //!
 //! ```text
-//! room encoder ─ tee ─ [sink] queue ─ (h264parse) ─┐
-//! mixer (shared Opus) → appsrc ─ opusparse ─ queue ─┴─ webmmux / matroskamux / mp4mux ─ filesink
+//! room pipeline:  encoder ─ tee ─ Tap (leaky queue ─ appsink)
+//!                                   ┆
+//! own pipeline:                     └┄> appsrc ─ queue ─ (h264parse) ─┐
+//!      mixer (shared Opus) ┄> appsrc ─ opusparse ─ queue ─────────────┴─ webmmux / matroskamux / mp4mux ─ filesink
 //! ```
+//!
+//! Each recording is its own pipeline, fed through a [`Tap`]: a slow, full or failing disk
+//! blocks or fails only the recording's pipeline, never the room's encoder (the tap drops what the
+//! recording cannot take, about 8 s of video, and resumes at a keyframe). A write that fails ends
+//! the recording `failed`, with the OS error in its `error`, a log line and a `recording_state`
+//! event; the room and its other outputs keep going.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,12 +25,18 @@ use gstreamer as gst;
 use gstreamer_app as gst_app;
 use serde::{Deserialize, Serialize};
 
+use super::tap::{Stamp, Tap};
 use crate::codec::VideoCodec;
 use crate::media::audio::AudioMixer;
 use crate::media::video::RoomVideo;
 
 /// How often a recording asks the encoder for a keyframe (its seek points).
 const RECORDING_KEYFRAME_INTERVAL: Duration = Duration::from_secs(10);
+/// Bytes of video a recording's pipeline may hold unwritten before the tap drops frames: about
+/// 8 s at the full tier's 2.5 Mbit/s.
+const RECORDING_BACKLOG_BYTES: u64 = 2_500_000;
+/// Bytes of audio likewise (8 s of 32 kbit/s Opus is 32 KB).
+const AUDIO_BACKLOG_BYTES: u64 = 64_000;
 
 /// Container of a recording.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +98,8 @@ pub struct RecordingInfo {
     pub size_bytes: u64,
     /// Start, ms since the Unix epoch.
     pub started_ms: u64,
+    /// Why it failed (GStreamer's message and the OS error), when `state` is `failed`.
+    pub error: Option<String>,
 }
 
 /// Errors starting a recording.
@@ -108,6 +124,12 @@ pub enum RecordingError {
 
 fn gst_err(e: impl std::fmt::Display) -> RecordingError {
     RecordingError::Gst(e.to_string())
+}
+
+impl From<crate::media::video::VideoError> for RecordingError {
+    fn from(e: crate::media::video::VideoError) -> Self {
+        gst_err(e)
+    }
 }
 
 /// The file a recording writes: `file` (a plain name, no folders; the extension is added when
@@ -143,6 +165,19 @@ pub fn file_path(
     Ok(dir.join(name))
 }
 
+/// How a recording ended, if it did.
+#[derive(Default)]
+struct End {
+    /// When and how.
+    at: Option<(Instant, State)>,
+    /// Why it failed.
+    error: Option<String>,
+}
+
+/// Called with `("failed", Some(reason))` when a recording fails on its own (its owner reports
+/// the states it causes itself).
+pub type OnState = Arc<dyn Fn(&str, Option<&str>) + Send + Sync>;
+
 /// One running (or finished) recording.
 pub struct Recording {
     id: String,
@@ -150,168 +185,142 @@ pub struct Recording {
     path: PathBuf,
     started: Instant,
     started_ms: u64,
-    ended: Mutex<Option<(Instant, State)>>,
-    bin: gst::Bin,
-    feed: gst::Pad,
+    end: Arc<Mutex<End>>,
+    tap: Arc<Tap>,
+    pipeline: gst::Pipeline,
+    video_src: gst_app::AppSrc,
     audio_src: gst_app::AppSrc,
-    audio_task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     eos: Arc<tokio::sync::Notify>,
     got_eos: Arc<AtomicBool>,
-    video: RoomVideo,
+}
+
+/// The recording's own pipeline: `(pipeline, video appsrc, audio appsrc)`. The video source gets
+/// its caps from the tap's first sample.
+fn build(format: Format, path: &Path) -> Result<(gst::Pipeline, gst_app::AppSrc, gst_app::AppSrc), RecordingError> {
+    let pipeline = gst::Pipeline::with_name("recording");
+    let make = |f: &str| gst::ElementFactory::make(f).build().map_err(gst_err);
+    let video_src = gst_app::AppSrc::builder().format(gst::Format::Time).is_live(false).build();
+    let vqueue = make("queue")?;
+    let mux = match format {
+        Format::Mp4 => {
+            gst::ElementFactory::make("mp4mux").property("fragment-duration", 1000u32).build().map_err(gst_err)?
+        }
+        Format::Webm | Format::Mkv => {
+            let m = make(if format == Format::Webm { "webmmux" } else { "matroskamux" })?;
+            m.set_property("min-cluster-duration", 500_000_000i64);
+            m.set_property("max-cluster-duration", 1_000_000_000i64);
+            m
+        }
+    };
+    let sink = gst::ElementFactory::make("filesink")
+        .property("location", path.to_string_lossy().to_string())
+        .property("sync", false)
+        .property("async", false)
+        // Every write straight to the kernel: a SIGKILL loses no user-space buffer, and a
+        // failing disk shows at once.
+        .property_from_str("buffer-mode", "unbuffered")
+        .build()
+        .map_err(gst_err)?;
+    let audio_src = gst_app::AppSrc::builder()
+        .caps(
+            &gst::Caps::builder("audio/x-opus")
+                .field("channel-mapping-family", 0i32)
+                .field("channels", 1i32)
+                .field("rate", 48000i32)
+                .build(),
+        )
+        .is_live(false)
+        .format(gst::Format::Time)
+        .build();
+    let aparse = make("opusparse")?;
+    let aqueue = make("queue")?;
+    pipeline
+        .add_many([video_src.upcast_ref(), &vqueue, &mux, &sink, audio_src.upcast_ref(), &aparse, &aqueue])
+        .map_err(gst_err)?;
+    let mut video_chain = vec![video_src.clone().upcast::<gst::Element>(), vqueue];
+    if format == Format::Mp4 {
+        let parse = make("h264parse")?;
+        pipeline.add(&parse).map_err(gst_err)?;
+        video_chain.push(parse);
+    }
+    video_chain.push(mux.clone());
+    gst::Element::link_many(&video_chain).map_err(gst_err)?;
+    gst::Element::link_many([audio_src.upcast_ref(), &aparse, &aqueue, &mux]).map_err(gst_err)?;
+    mux.link(&sink).map_err(gst_err)?;
+    Ok((pipeline, video_src, audio_src))
+}
+
+/// A bus error as one line: GStreamer's message and its debug text (which holds the OS error,
+/// e.g. "system error: No space left on device").
+fn error_line(e: &gst::message::Error) -> String {
+    match e.debug() {
+        Some(d) => format!("{} ({})", e.error(), d.as_str().rsplit(": ").next().unwrap_or(d.as_str())),
+        None => e.error().to_string(),
+    }
 }
 
 impl Recording {
-    /// Starts recording `video` and `audio` into `path`.
+    /// Starts recording `video` and `audio` of `room` into `path`, in a pipeline of its own.
+    /// `on_state` hears of a failure the recording finds itself (a write error).
     ///
     /// # Errors
-    /// [`RecordingError`] when the file or the GStreamer branch cannot be made.
+    /// [`RecordingError`] when the file or the pipeline cannot be made.
     pub fn start(
+        room: &str,
         id: &str,
         format: Format,
         path: PathBuf,
         video: &RoomVideo,
         audio: &AudioMixer,
+        on_state: OnState,
     ) -> Result<Arc<Self>, RecordingError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|err| RecordingError::Io { path: dir.display().to_string(), err })?;
         }
         // Fail early and clearly on an unwritable path.
-        std::fs::File::create(&path).map_err(|err| RecordingError::Io { path: path.display().to_string(), err })?;
-        let bin = gst::Bin::with_name(&format!("rec-{id}"));
-        let make = |f: &str| gst::ElementFactory::make(f).build().map_err(gst_err);
-        let vqueue = gst::ElementFactory::make("queue")
-            .property("max-size-time", 3_000_000_000u64)
-            .property("max-size-buffers", 0u32)
-            .property("max-size-bytes", 0u32)
-            .build()
-            .map_err(gst_err)?;
-        let mux = match format {
-            Format::Mp4 => {
-                gst::ElementFactory::make("mp4mux").property("fragment-duration", 1000u32).build().map_err(gst_err)?
-            }
-            Format::Webm | Format::Mkv => {
-                let m = make(if format == Format::Webm { "webmmux" } else { "matroskamux" })?;
-                m.set_property("min-cluster-duration", 500_000_000i64);
-                m.set_property("max-cluster-duration", 1_000_000_000i64);
-                m
-            }
-        };
-        let sink = gst::ElementFactory::make("filesink")
-            .property("location", path.to_string_lossy().to_string())
-            .property("sync", false)
-            .property("async", false)
-            // Every write straight to the kernel: a SIGKILL loses no user-space buffer.
-            .property_from_str("buffer-mode", "unbuffered")
-            .build()
-            .map_err(gst_err)?;
-        let audio_src = gst_app::AppSrc::builder()
-            .caps(
-                &gst::Caps::builder("audio/x-opus")
-                    .field("channel-mapping-family", 0i32)
-                    .field("channels", 1i32)
-                    .field("rate", 48000i32)
-                    .build(),
-            )
-            .is_live(true)
-            .format(gst::Format::Time)
-            .build();
-        let aparse = make("opusparse")?;
-        let aqueue = make("queue")?;
-        bin.add_many([&vqueue, &mux, &sink, audio_src.upcast_ref(), &aparse, &aqueue]).map_err(gst_err)?;
-        let mut video_chain = vec![vqueue.clone()];
-        if format == Format::Mp4 {
-            let parse = make("h264parse")?;
-            bin.add(&parse).map_err(gst_err)?;
-            video_chain.push(parse);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|err| RecordingError::Io { path: path.display().to_string(), err })?;
+        let (pipeline, video_src, audio_src) = build(format, &path)?;
+        let tap = Tap::start(
+            &format!("rec-{id}"),
+            video,
+            format.codec(),
+            RECORDING_KEYFRAME_INTERVAL,
+            Stamp::FromFirstKeyframe,
+            RECORDING_BACKLOG_BYTES,
+        )?;
+        if let Err(e) = pipeline.set_state(gst::State::Playing) {
+            let _ = pipeline.set_state(gst::State::Null);
+            let tap = tap.clone();
+            tokio::spawn(async move { tap.stop().await });
+            return Err(gst_err(e));
         }
-        gst::Element::link_many(&video_chain).map_err(gst_err)?;
-        video_chain.last().unwrap().link(&mux).map_err(gst_err)?;
-        gst::Element::link_many([audio_src.upcast_ref(), &aparse, &aqueue, &mux]).map_err(gst_err)?;
-        mux.link(&sink).map_err(gst_err)?;
-        let ghost = gst::GhostPad::with_target(&vqueue.static_pad("sink").unwrap()).map_err(gst_err)?;
-        ghost.set_active(true).map_err(gst_err)?;
-        bin.add_pad(&ghost).map_err(gst_err)?;
-        // The file starts at its first keyframe: delta frames before it are dropped, and every
-        // timestamp (video here, audio when pushed) is made relative to that keyframe's, so the
-        // file starts at 0 with audio and video on the room's one clock.
-        let base = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
-        let b0 = base.clone();
-        // Encoders stamp in their own segment (x264enc adds 1000 h to every PTS): convert each
-        // buffer to running time with the upstream segment, and hand the muxer a plain segment.
-        let upstream: Arc<Mutex<Option<gst::FormattedSegment<gst::ClockTime>>>> = Arc::default();
-        vqueue.static_pad("sink").unwrap().add_probe(
-            gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
-            move |_, info| {
-                match &mut info.data {
-                    Some(gst::PadProbeData::Event(ev)) => {
-                        if let gst::EventView::Segment(seg) = ev.view() {
-                            *upstream.lock().unwrap() = seg.segment().downcast_ref::<gst::ClockTime>().cloned();
-                            *ev = gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new());
-                        }
-                        gst::PadProbeReturn::Ok
-                    }
-                    Some(gst::PadProbeData::Buffer(buffer)) => {
-                        let seg = upstream.lock().unwrap().clone();
-                        let running = |t: Option<gst::ClockTime>| {
-                            t.and_then(|t| seg.as_ref().map_or(Some(t), |s| s.to_running_time(t)))
-                        };
-                        let Some(pts) = running(buffer.pts()) else { return gst::PadProbeReturn::Drop };
-                        let mut start = b0.load(Ordering::Acquire);
-                        if start == u64::MAX {
-                            if buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) {
-                                return gst::PadProbeReturn::Drop;
-                            }
-                            start = pts.nseconds();
-                            b0.store(start, Ordering::Release);
-                        }
-                        let Some(rel) = pts.nseconds().checked_sub(start) else { return gst::PadProbeReturn::Drop };
-                        let dts = running(buffer.dts()).and_then(|d| d.nseconds().checked_sub(start));
-                        let b = buffer.make_mut();
-                        b.set_pts(gst::ClockTime::from_nseconds(rel));
-                        // No B-frames: decode order is presentation order (mp4mux needs a DTS).
-                        b.set_dts(gst::ClockTime::from_nseconds(dts.unwrap_or(rel)));
-                        gst::PadProbeReturn::Ok
-                    }
-                    _ => gst::PadProbeReturn::Ok,
-                }
-            },
-        );
-        // The end: EOS reaching the file.
+        tap.connect(video_src.clone());
+
         let eos = Arc::new(tokio::sync::Notify::new());
         let got_eos = Arc::new(AtomicBool::new(false));
-        let (e, g) = (eos.clone(), got_eos.clone());
-        sink.static_pad("sink").unwrap().add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
-            if info.event().is_some_and(|ev| ev.type_() == gst::EventType::Eos) {
-                g.store(true, Ordering::Relaxed);
-                e.notify_waiters();
-            }
-            gst::PadProbeReturn::Ok
-        });
-
-        let feed = video.attach_encoded(format.codec(), &bin, RECORDING_KEYFRAME_INTERVAL).map_err(gst_err)?;
+        let end = Arc::new(Mutex::new(End::default()));
+        // The audio: the mix, stamped on the room's running time from the tap's first keyframe.
         let mut rx = audio.subscribe();
-        let (src, v) = (audio_src.clone(), video.clone());
-        let codec = format.codec();
+        let (src, v, t) = (audio_src.clone(), video.clone(), tap.clone());
         let audio_task = tokio::spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
-            // Until the first keyframe, ask for one every half second (a request made while the
-            // encoder was starting can be lost).
-            let mut last_request = Instant::now();
             loop {
                 match rx.recv().await {
                     Ok(f) if !f.shared.is_empty() => {
-                        let start = base.load(Ordering::Acquire);
-                        if start == u64::MAX {
-                            if last_request.elapsed() > Duration::from_millis(500) {
-                                v.request_keyframe(codec);
-                                last_request = Instant::now();
-                            }
-                            continue;
-                        }
+                        let Some(start) = t.base() else { continue };
                         // A mix frame sent at tick T holds the 20 ms before T: stamp its start, on the
                         // room's running time like the composite frames.
                         let Some(now) = v.running_time() else { continue };
-                        let Some(rel) = now.nseconds().checked_sub(start + 20_000_000) else { continue };
+                        let Some(rel) = now.nseconds().checked_sub(start.nseconds() + 20_000_000) else { continue };
+                        if src.current_level_bytes() > AUDIO_BACKLOG_BYTES {
+                            continue; // the file does not keep up: drop, as the tap drops video
+                        }
                         let mut b = gst::Buffer::from_slice(f.shared.clone());
                         {
                             let b = b.get_mut().unwrap();
@@ -327,21 +336,68 @@ impl Recording {
                 }
             }
         });
-        tracing::info!(recording = id, file = %path.display(), ?format, "recording started");
+        // The watch: the end (EOS reaching the file), or an error (a write that failed).
+        let bus = pipeline.bus().expect("pipeline bus");
+        let (p, t, e, g, en) = (pipeline.clone(), tap.clone(), eos.clone(), got_eos.clone(), end.clone());
+        let (room_name, label, file) = (room.to_string(), id.to_string(), path.display().to_string());
+        let watch = tokio::spawn(async move {
+            loop {
+                let b = bus.clone();
+                let msg = tokio::task::spawn_blocking(move || {
+                    b.timed_pop_filtered(
+                        gst::ClockTime::from_mseconds(500),
+                        &[gst::MessageType::Error, gst::MessageType::Eos],
+                    )
+                })
+                .await
+                .ok()
+                .flatten();
+                let Some(msg) = msg else {
+                    t.poll_keyframe();
+                    continue;
+                };
+                match msg.view() {
+                    gst::MessageView::Eos(_) => {
+                        g.store(true, Ordering::Relaxed);
+                        e.notify_waiters();
+                    }
+                    gst::MessageView::Error(err) => {
+                        let reason = error_line(err);
+                        {
+                            let mut end = en.lock().unwrap();
+                            if end.at.is_some() {
+                                break;
+                            }
+                            end.at = Some((Instant::now(), State::Failed));
+                            end.error = Some(reason.clone());
+                        }
+                        tracing::error!(room = %room_name, recording = %label, %file, "recording failed: {reason}");
+                        t.stop().await;
+                        let p = p.clone();
+                        let _ = tokio::task::spawn_blocking(move || p.set_state(gst::State::Null)).await;
+                        on_state("failed", Some(&reason));
+                        e.notify_waiters();
+                    }
+                    _ => continue,
+                }
+                break;
+            }
+        });
+        tracing::info!(%room, recording = id, file = %path.display(), ?format, "recording started");
         Ok(Arc::new(Self {
             id: id.to_string(),
             format,
             path,
             started: Instant::now(),
             started_ms: crate::ids::now_ms(),
-            ended: Mutex::new(None),
-            bin,
-            feed,
+            end,
+            tap,
+            pipeline,
+            video_src,
             audio_src,
-            audio_task,
+            tasks: vec![audio_task, watch],
             eos,
             got_eos,
-            video: video.clone(),
         }))
     }
 
@@ -357,11 +413,11 @@ impl Recording {
 
     /// Whether it is still writing.
     pub fn is_recording(&self) -> bool {
-        self.ended.lock().unwrap().is_none()
+        self.end.lock().unwrap().at.is_none()
     }
 
     /// Stops and finalizes: end-of-stream through the muxer (which writes its index), waits up to
-    /// 5 s for it to reach the file, then closes. Stopping twice does nothing.
+    /// 5 s for it to reach the file, then closes. Stopping twice (or after a failure) does nothing.
     pub async fn stop(&self) -> RecordingInfo {
         if !self.is_recording() {
             return self.info();
@@ -369,31 +425,64 @@ impl Recording {
         let waiting = self.eos.notified();
         tokio::pin!(waiting);
         waiting.as_mut().enable();
-        self.audio_task.abort();
+        self.tap.disconnect();
+        self.tasks[0].abort();
+        let _ = self.video_src.end_of_stream();
         let _ = self.audio_src.end_of_stream();
-        self.video.detach_encoded(&self.feed, &self.bin);
         let finished =
             self.got_eos.load(Ordering::Relaxed) || tokio::time::timeout(Duration::from_secs(5), waiting).await.is_ok();
-        self.video.remove_branch(&self.bin);
-        let state = if finished { State::Stopped } else { State::Failed };
-        *self.ended.lock().unwrap() = Some((Instant::now(), state));
+        self.tap.stop().await;
+        self.tasks[1].abort();
+        // A write blocked in the kernel holds the streaming thread: do not wait on it for ever.
+        let p = self.pipeline.clone();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::task::spawn_blocking(move || p.set_state(gst::State::Null)),
+        )
+        .await;
+        let state = {
+            let mut end = self.end.lock().unwrap();
+            if end.at.is_none() {
+                let state =
+                    if self.got_eos.load(Ordering::Relaxed) && finished { State::Stopped } else { State::Failed };
+                if state == State::Failed {
+                    end.error = Some("the file was not finalized within 5 s".into());
+                }
+                end.at = Some((Instant::now(), state));
+            }
+            end.at.map(|(_, s)| s)
+        };
         tracing::info!(recording = %self.id, file = %self.path.display(), ?state, "recording finalized");
         self.info()
     }
 
     /// The recording as the API shows it.
     pub fn info(&self) -> RecordingInfo {
-        let ended = *self.ended.lock().unwrap();
-        let end = ended.map_or_else(Instant::now, |(t, _)| t);
+        let (at, error) = {
+            let end = self.end.lock().unwrap();
+            (end.at, end.error.clone())
+        };
+        let until = at.map_or_else(Instant::now, |(t, _)| t);
         RecordingInfo {
             id: self.id.clone(),
             format: self.format,
             file: self.path.display().to_string(),
-            state: ended.map_or(State::Recording, |(_, s)| s),
-            duration_s: end.duration_since(self.started).as_secs_f64(),
+            state: at.map_or(State::Recording, |(_, s)| s),
+            duration_s: until.duration_since(self.started).as_secs_f64(),
             size_bytes: std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0),
             started_ms: self.started_ms,
+            error,
         }
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.tap.disconnect();
+        let _ = self.pipeline.set_state(gst::State::Null);
     }
 }
 

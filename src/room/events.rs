@@ -126,6 +126,9 @@ pub enum RoomEvent {
         kind: String,
         /// `recording`, `stopped`, `failed`, `connecting`, `streaming`, `reconnecting`.
         state: String,
+        /// Why, for `failed` and `reconnecting` (the error, with the OS error where there is one).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// A chat message, relayed by the server.
     Chat {

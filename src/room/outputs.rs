@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use super::events::RoomEvent;
 use super::{Room, RoomError};
 use crate::outputs::egress::{Egress, EgressInfo};
-use crate::outputs::recording::{Format, Recording, RecordingError, RecordingInfo};
+use crate::outputs::recording::{Format, OnState, Recording, RecordingError, RecordingInfo};
 
 /// The recordings (finished ones too) and running egresses of one room.
 #[derive(Default)]
@@ -40,7 +40,13 @@ impl Room {
             return Err(RecordingError::BadName(format!("{} is being recorded already", path.display())).into());
         }
         let _media = self.wake()?;
-        let rec = Recording::start(&id, format, path, &self.video, &self.audio)?;
+        let (events, i) = (self.events.clone(), id.clone());
+        let on_state: OnState = Arc::new(move |state: &str, reason: Option<&str>| {
+            let (id, kind, state, reason) = (i.clone(), "recording".into(), state.into(), reason.map(str::to_string));
+            let _ =
+                events.send(Arc::new(RoomEvent::RecordingState { ts: crate::ids::now_ms(), id, kind, state, reason }));
+        });
+        let rec = Recording::start(&self.name, &id, format, path, &self.video, &self.audio, on_state)?;
         let info = rec.info();
         self.outputs.recordings.lock().unwrap().push(rec);
         self.emit(RoomEvent::RecordingState {
@@ -48,6 +54,7 @@ impl Room {
             id: id.clone(),
             kind: "recording".into(),
             state: "recording".into(),
+            reason: None,
         });
         Ok(info)
     }
@@ -63,8 +70,8 @@ impl Room {
         if was {
             let state =
                 serde_json::to_value(info.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-            let kind = "recording".into();
-            self.emit(RoomEvent::RecordingState { ts: crate::ids::now_ms(), id: id.into(), kind, state });
+            let (kind, reason) = ("recording".into(), info.error.clone());
+            self.emit(RoomEvent::RecordingState { ts: crate::ids::now_ms(), id: id.into(), kind, state, reason });
         }
         Ok(info)
     }
@@ -78,10 +85,10 @@ impl Room {
         let target = crate::outputs::egress::target(url, hls, &self.deps.recordings_dir)?;
         let id = self.new_id("eg");
         let (w, i) = (Arc::downgrade(self), id.clone());
-        let on_state: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |state: &str| {
+        let on_state: OnState = Arc::new(move |state: &str, reason: Option<&str>| {
             if let Some(room) = w.upgrade() {
-                let (id, kind, state) = (i.clone(), "egress".into(), state.into());
-                room.emit(RoomEvent::RecordingState { ts: crate::ids::now_ms(), id, kind, state });
+                let (id, kind, state, reason) = (i.clone(), "egress".into(), state.into(), reason.map(str::to_string));
+                room.emit(RoomEvent::RecordingState { ts: crate::ids::now_ms(), id, kind, state, reason });
             }
         });
         let _media = self.wake()?;

@@ -36,7 +36,7 @@ const USER_HZ: f64 = 100.0;
 /// Recording states, as the recordings API names them.
 const RECORDING_STATES: [&str; 3] = ["recording", "stopped", "failed"];
 /// Egress states, as the egress API names them.
-const EGRESS_STATES: [&str; 4] = ["connecting", "streaming", "reconnecting", "stopped"];
+const EGRESS_STATES: [&str; 5] = ["connecting", "streaming", "reconnecting", "failed", "stopped"];
 
 /// How `/metrics` is served, from the server's configuration.
 #[derive(Debug, Clone)]

@@ -241,3 +241,159 @@ async fn a_recording_keeps_audio_and_video_in_sync() {
     eprintln!("audio - video onset skew: median {median:.0} ms over {} flashes: {skews:?}", skews.len());
     assert!(median.abs() <= 40.0, "audio/video skew {median:.0} ms: {skews:?}");
 }
+
+/// A FIFO standing in for a disk that first stalls, then fails. The test reads it (the disk
+/// takes writes), stops reading (writes block once the 64 KiB pipe buffer is full: a stalled or
+/// full disk that never answers), then closes it (every write fails at once with `EPIPE`, as
+/// writes to a dead disk fail with `EIO`/`ENOSPC`).
+///
+/// Why a FIFO and not a small tmpfs or a loop-mounted filesystem: it needs no root, no `mount`
+/// and no loop device (CI containers commonly forbid `mount`), it is a plain kernel object on any
+/// Debian machine (`mkfifo` from coreutils), and the test decides when the disk stalls and when
+/// it fails instead of guessing how many bytes the encoder will have written by then.
+struct FailingDisk {
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stall: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    close: std::sync::mpsc::Sender<()>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FailingDisk {
+    fn new(path: &Path) -> FailingDisk {
+        use std::io::Read;
+        use std::sync::atomic::Ordering;
+        let ok = std::process::Command::new("mkfifo").arg(path).status().expect("mkfifo (coreutils)");
+        assert!(ok.success(), "mkfifo {path:?}");
+        // Read and write: opening never blocks, and the reader never sees end-of-file between the
+        // server's opens of the file.
+        let mut fifo = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+        let (read, stall) = (std::sync::Arc::default(), std::sync::Arc::default());
+        let (close, closed) = std::sync::mpsc::channel::<()>();
+        let (r, s): (std::sync::Arc<std::sync::atomic::AtomicU64>, std::sync::Arc<std::sync::atomic::AtomicBool>) =
+            (std::sync::Arc::clone(&read), std::sync::Arc::clone(&stall));
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !s.load(Ordering::Relaxed) {
+                match fifo.read(&mut buf) {
+                    Ok(n) => r.fetch_add(n as u64, Ordering::Relaxed),
+                    Err(_) => break,
+                };
+            }
+            // Stalled: hold the FIFO open, read nothing, until told to fail.
+            let _ = closed.recv();
+            drop(fifo);
+        });
+        FailingDisk { read, stall, close, reader: Some(reader) }
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops reading: the next read ends the reader's loop once data arrives.
+    fn stall(&self) {
+        self.stall.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Closes the last reader: writes fail with `EPIPE` from now on.
+    fn fail(&mut self) {
+        self.stall();
+        let _ = self.close.send(());
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+    }
+}
+
+impl Drop for FailingDisk {
+    fn drop(&mut self) {
+        self.fail();
+    }
+}
+
+/// A receiver gets at least `n` more frames within `n / 30 + 10` s, and the room's `frames_out` advances
+/// by about as many; panics with `what` otherwise.
+async fn room_keeps_going(a: std::net::SocketAddr, room: &str, receiver: &common::Peer, n: u64, what: &str) {
+    let out0 = common::room_json(a, room).await["frames_out"].as_u64().unwrap();
+    let f0 = receiver.frames();
+    assert!(
+        receiver.wait_frames(f0 + n, Duration::from_secs(n / 30 + 10)).await,
+        "{what}: the receiver got {} frames, wanted {n}",
+        receiver.frames() - f0
+    );
+    let out1 = common::room_json(a, room).await["frames_out"].as_u64().unwrap();
+    // The receiver's first frames may have been made before `out0` was read.
+    assert!(out1 >= out0 + n * 9 / 10, "{what}: frames_out went {out0} -> {out1}");
+    eprintln!("{what}: frames_out {out0} -> {out1}, receiver +{}", receiver.frames() - f0);
+}
+
+/// A recording whose disk stalls and then fails: while its writes are blocked the room's encoder
+/// keeps going (the recording is its own pipeline, fed through a tap that drops), and once they
+/// fail the recording ends `failed` with the OS error, in its JSON and in a `recording_state`
+/// event; the room, its receivers and another recording keep going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_disk_fails_the_recording_not_the_room() {
+    let _serial = common::serial().await;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("recordings-fail");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut disk = FailingDisk::new(&dir.join("doomed.webm"));
+    let srv = common::server_with(Config { recordings_dir: dir.clone(), ..Config::default() }).await;
+    let a = srv.addr;
+    let _red = common::join(a, "disk", PeerOpts::publisher("red", COLOURS[0], TONES[0])).await;
+    let mut o = PeerOpts::publisher("green", COLOURS[1], TONES[1]);
+    o.data_channel = true;
+    o.decode = false;
+    let green = common::join(a, "disk", o).await;
+    green.wait_event(Duration::from_secs(10), |e| e["type"] == "welcome").await.expect("welcome");
+    let base = format!("http://{a}/v1/rooms/disk/recordings");
+    let post = |body: serde_json::Value| {
+        common::http("POST", base.clone(), Some("application/json"), body.to_string().into_bytes())
+    };
+    let r = post(json!({"format": "webm", "file": "kept"})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let kept = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["id"].as_str().unwrap().to_string();
+    let r = post(json!({"format": "webm", "file": "doomed"})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let doomed = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["id"].as_str().unwrap().to_string();
+
+    // The disk takes writes for a while (the WebM header and the first clusters).
+    room_keeps_going(a, "disk", &green, 60, "writing").await;
+    assert!(disk.bytes_read() > 1000, "the recording wrote {} bytes", disk.bytes_read());
+    // Stalled: writes block in the kernel. Before recordings had their own pipeline, the room's
+    // encoder stopped here once the pipe and the recording's 3 s queue in the room pipeline were
+    // full: this receiver got 124 frames in the 30 s it waited for 600 (measured on 80b9312).
+    disk.stall();
+    room_keeps_going(a, "disk", &green, 300, "disk stalled").await;
+    let list: serde_json::Value =
+        serde_json::from_str(&common::http("GET", base.clone(), None, vec![]).await.body).unwrap();
+    assert!(list["recordings"].as_array().unwrap().iter().all(|r| r["state"] == "recording"), "{list}");
+
+    // Failed: the blocked write and every later one return EPIPE.
+    disk.fail();
+    let ev = green
+        .wait_event(Duration::from_secs(10), |e| {
+            e["type"] == "recording_state" && e["id"] == doomed.as_str() && e["state"] == "failed"
+        })
+        .await
+        .unwrap_or_else(|| panic!("no failed event: {:?}", green.events()));
+    let reason = ev["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("Broken pipe"), "the event names the OS error: {ev}");
+    let r = common::http("GET", format!("{base}/{doomed}"), None, vec![]).await;
+    let info: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(info["state"], "failed", "{info}");
+    assert!(info["error"].as_str().unwrap_or_default().contains("Broken pipe"), "{info}");
+    room_keeps_going(a, "disk", &green, 90, "disk failed").await;
+
+    // The other recording kept going and finalizes.
+    let r = common::http("DELETE", format!("{base}/{kept}"), None, vec![]).await;
+    let info: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(info["state"], "stopped", "{info}");
+    let d = discover(Path::new(info["file"].as_str().unwrap()));
+    let dur = d.duration().unwrap().mseconds() as f64 / 1000.0;
+    assert!(dur > 8.0, "the other recording holds {dur} s");
+    assert_eq!(d.video_streams().len(), 1);
+    // Stopping the failed one changes nothing.
+    let r = common::http("DELETE", format!("{base}/{doomed}"), None, vec![]).await;
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["state"], "failed", "{}", r.body);
+}
