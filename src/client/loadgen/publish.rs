@@ -198,25 +198,11 @@ pub(super) fn forward_layer_keyframe_requests(track: Arc<TrackLocalStaticRTP>, e
     });
 }
 
-/// Removes every video codec but `mime` (`video/VP8` or `video/H264`) from an offer.
 /// `sdp` with the video m-line's payload types reordered: those of `mime` (e.g. `video/H264`)
 /// first, the rest as they were. The server sends the composite in the first codec it can
 /// (RFC 3264 §6.1), so this is how a client says which it prefers.
 pub(super) fn prefer_video_codec(sdp: &str, mime: &str) -> String {
-    let want = mime.rsplit('/').next().unwrap_or(mime).to_ascii_lowercase();
-    let mut first = vec![];
-    let mut in_video = false;
-    for l in sdp.lines() {
-        if l.starts_with("m=") {
-            in_video = l.starts_with("m=video");
-        }
-        if in_video
-            && let Some((pt, codec)) = l.strip_prefix("a=rtpmap:").and_then(|r| r.split_once(' '))
-            && codec.to_ascii_lowercase().starts_with(&want)
-        {
-            first.push(pt.to_string());
-        }
-    }
+    let first = video_payload_types(sdp, mime);
     let eol = if sdp.contains("\r\n") { "\r\n" } else { "\n" };
     let mut out: Vec<String> = vec![];
     for l in sdp.lines() {
@@ -236,9 +222,10 @@ pub(super) fn prefer_video_codec(sdp: &str, mime: &str) -> String {
     s
 }
 
-pub(super) fn keep_only_video_codec(sdp: &str, mime: &str) -> String {
+/// The payload types of the video section's `a=rtpmap` lines for `mime` (e.g. `video/VP8`).
+fn video_payload_types(sdp: &str, mime: &str) -> Vec<String> {
     let want = mime.rsplit('/').next().unwrap_or(mime).to_ascii_lowercase();
-    let mut keep = vec![];
+    let mut pts = vec![];
     let mut in_video = false;
     for l in sdp.lines() {
         if l.starts_with("m=") {
@@ -248,11 +235,17 @@ pub(super) fn keep_only_video_codec(sdp: &str, mime: &str) -> String {
             && let Some((pt, codec)) = l.strip_prefix("a=rtpmap:").and_then(|r| r.split_once(' '))
             && codec.to_ascii_lowercase().starts_with(&want)
         {
-            keep.push(pt.to_string());
+            pts.push(pt.to_string());
         }
     }
+    pts
+}
+
+/// Removes every video codec but `mime` (`video/VP8` or `video/H264`) from an offer.
+pub(super) fn keep_only_video_codec(sdp: &str, mime: &str) -> String {
+    let keep = video_payload_types(sdp, mime);
     let mut out = vec![];
-    in_video = false;
+    let mut in_video = false;
     for l in sdp.lines() {
         if l.starts_with("m=") {
             in_video = l.starts_with("m=video");
