@@ -36,7 +36,7 @@ row() {
     if [ "$x" = -- ]; then seen=1; elif [ $seen = 0 ]; then sargs+=("$x"); else largs+=("$x"); fi
   done
   local port=$((20000 + RANDOM % 20000))
-  RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$port" --media-ip 127.0.0.1 --udp-port 0 --tcp-port 0 \
+  TESSERA_DRAIN_TIMEOUT=0s RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$port" --media-ip 127.0.0.1 --udp-port 0 --tcp-port 0 \
     --recordings-dir "$OUT" "${sargs[@]}" >"$OUT/server.log" 2>&1 &
   local spid=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done

@@ -47,7 +47,7 @@ tck=$(getconf CLK_TCK)
 
 port=$((20000 + RANDOM % 20000)); rec=$(mktemp -d)
 # shellcheck disable=SC2086
-env ${SERVER_ENV:-} RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$port" --media-ip 127.0.0.1 \
+env TESSERA_DRAIN_TIMEOUT=0s ${SERVER_ENV:-} RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$port" --media-ip 127.0.0.1 \
   --recordings-dir "$rec" >"$OUT/server.log" 2>&1 &
 spid=$!
 trap 'kill $spid 2>/dev/null || true; rm -rf "$rec"' EXIT

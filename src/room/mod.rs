@@ -617,6 +617,7 @@ impl Room {
             let send = send_audio(self.audio.subscribe(), id.clone(), track, p.session.wait_connected());
             tasks.push(tokio::spawn(send.instrument(span.clone())));
         }
+        tasks.push(tokio::spawn(self.connect_watchdog(&id, p.session.wait_connected()).instrument(span.clone())));
         *p.tasks.lock().unwrap() = tasks;
         let first = {
             let mut ps = self.participants.lock().unwrap();
@@ -635,6 +636,30 @@ impl Room {
         self.emit(RoomEvent::Joined { ts: crate::ids::now_ms(), participant: p.who(), source, kind });
         handler.ready();
         Ok((id, answer))
+    }
+
+    /// Removes participant `id` if its session is not connected within the transport's
+    /// [`crate::transport::Transport::connect_deadline`] (a client that never finished ICE or
+    /// DTLS), so it holds no port, tile or load. The removal runs on a task of its own: `leave`
+    /// awaits this watchdog's task.
+    fn connect_watchdog(
+        self: &Arc<Self>,
+        id: &str,
+        connected: impl std::future::Future<Output = bool> + Send + 'static,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (room, id, deadline) = (Arc::downgrade(self), id.to_string(), self.deps.transport.connect_deadline());
+        async move {
+            if tokio::time::timeout(deadline, connected).await.is_ok() {
+                return;
+            }
+            let Some(room) = room.upgrade() else { return };
+            tracing::warn!(deadline_s = deadline.as_secs(), "not connected in time: removing the participant");
+            tokio::spawn(async move {
+                if let Some(reg) = room.registry.upgrade() {
+                    reg.leave(&room.name, &id, "not connected").await;
+                }
+            });
+        }
     }
 
     async fn leave(&self, id: &str, reason: &str) -> bool {

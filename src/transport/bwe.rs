@@ -92,9 +92,10 @@ impl Estimate {
 /// Weight of a new reception report in the smoothed loss (reports come about once a second).
 const REPORT_SMOOTHING: f64 = 0.3;
 
-/// Slot of [`ReportedLoss`]: application side of the receiver-report interceptor (10 000), which
-/// lets reports through.
-pub const REPORTED_LOSS_SLOT: usize = 13_500;
+/// Slot of [`ReportedLoss`]: application side of the sender-report interceptor (11 000), which
+/// lets reception reports through; free between webrtc-rs's interval PLI (12 000) and jitter
+/// buffer (13 000) slots, below `demux::SLOT` and `rtcp::SLOT`.
+pub const REPORTED_LOSS_SLOT: usize = 12_500;
 
 /// Reads the `fraction lost` of every reception report the receiver sends (in its RR or SR
 /// packets; the largest of a packet's blocks, so the worse of audio and video) into an
@@ -241,5 +242,18 @@ mod tests {
         e.note_report(128);
         let l2 = e.reported_loss().unwrap();
         assert!((l2 - (l + 0.3 * (0.5 - l))).abs() < 1e-9, "{l2}");
+    }
+
+    /// A slot holds one interceptor: a second one there replaces the first (webrtc-rs warns
+    /// and goes on), as this one once replaced the demultiplexer's SSRC watch.
+    #[test]
+    fn tessera_interceptor_slots_are_distinct() {
+        let slots = [REPORTED_LOSS_SLOT, crate::transport::demux::SLOT, crate::transport::rtcp::SLOT];
+        for (i, a) in slots.iter().enumerate() {
+            assert!(slots[i + 1..].iter().all(|b| b != a), "slot {a} used twice: {slots:?}");
+        }
+        for builtin in [10_000, 11_000, 12_000, 13_000] {
+            assert!(!slots.contains(&builtin), "slot {builtin} is webrtc-rs's own");
+        }
     }
 }

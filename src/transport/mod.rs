@@ -129,6 +129,8 @@ pub struct Transport {
     lite: bool,
     /// ICE disconnected / failed timeouts and keepalive interval.
     ice_timeouts: (Duration, Duration, Duration),
+    /// How long a session may take to connect (ICE, then DTLS) before it is given up.
+    connect_deadline: Duration,
     ice_servers: Vec<RTCIceServer>,
     pli_interval: Duration,
     /// Where a receiver's bandwidth estimate starts, bits/s (above the largest tier's need, so a
@@ -178,6 +180,14 @@ pub fn parse_ice_server(url: &str) -> RTCIceServer {
 }
 
 impl Transport {
+    /// How long a session may take from its answer to `connected` (ICE and the DTLS handshake)
+    /// before the room gives it up: twice `--peer-timeout-ms` (at least 10 s). ICE failure ends a
+    /// session sooner; this also catches a DTLS handshake that failed after ICE connected, which
+    /// leaves webrtc-rs's connection state at `connecting` for good.
+    pub fn connect_deadline(&self) -> Duration {
+        self.connect_deadline
+    }
+
     /// Transport settings from the server configuration; binds the shared media ports (needs a
     /// tokio runtime).
     ///
@@ -206,7 +216,9 @@ impl Transport {
             }
         };
         let half = Duration::from_millis(cfg.peer_timeout_ms / 2);
+        let connect_deadline = Duration::from_millis(cfg.peer_timeout_ms).max(Duration::from_secs(5)) * 2;
         Ok(Self {
+            connect_deadline,
             media,
             lite: cfg.ice_lite,
             // Consent (RFC 7675): the agent checks the selected pair every 2 s; with nothing heard
