@@ -394,27 +394,16 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;
 
     use super::*;
-    use crate::signaling::auth::Auth;
     use crate::signaling::router;
 
     fn state(options: MetricsOptions) -> AppState {
-        let cfg = crate::config::Config { udp_port: 0, tcp_port: 0, ..crate::config::Config::default() };
-        let deps = crate::room::RoomDeps {
-            transport: crate::transport::Transport::new(&cfg).unwrap(),
-            backends: crate::pipelines::Backends::new("cpu", None),
-            format: crate::media::tiers::OutputFormat { width: 320, height: 180, fps: 30, kbps: 300 },
-            audio_kbps: 32,
-            jitter_ms: 50,
-            recordings_dir: std::env::temp_dir(),
-        };
-        AppState::new(Arc::new(Rooms::new(deps)), Auth::new(None)).with_metrics(options)
+        crate::signaling::test_state().with_metrics(options)
     }
 
     async fn get(app: &axum::Router, auth: Option<&str>) -> (StatusCode, HeaderMap, String) {

@@ -334,8 +334,30 @@ fn range_is_well_formed(v: &str) -> bool {
 }
 
 /// The room `room`, or 404.
+/// `201 Created` with `Location: location` (a path of ASCII ids) and `body` as JSON: what a call
+/// that makes a resource answers (a recording, an egress).
+fn created(location: &str, body: impl serde::Serialize) -> Response {
+    let location = HeaderValue::from_str(location).expect("ids are ASCII");
+    (StatusCode::CREATED, [(header::LOCATION, location)], axum::Json(body)).into_response()
+}
+
 fn room_of(st: &AppState, room: &str) -> Result<Arc<crate::room::Room>, ApiError> {
     st.rooms.get(room).ok_or_else(|| ApiError::NotFound(format!("room {room:?}")))
+}
+
+/// An app state for unit tests: rooms of 320x180 output on ephemeral media ports, no tokens.
+#[cfg(test)]
+pub(super) fn test_state() -> AppState {
+    let cfg = crate::config::Config { udp_port: 0, tcp_port: 0, ..crate::config::Config::default() };
+    let deps = crate::room::RoomDeps {
+        transport: crate::transport::Transport::new(&cfg).unwrap(),
+        backends: crate::pipelines::Backends::new("cpu", None),
+        format: crate::media::tiers::OutputFormat { width: 320, height: 180, fps: 30, kbps: 300 },
+        audio_kbps: 32,
+        jitter_ms: 50,
+        recordings_dir: std::env::temp_dir(),
+    };
+    AppState::new(Arc::new(Rooms::new(deps)), Auth::new(None))
 }
 
 #[cfg(test)]
@@ -352,16 +374,7 @@ mod tests {
         [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS];
 
     fn state() -> AppState {
-        let cfg = crate::config::Config { udp_port: 0, tcp_port: 0, ..crate::config::Config::default() };
-        let deps = crate::room::RoomDeps {
-            transport: crate::transport::Transport::new(&cfg).unwrap(),
-            backends: crate::pipelines::Backends::new("cpu", None),
-            format: crate::media::tiers::OutputFormat { width: 320, height: 180, fps: 30, kbps: 300 },
-            audio_kbps: 32,
-            jitter_ms: 50,
-            recordings_dir: std::env::temp_dir(),
-        };
-        AppState::new(Arc::new(Rooms::new(deps)), Auth::new(None))
+        test_state()
     }
 
     /// Whether `method` on `path` reaches a handler: axum answers an unrouted one with an empty

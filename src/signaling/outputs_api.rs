@@ -19,9 +19,7 @@ pub(super) async fn start_recording(
     let r = room_of(&st, &room)?;
     let b: RecordingBody = json_body(&headers, &body)?;
     let info = r.start_recording(b.format, b.file.as_deref())?;
-    let location = format!("/v1/rooms/{room}/recordings/{}", info.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, HeaderValue::from_str(&location).expect("ascii"))], axum::Json(info))
-        .into_response())
+    Ok(created(&format!("/v1/rooms/{room}/recordings/{}", info.id), info))
 }
 
 pub(super) async fn list_recordings(
@@ -89,9 +87,7 @@ pub(super) async fn start_egress(
     let r = room_of(&st, &room)?;
     let b: EgressBody = json_body(&headers, &body)?;
     let info = r.start_egress(b.url.as_deref(), b.hls.as_deref())?;
-    let location = format!("/v1/rooms/{room}/egress/{}", info.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, HeaderValue::from_str(&location).expect("ascii"))], axum::Json(info))
-        .into_response())
+    Ok(created(&format!("/v1/rooms/{room}/egress/{}", info.id), info))
 }
 
 pub(super) async fn list_egress(
