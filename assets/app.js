@@ -124,14 +124,18 @@ const iceServers = () => {
   return Array.isArray(s) ? s : [];
 };
 
-// Put VP8 first, H264 as fallback, keep retransmission/FEC helpers.
-function preferVP8(transceiver) {
+// The server's codec order (GET /v1/config video_codec_order: H264 first where a GPU encodes it,
+// VP8 first on the CPU), then retransmission/FEC helpers; other codecs are left out.
+function preferCodecs(transceiver) {
   try {
     if (!transceiver.setCodecPreferences || !RTCRtpReceiver.getCapabilities) return;
     const codecs = RTCRtpReceiver.getCapabilities('video').codecs;
+    const order = (tessera.config && Array.isArray(tessera.config.video_codec_order))
+      ? tessera.config.video_codec_order : ['vp8', 'h264'];
     const rank = (c) => {
       const m = c.mimeType.toLowerCase();
-      return m === 'video/vp8' ? 0 : m === 'video/h264' ? 1 : /rtx|red|ulpfec/.test(m) ? 2 : 9;
+      const i = order.indexOf(m.replace('video/', ''));
+      return i >= 0 ? i : /rtx|red|ulpfec/.test(m) ? order.length : 9;
     };
     const sorted = codecs.filter((c) => rank(c) < 9).sort((a, b) => rank(a) - rank(b));
     if (sorted.length) transceiver.setCodecPreferences(sorted);
@@ -328,7 +332,7 @@ async function connect() {
     } else {
       vt = pc.addTransceiver('video', { direction: 'recvonly' });
     }
-    preferVP8(vt);
+    preferCodecs(vt);
     if (micTrack) pc.addTransceiver(micTrack, { direction: 'sendrecv', streams: [localStream] });
     else pc.addTransceiver('audio', { direction: 'recvonly' });
     // Room events: the channel must exist before the offer so it has an m=application section.
@@ -825,7 +829,7 @@ async function startShare() {
     stream = await navigator.mediaDevices.getDisplayMedia({ video: true });
     const track = stream.getVideoTracks()[0];
     pc = new RTCPeerConnection({ iceServers: iceServers(), bundlePolicy: 'max-bundle' });
-    preferVP8(pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] }));
+    preferCodecs(pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] }));
     const share = tessera.screen = { pc, stream, location: null, id: null };
     track.onended = () => { if (tessera.screen === share) stopShare(); }; // stopped in the browser UI
     const name = $('name').value.trim() || 'guest';

@@ -37,8 +37,8 @@ PLUGINDIR=/usr/lib/x86_64-linux-gnu/gstreamer-1.0
 # audioresample, audiotestsrc, opusdec (opus), opusparse (opusparse, for recordings), textrender textoverlay (pango), rtpvp8pay
 # rtpvp8depay rtph264pay rtph264depay rtpopusdepay (rtp), rtpjitterbuffer (rtpmanager), vp8enc vp8dec
 # (vpx), matroskademux (matroska), x264enc (x264), openh264dec (openh264), h264parse av1parse
-# (videoparsersbad), nv*/cuda* (nvcodec).
-PLUGINS="coreelements app videoconvertscale videotestsrc audioconvert audioresample audiotestsrc opus opusparse pango rtp rtpmanager vpx matroska x264 openh264 videoparsersbad nvcodec"
+# (videoparsersbad), errorignore, the GPU fragments' guard (debugutilsbad), nv*/cuda* (nvcodec).
+PLUGINS="coreelements app videoconvertscale videotestsrc audioconvert audioresample audiotestsrc opus opusparse pango rtp rtpmanager vpx matroska x264 openh264 videoparsersbad debugutilsbad nvcodec"
 GLIBC="ld-linux-x86-64.so.2 libc.so.6 libm.so.6 libpthread.so.0 libdl.so.2 librt.so.1 libresolv.so.2 libanl.so.1 libutil.so.1"
 FONTS="/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf /usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 

@@ -220,6 +220,15 @@ fn accelerators(gpu: &[(&str, Vec<Resolution>)]) -> Vec<Accelerator> {
     ]
 }
 
+/// The video codecs to offer browsers, most preferred first, given the backend that encodes
+/// H.264 (`None` or `cpu`: VP8 first, the CPU default; a GPU: H.264 first, encoded there).
+pub fn video_codec_order(h264_encode: Option<&str>) -> [&'static str; 2] {
+    match h264_encode {
+        Some(b) if b != "cpu" => ["h264", "vp8"],
+        _ => ["vp8", "h264"],
+    }
+}
+
 /// The policy for the roles of the asked backend.
 pub fn policy(roles: &[Resolution]) -> Policy {
     let gpu = |role: Role| -> Option<String> {
@@ -228,7 +237,7 @@ pub fn policy(roles: &[Resolution]) -> Policy {
     let encode = gpu(Role::H264Encode);
     let gpu_decode = gpu(Role::Vp8Decode).is_some() || gpu(Role::H264Decode).is_some();
     let gpu_composite = gpu(Role::Composite).is_some();
-    let order: &[&str] = if encode.is_some() { &["h264", "vp8"] } else { &["vp8", "h264"] };
+    let order = video_codec_order(encode.as_deref());
     let summary = match (&encode, gpu_decode || gpu_composite) {
         (Some(b), _) => format!(
             "H.264 is encoded on the GPU ({b}): offer browsers H.264 first; a VP8 receiver still costs the room a libvpx encode"
@@ -477,7 +486,7 @@ mod tests {
         let enc = rep.role(Role::Vp8Encode).unwrap();
         assert_eq!(enc.backend.as_deref(), Some("cpu"));
         assert!(enc.reason.contains("bad#0: probe failed"), "{}", enc.reason);
-        let _ = bad.verify(Duration::from_secs(10));
+        let _ = bad.verify(crate::pipelines::Check::Probe(Duration::from_secs(10)));
         assert_eq!(bad.build(Role::Vp8Encode, Params::TYPICAL).unwrap().fragment.backend, "cpu");
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -264,6 +264,8 @@ pub struct Backends {
     backend: String,
     dir: Option<PathBuf>,
     failed: Arc<Mutex<Marks>>,
+    /// The backend of the fragment last built (or verified) for each role.
+    serving: Arc<Mutex<HashMap<Role, String>>>,
 }
 
 /// (role, backend, variant) → why it was taken out.
@@ -272,7 +274,7 @@ type Marks = HashMap<(Role, String, usize), String>;
 impl Backends {
     /// A factory for `backend` (a folder name), reading from `dir` when given, else the embedded copies.
     pub fn new(backend: &str, dir: Option<PathBuf>) -> Self {
-        Self { backend: backend.to_string(), dir, failed: Arc::default() }
+        Self { backend: backend.to_string(), dir, failed: Arc::default(), serving: Arc::default() }
     }
 
     /// The backend asked for (`--backend`).
@@ -378,6 +380,7 @@ impl Backends {
                         }
                         tracing::debug!(role = role.name(), backend = %f.backend, variant = f.variant,
                             desc = %f.description, "pipeline fragment");
+                        self.serving.lock().unwrap().insert(role, f.backend.clone());
                         return Ok(Built { bin, fragment: f });
                     }
                     Err(o) => o,
@@ -456,20 +459,33 @@ impl Backends {
         }
     }
 
-    /// Probes every [`Role::CORE`] role ([`Backends::resolve`] with [`Check::Probe`]) and marks the
-    /// candidates whose probe failed, so that [`Backends::build`] skips them from now on: call
-    /// once at start-up, on a blocking thread (instant without GPU elements, up to a few seconds
-    /// with them). Returns the resolutions (for the start-up log).
-    pub fn verify(&self, timeout: Duration) -> Vec<Resolution> {
-        let all: Vec<Resolution> = Role::CORE.iter().map(|&r| self.resolve(r, Check::Probe(timeout))).collect();
+    /// Checks every [`Role::CORE`] role as `check` says ([`Backends::resolve`]), marks the
+    /// candidates whose probe failed, so that [`Backends::build`] skips them from now on, and
+    /// records the backend serving each role ([`Backends::serving`]): call once at start-up, on a
+    /// blocking thread (milliseconds with [`Check::Parse`]; with [`Check::Probe`] instant without
+    /// GPU elements, up to a few seconds with them). Returns the resolutions (for the start-up log).
+    pub fn verify(&self, check: Check) -> Vec<Resolution> {
+        let all: Vec<Resolution> = Role::CORE.iter().map(|&r| self.resolve(r, check)).collect();
+        let mut serving = self.serving.lock().unwrap();
         for r in &all {
             for t in &r.tried {
                 if let Outcome::ProbeFailed { error } = &t.outcome {
                     self.mark_failed(r.role, &t.fragment, error);
                 }
             }
+            if let Some(b) = &r.backend {
+                serving.insert(r.role, b.clone());
+            }
         }
         all
+    }
+
+    /// The backend serving each [`Role::CORE`] role now, in that order: as [`Backends::verify`]
+    /// found it, then as the last [`Backends::build`] for the role chose (`cpu` after a run-time
+    /// fallback); `None` before either ran for the role.
+    pub fn serving(&self) -> Vec<(Role, Option<String>)> {
+        let serving = self.serving.lock().unwrap();
+        Role::CORE.iter().map(|r| (*r, serving.get(r).cloned())).collect()
     }
 }
 

@@ -40,6 +40,7 @@ impl Server {
             jitter_ms: cfg.jitter_ms,
             recordings_dir: cfg.recordings_dir.clone(),
         };
+        log_backends(&deps.backends).await?;
         let rooms = Arc::new(Rooms::with_limits(deps, admission_limits(&cfg)));
         tracing::info!(limits = %rooms.limits(), "admission");
         let auth = crate::signaling::auth::Auth::new(cfg.api_secret.as_deref().filter(|s| !s.is_empty()));
@@ -109,6 +110,33 @@ impl Server {
         self.task.await??;
         Ok(())
     }
+}
+
+/// Longest a start-up probe of a GPU fragment may run (a GPU's first use takes 0.2-2 s).
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Checks which backend serves each media role — by running a small pipeline through each GPU
+/// candidate (`tessera doctor`'s probe), by parsing on `cpu` — so that rooms never start on a
+/// fragment that cannot run here, and logs one line per role and the codec policy that follows.
+async fn log_backends(backends: &Backends) -> anyhow::Result<()> {
+    let check = if backends.backend() == "cpu" {
+        crate::pipelines::Check::Parse
+    } else {
+        crate::pipelines::Check::Probe(PROBE_TIMEOUT)
+    };
+    let b = backends.clone();
+    let roles = tokio::task::spawn_blocking(move || b.verify(check)).await?;
+    for r in &roles {
+        let backend = r.backend.as_deref().unwrap_or("none");
+        if r.fell_back() {
+            tracing::warn!(role = r.role.name(), wanted = %r.wanted, %backend, reason = %r.reason, "media role");
+        } else {
+            tracing::info!(role = r.role.name(), %backend, "media role");
+        }
+    }
+    let policy = crate::doctor::policy(&roles);
+    tracing::info!(video_codec_order = ?policy.video_codec_order, "{}", policy.summary);
+    Ok(())
 }
 
 /// Longest a shutdown waits for recordings of rooms that ended before it to be finalized.

@@ -17,10 +17,26 @@ use gstreamer as gst;
 use gstreamer_app as gst_app;
 
 use super::bus::watch_bus;
+use super::fallback::FragmentSlot;
 use super::jitter_target::JitterTarget;
 use super::video::{VideoError, VideoInput};
 use crate::codec::VideoCodec;
 use crate::pipelines::{Backends, Params, Role};
+
+/// Asks the decoders inside `bin` to request keyframes on corrupt frames and to drop them.
+fn tune_decoder(bin: &gst::Element) {
+    let Some(bin) = bin.downcast_ref::<gst::Bin>() else { return };
+    for e in bin.iterate_recurse().into_iter().flatten() {
+        if e.is::<gstreamer_video::VideoDecoder>() {
+            if e.find_property("automatic-request-sync-points").is_some() {
+                e.set_property("automatic-request-sync-points", true);
+            }
+            if e.find_property("discard-corrupted-frames").is_some() {
+                e.set_property("discard-corrupted-frames", true);
+            }
+        }
+    }
+}
 
 /// Called (from a GStreamer thread) when the decoder needs a keyframe from the publisher.
 pub type KeyframeNeeded = Arc<dyn Fn() + Send + Sync>;
@@ -35,6 +51,9 @@ pub struct VideoIngest {
     jitter: gst::Element,
     target: Mutex<JitterTarget>,
     label: String,
+    /// The decoder fragment (swapped for `cpu`'s when a GPU decoder fails while running).
+    decoder: Arc<FragmentSlot>,
+    on_keyframe_needed: KeyframeNeeded,
 }
 
 impl Drop for VideoIngest {
@@ -98,17 +117,8 @@ impl VideoIngest {
         if depay.find_property("wait-for-keyframe").is_some() {
             depay.set_property("wait-for-keyframe", true);
         }
-        let dec = backends.make_bin(role, Params { kbps: 0, keyint: 0, fps: 30 })?;
-        for e in dec.iterate_recurse().into_iter().flatten() {
-            if e.is::<gstreamer_video::VideoDecoder>() {
-                if e.find_property("automatic-request-sync-points").is_some() {
-                    e.set_property("automatic-request-sync-points", true);
-                }
-                if e.find_property("discard-corrupted-frames").is_some() {
-                    e.set_property("discard-corrupted-frames", true);
-                }
-            }
-        }
+        let decoder = FragmentSlot::new(label, role, Params { kbps: 0, keyint: 0, fps: 30 }, backends)?;
+        tune_decoder(&decoder.element());
         // The room canvas takes I420 (what the CPU decoders give: then this is a passthrough);
         // hardware decoders may give NV12.
         let convert = gst::ElementFactory::make("videoconvert").build().map_err(|e| err(&e))?;
@@ -123,10 +133,13 @@ impl VideoIngest {
         sink.set_property("async", false);
         let jitter_sink = jitter.static_pad("sink").ok_or_else(|| err(&"rtpjitterbuffer has no sink pad"))?;
         let elements: Vec<gst::Element> =
-            vec![jitter.clone(), valve.clone(), depay, dec.upcast(), convert, sink.clone().upcast()];
+            vec![jitter.clone(), valve.clone(), depay, decoder.guard().clone(), decoder.element(), convert.clone()];
         pipeline.add_many(&elements).map_err(|e| err(&e))?;
-        gst::Element::link_many(&elements).map_err(|e| err(&e))?;
-        let src = rtp_source_pad(&caps, on_keyframe_needed);
+        pipeline.add(&sink).map_err(|e| err(&e))?;
+        gst::Element::link_many(&elements[..4]).map_err(|e| err(&e))?;
+        decoder.link(&convert)?;
+        convert.link(&sink).map_err(|e| err(&e))?;
+        let src = rtp_source_pad(&caps, on_keyframe_needed.clone());
         src.link(&jitter_sink).map_err(|e| err(&e))?;
 
         sink.set_callbacks(
@@ -139,13 +152,30 @@ impl VideoIngest {
                 .build(),
         );
         watch_bus(&pipeline, label.to_string());
-        pipeline.set_state(gst::State::Playing).map_err(|e| err(&e))?;
+        while let Err(e) = pipeline.set_state(gst::State::Playing) {
+            // A GPU decoder that does not start: the next candidate (`cpu` in the end).
+            if !decoder.on_gpu() {
+                return Err(err(&e));
+            }
+            let _ = pipeline.set_state(gst::State::Null);
+            decoder.fall_back(&format!("did not start: {e}"))?;
+            tune_decoder(&decoder.element());
+        }
         src.set_active(true).map_err(|e| err(&e))?;
         // Sticky: stored on the pad and sent ahead of the first buffer.
         let _ = src.push_event(gst::event::StreamStart::new(label));
         let _ = src.push_event(gst::event::Caps::new(&caps));
         let _ = src.push_event(gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new()));
-        Ok(Self { pipeline, src, valve, jitter, target: Mutex::new(JitterTarget::new(jitter_ms)), label: label.into() })
+        Ok(Self {
+            pipeline,
+            src,
+            valve,
+            jitter,
+            target: Mutex::new(JitterTarget::new(jitter_ms)),
+            label: label.into(),
+            decoder,
+            on_keyframe_needed,
+        })
     }
 
     /// A switch for the room's layout: `false` stops depayloading and decoding (the tile is not
@@ -185,6 +215,31 @@ impl VideoIngest {
 }
 
 impl VideoIngest {
+    /// The backend decoding this track: `--backend`'s, or `cpu` after a fallback.
+    pub fn decoder_backend(&self) -> String {
+        self.decoder.backend()
+    }
+
+    /// A GPU decoder that failed while running is swapped for the next candidate (`cpu` in the
+    /// end) on a thread of its own, and the publisher is asked for a keyframe to start it.
+    fn check_decoder(&self) {
+        if !self.decoder.on_gpu() || self.decoder.failure().is_none() {
+            return;
+        }
+        let (decoder, keyframe, label) = (self.decoder.clone(), self.on_keyframe_needed.clone(), self.label.clone());
+        let swap = move || {
+            if decoder.check() {
+                tune_decoder(&decoder.element());
+                keyframe();
+            } else {
+                tracing::warn!(tile = %label, "the failed decoder was not replaced");
+            }
+        };
+        if let Err(e) = std::thread::Builder::new().name("ingest-fallback".into()).spawn(swap) {
+            tracing::error!(tile = %self.label, "no thread for the decoder fallback: {e}");
+        }
+    }
+
     /// Once a [`super::jitter_target::PERIOD`]: reads the jitter buffer's `stats` (`num-lost`)
     /// and sets the latency [`JitterTarget`] asks for.
     fn adapt_latency(&self, now: Instant) {
@@ -192,6 +247,7 @@ impl VideoIngest {
         if !target.due(now) {
             return;
         }
+        self.check_decoder();
         let stats: gst::Structure = self.jitter.property("stats");
         let lost = stats.get::<u64>("num-lost").unwrap_or(0);
         if let Some(ms) = target.update(now, lost) {

@@ -6,6 +6,7 @@ pub mod audio;
 pub mod bus;
 pub mod canvas;
 pub mod downstream;
+pub mod fallback;
 pub mod fanout;
 pub mod ingest;
 pub mod jitter_target;

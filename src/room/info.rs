@@ -70,6 +70,8 @@ pub struct EncoderInfo {
     pub kbps: u32,
     /// Receivers on it (recordings and egress not counted).
     pub receivers: usize,
+    /// The backend that encodes it: `--backend`'s, or `cpu` after a fallback (`tessera doctor`).
+    pub backend: String,
 }
 
 /// Audio/video flags.
@@ -117,6 +119,8 @@ pub struct RoomInfo {
     pub frames_dropped: u64,
     /// Composite frames not encoded because nothing in them changed (sent once a second instead).
     pub frames_unchanged: u64,
+    /// GPU encoders replaced by the next candidate (`cpu` in the end) after failing.
+    pub encoder_fallbacks: u64,
     /// Keyframes forced on the room's encoders (coalesced: receivers joining together share one).
     pub keyframes_forced: u64,
     /// Video encoder branches running (one per codec and output tier in use).
@@ -193,6 +197,7 @@ impl Room {
         let options = self.options.lock().unwrap().clone();
         let plis_now: u64 = participants.iter().map(|p| p.plis_sent).sum();
         let requests_now: u64 = participants.iter().map(|p| p.keyframe_requests).sum();
+        let backends = self.video.encoder_backends();
         let encoder_branches = self
             .video
             .encoder_branches()
@@ -203,6 +208,10 @@ impl Room {
                 size: tier.size(format),
                 kbps: tier.kbps(format),
                 receivers,
+                backend: backends
+                    .iter()
+                    .find(|(c, t, _)| (*c, *t) == (codec, tier))
+                    .map_or_else(String::new, |(_, _, b)| b.clone()),
             })
             .collect();
         let audio = self.audio.stats();
@@ -219,6 +228,7 @@ impl Room {
             frames_out: stats.frames_out.load(Ordering::Relaxed),
             frames_dropped: stats.frames_dropped.load(Ordering::Relaxed),
             frames_unchanged: stats.frames_unchanged.load(Ordering::Relaxed),
+            encoder_fallbacks: stats.fallbacks.load(Ordering::Relaxed),
             keyframes_forced: stats.keyframes_forced.load(Ordering::Relaxed),
             encoders: self.video.encoders(),
             encoder_branches,

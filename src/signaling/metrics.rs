@@ -366,6 +366,17 @@ fn admission_metrics(r: &Registry, rooms: &Rooms) {
     gauge("tessera_max_load", "Load past which joins and new rooms are refused (--max-load), units", ready.max_load);
     int_gauge(r, "tessera_draining", "1 while the node drains (takes no new rooms or joins)")
         .set(i64::from(ready.draining));
+    let roles = int_gauge_vec(
+        r,
+        "tessera_role_backend",
+        "1 for the backend serving each media role (cpu after a GPU fragment failed; tessera doctor)",
+        &["role", "backend"],
+    );
+    for (role, backend) in rooms.deps().backends.serving() {
+        if let Some(b) = backend {
+            roles.with_label_values(&[role.name(), b.as_str()]).set(1);
+        }
+    }
 }
 
 fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {

@@ -294,7 +294,15 @@ async fn client_config(State(st): State<AppState>) -> impl IntoResponse {
         .map(|s| serde_json::json!({"urls": s.urls, "username": s.username, "credential": s.credential}))
         .collect();
     // Simulcast publishing: the server decodes each publisher at the layer that fits its tile.
-    axum::Json(serde_json::json!({ "ice_servers": servers, "auth": st.auth.enabled(), "simulcast": true }))
+    // H.264 first where a GPU encodes it (`tessera doctor`'s policy), VP8 first on the CPU.
+    let h264 = st.rooms.deps().backends.serving().into_iter().find(|(r, _)| *r == crate::pipelines::Role::H264Encode);
+    let order = crate::doctor::video_codec_order(h264.and_then(|(_, b)| b).as_deref());
+    axum::Json(serde_json::json!({
+        "ice_servers": servers,
+        "auth": st.auth.enabled(),
+        "simulcast": true,
+        "video_codec_order": order,
+    }))
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {

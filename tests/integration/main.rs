@@ -14,6 +14,7 @@ mod doctor;
 mod edge;
 mod egress;
 mod events;
+mod fallback;
 mod firefox;
 mod http_hygiene;
 mod join_grid;

@@ -86,6 +86,7 @@ pub(super) fn spawn(video: Weak<super::Inner>, src: gst_app::AppSrc, period: Dur
             }
             let now = Instant::now();
             inner.encoders.force_due_keyframes(now);
+            inner.encoders.check_fragments();
             let asked = inner.requests.take();
             let drawn = inner.compositor.take_dirty();
             if !pacer.tick(now, drawn, asked) {

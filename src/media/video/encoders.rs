@@ -25,6 +25,7 @@ use gstreamer_app as gst_app;
 use rtc::shared::marshal::Unmarshal;
 use tokio::sync::broadcast;
 
+use super::super::fallback::FragmentSlot;
 use super::super::fanout::{OutFrame, OutPacket, starts_keyframe};
 use super::super::tiers::{OutputFormat, Tier};
 use super::clock::OutputRequests;
@@ -63,7 +64,14 @@ pub(super) struct Encoders {
     deferred: AtomicBool,
     /// Branches attached with a keyframe interval (the clock polls the gates then).
     periodic: AtomicU32,
+    /// Some branch encodes on a GPU fragment (the clock checks them for failures then).
+    on_gpu: AtomicBool,
+    /// Clock ticks since the last check of the GPU fragments.
+    ticks: AtomicU32,
 }
+
+/// Clock ticks between checks of the branches' GPU fragments (half a second at 30 fps).
+const CHECK_EVERY_TICKS: u32 = 15;
 
 struct Output {
     tx: broadcast::Sender<Arc<OutFrame>>,
@@ -77,6 +85,8 @@ struct Output {
     every: Vec<(gst::Pad, Duration)>,
     /// Encoded frames before the payloader: recordings and egress attach here.
     encoded: gst::Element,
+    /// The encoder fragment (swapped for `cpu`'s when a GPU encoder fails while running).
+    encoder: Arc<FragmentSlot>,
 }
 
 impl Encoders {
@@ -101,6 +111,8 @@ impl Encoders {
             requests,
             deferred: AtomicBool::new(false),
             periodic: AtomicU32::new(0),
+            on_gpu: AtomicBool::new(false),
+            ticks: AtomicU32::new(0),
         }
     }
 
@@ -142,7 +154,8 @@ impl Encoders {
         };
         for o in idle {
             let (pipeline, tee, room) = (self.pipeline.clone(), self.tee.clone(), self.room.clone());
-            let elements = o.elements;
+            let mut elements = o.elements;
+            elements.push(o.encoder.element());
             // Unlink at an idle moment of the tee's pad (no buffer in flight), then stop the
             // branch off the streaming thread.
             o.tee_pad.add_probe(gst::PadProbeType::IDLE, move |pad, _| {
@@ -183,6 +196,41 @@ impl Encoders {
             let decision = o.gate.lock().unwrap().poll(now, every);
             self.act(o, decision);
         }
+    }
+
+    /// Room clock, each tick: every [`CHECK_EVERY_TICKS`], swaps the branches' GPU encoders that
+    /// failed while running for the next candidate (`cpu` in the end; [`FragmentSlot`]). One
+    /// atomic load when no branch encodes on a GPU.
+    pub(super) fn check_fragments(&self) {
+        if !self.on_gpu.load(Ordering::Relaxed)
+            || !self.ticks.fetch_add(1, Ordering::Relaxed).is_multiple_of(CHECK_EVERY_TICKS)
+        {
+            return;
+        }
+        let outs = self.outputs.lock().unwrap();
+        let mut still = false;
+        for ((codec, tier), o) in outs.iter() {
+            if o.encoder.check() {
+                self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(room = %self.room, ?codec, ?tier, backend = %o.encoder.backend(), "encoder branch fell back");
+                self.request_keyframe_locked(o);
+            }
+            still |= o.encoder.on_gpu();
+        }
+        self.on_gpu.store(still, Ordering::Relaxed);
+    }
+
+    fn request_keyframe_locked(&self, o: &Output) {
+        let decision = o.gate.lock().unwrap().request(Instant::now());
+        self.act(o, decision);
+    }
+
+    /// The backend of each branch's encoder: (codec, tier, backend), sorted.
+    pub(super) fn backends_in_use(&self) -> Vec<(VideoCodec, Tier, String)> {
+        let outs = self.outputs.lock().unwrap();
+        let mut v: Vec<_> = outs.iter().map(|((c, t), o)| (*c, *t, o.encoder.backend())).collect();
+        v.sort_by_key(|(c, t, _)| (c.encoding_name(), *t));
+        v
     }
 
     fn act(&self, o: &Output, decision: Decision) {
@@ -288,7 +336,7 @@ impl Encoders {
             .property_from_str("leaky", "downstream")
             .build()
             .map_err(gst_err)?;
-        let enc = self.backends.make_bin(role, params)?;
+        let encoder = FragmentSlot::new(&self.room, role, params, &self.backends)?;
         // The payloader pushes each frame's packets as one buffer list: one sample per frame.
         let sink = gst_app::AppSink::builder().sync(false).async_(false).max_buffers(64).drop(false).build();
         sink.set_property("buffer-list", true);
@@ -305,9 +353,15 @@ impl Encoders {
                 .build();
             elements.push(gst::ElementFactory::make("capsfilter").property("caps", caps).build().map_err(gst_err)?);
         }
-        elements.extend([enc.upcast(), encoded.clone(), pay, sink.clone().upcast()]);
+        elements.push(encoder.guard().clone());
+        let enc_at = elements.len();
+        elements.extend([encoder.element(), encoded.clone(), pay, sink.clone().upcast()]);
         self.pipeline.add_many(&elements).map_err(gst_err)?;
-        gst::Element::link_many(&elements).map_err(gst_err)?;
+        gst::Element::link_many(&elements[..enc_at]).map_err(gst_err)?;
+        encoder.link(&encoded)?;
+        gst::Element::link_many(&elements[enc_at + 1..]).map_err(gst_err)?;
+        // The slot may have replaced the fragment while linking.
+        elements[enc_at] = encoder.element();
 
         let (tx, _) = broadcast::channel(FANOUT_CAPACITY);
         let gate = Arc::new(Mutex::new(KeyframeGate::default()));
@@ -332,15 +386,35 @@ impl Encoders {
         );
         // Start the branch (sink first) before linking it: a frame pushed into a linked but not
         // yet running branch returns FLUSHING to the tee, which would stop the room clock's pushes.
-        for e in elements.iter().rev() {
-            e.sync_state_with_parent().map_err(gst_err)?;
+        for (i, e) in elements.iter().enumerate().rev() {
+            if let Err(err) = e.sync_state_with_parent() {
+                // A GPU encoder that does not start (no session, a refused preset): the next candidate.
+                if i != enc_at || !encoder.on_gpu() {
+                    return Err(gst_err(err));
+                }
+                encoder.fall_back(&format!("did not start: {err}"))?;
+                self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // From here the branch's elements do not include the encoder (the slot owns it).
+        elements.remove(enc_at);
+        if encoder.on_gpu() {
+            self.on_gpu.store(true, Ordering::Relaxed);
         }
         let src = self.tee.request_pad_simple("src_%u").ok_or_else(|| gst_err("tee pad"))?;
         let queue_sink = queue.static_pad("sink").ok_or_else(|| gst_err("queue has no sink pad"))?;
-        src.link(&queue_sink).map_err(gst_err)?;
+        while let Err(e) = src.link(&queue_sink) {
+            // A GPU encoder that cannot take the composite (its caps reach the tee through the
+            // queue): the next candidate.
+            if !encoder.on_gpu() {
+                return Err(gst_err(e));
+            }
+            encoder.fall_back(&format!("does not take the composite: {e}"))?;
+            self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
         let sink_pad = sink.static_pad("sink").ok_or_else(|| gst_err("appsink has no sink pad"))?;
         tracing::info!(room = %self.room, ?codec, ?tier, "encoder branch started");
-        Ok(Output { tx, tee_pad: src, elements, sink_pad, gate, every: vec![], encoded })
+        Ok(Output { tx, tee_pad: src, elements, sink_pad, gate, every: vec![], encoded, encoder })
     }
 }
 

@@ -69,6 +69,9 @@ pub struct VideoStats {
     /// Composite frames not encoded because nothing in them changed (no new input frame, layout,
     /// label or highlight) since the last one sent.
     pub frames_unchanged: AtomicU64,
+    /// GPU fragments (encoders) replaced by the next candidate, `cpu` in the end, because they
+    /// failed to start or while running (`media::fallback`).
+    pub fallbacks: AtomicU64,
 }
 
 /// The room's tiles, compositor and encoders. Cheap to clone; the pipeline stops when the last
@@ -306,6 +309,12 @@ impl RoomVideo {
     /// The encoder branches running, as (codec, tier, receivers).
     pub fn encoder_branches(&self) -> Vec<(VideoCodec, Tier, usize)> {
         self.inner.encoders.branches()
+    }
+
+    /// The backend encoding each branch, as (codec, tier, backend): the one asked for, or `cpu`
+    /// after a fallback.
+    pub fn encoder_backends(&self) -> Vec<(VideoCodec, Tier, String)> {
+        self.inner.encoders.backends_in_use()
     }
 
     /// A receiver of the room's full-size packets in `codec` ([`RoomVideo::subscribe_tier`] with
