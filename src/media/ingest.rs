@@ -89,6 +89,9 @@ impl VideoIngest {
     ) -> Result<Self, VideoError> {
         let err = |e: &dyn std::fmt::Display| VideoError::Gst(e.to_string());
         let pipeline = gst::Pipeline::with_name(&format!("ingest-{label}"));
+        if backends.backend() != "cpu" {
+            super::gpu_context::share(&pipeline);
+        }
         let caps = gst::Caps::builder("application/x-rtp")
             .field("media", "video")
             .field("clock-rate", 90000i32)

@@ -8,6 +8,7 @@ pub mod canvas;
 pub mod downstream;
 pub mod fallback;
 pub mod fanout;
+pub mod gpu_context;
 pub mod ingest;
 pub mod jitter_target;
 pub mod layout;

@@ -140,6 +140,9 @@ impl RoomVideo {
         let stats = Arc::new(VideoStats::default());
         let compositor: Arc<dyn Compositor> = Arc::new(cpu::CpuCompositor::new(format, stats.clone())?);
         let pipeline = gst::Pipeline::with_name(&format!("room-{room}"));
+        if backends.backend() != "cpu" {
+            super::gpu_context::share(&pipeline);
+        }
         // The composite comes from the room clock thread. No latency of its own (it is pushed the
         // moment it is due), and it never blocks that thread: a full queue drops the oldest.
         let src = gst_app::AppSrc::builder()
