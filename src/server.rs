@@ -23,7 +23,7 @@ pub struct Server {
     /// Where requests for a room run (this node alone, or the nodes sharing Redis).
     pub directory: Arc<dyn RoomDirectory>,
     /// The lease keeper, with `--redis`.
-    keeper: Option<tokio::task::JoinHandle<()>>,
+    keeper: Option<Keeper>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     /// The `--metrics-listen` server, aborted once the main one has finished.
@@ -135,13 +135,16 @@ fn admission_limits(cfg: &Config) -> crate::room::admission::Limits {
     }
 }
 
+/// The task that renews a node's room leases.
+type Keeper = tokio::task::JoinHandle<()>;
+
 /// The room directory: alone, or with `--redis` a [`RedisDirectory`] reachable at the advertise
 /// URL (`addr` being the bound HTTP address) and its running lease keeper.
 fn directory(
     cfg: &Config,
     addr: SocketAddr,
     rooms: &Arc<Rooms>,
-) -> anyhow::Result<(Arc<dyn RoomDirectory>, Option<tokio::task::JoinHandle<()>>)> {
+) -> anyhow::Result<(Arc<dyn RoomDirectory>, Option<Keeper>)> {
     let node = cfg.node();
     let Some(redis) = &cfg.cluster.redis else {
         return Ok((Arc::new(crate::cluster::Alone::new(&node)), None));

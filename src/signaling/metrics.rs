@@ -362,9 +362,17 @@ fn cluster_metrics(r: &Registry, s: &crate::cluster::ClusterStats) {
     let counter = |name: &str, help: &str, n: &std::sync::atomic::AtomicU64| {
         int_counter(r, name, help).inc_by(n.load(Relaxed));
     };
-    counter("tessera_cluster_redis_errors_total", "Redis calls that failed or timed out (served here)", &s.redis_errors);
+    counter(
+        "tessera_cluster_redis_errors_total",
+        "Redis calls that failed or timed out (served here)",
+        &s.redis_errors,
+    );
     counter("tessera_cluster_forwarded_total", "Requests proxied to the node that runs their room", &s.forwarded);
-    counter("tessera_cluster_forward_failures_total", "Proxied requests whose node did not answer", &s.forward_failures);
+    counter(
+        "tessera_cluster_forward_failures_total",
+        "Proxied requests whose node did not answer",
+        &s.forward_failures,
+    );
     counter(
         "tessera_cluster_lease_conflicts_total",
         "Renewals that found the lease of a room running here held by another node",
