@@ -171,9 +171,14 @@ impl Proxy {
         let answer = tokio::time::timeout(ANSWER_TIMEOUT, sent)
             .await
             .map_err(|_| format!("no answer within {} s", ANSWER_TIMEOUT.as_secs()))?
-            .map_err(|e| match std::error::Error::source(&e) {
-                Some(cause) => format!("{e}: {cause}"),
-                None => e.to_string(),
+            .map_err(|e| {
+                let mut why = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    why.push_str(&format!(": {c}"));
+                    cause = c.source();
+                }
+                why
             })?;
         Ok(answer.map(Body::new))
     }

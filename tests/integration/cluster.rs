@@ -55,11 +55,17 @@ struct Node {
 }
 
 async fn node(name: &'static str, redis: &str) -> Node {
+    node_with(name, redis, &[]).await
+}
+
+/// A node with `extra` flags.
+async fn node_with(name: &'static str, redis: &str, extra: &[&str]) -> Node {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--udp-ports", "0", "--media-ip", "127.0.0.1"])
         .args(["--redis", redis, "--node-name", name, "--lease-ttl", &format!("{}s", TTL.as_secs())])
         .args(["--drain-timeout", "0s"])
+        .args(extra)
         .env("RUST_LOG", "warn,tessera::cluster=info,tessera::signaling::forward=info")
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
@@ -255,4 +261,46 @@ async fn a_node_whose_redis_is_down_serves_alone_and_counts_it() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     assert!(errors > 0, "Redis failures are not counted:\n{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_travel_with_proxied_calls_and_the_owner_checks_them() {
+    use tessera::signaling::auth::{Auth, Grants};
+    let _serial = common::serial().await;
+    const SECRET: &str = "cluster-secret-0123456789";
+    let (_redis, url) = redis_server().await;
+    let a = node_with("a", &url, &["--api-secret", SECRET]).await;
+    let b = node_with("b", &url, &["--api-secret", SECRET]).await;
+    wait_heartbeats(&url, &["a", "b"]).await;
+    let auth = Auth::new(Some(SECRET));
+    let hour = Duration::from_secs(3600);
+    let admin = auth.mint("*", "ops", None, Grants { publish: false, subscribe: false, admin: true }, hour);
+    let member = auth.mint("locked", "ann", None, Grants { publish: true, subscribe: true, admin: false }, hour);
+    let call = |method: &'static str, url: String, token: Option<String>| async move {
+        common::http_auth(method, url, None, vec![], token.as_deref()).await
+    };
+    // Made through a, then read through both: the room lives on one node, the token goes along.
+    let r = call("PUT", format!("{}/v1/rooms/locked", a.base), Some(admin.clone())).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let owner = redis_get(&url, "room:locked").unwrap();
+    for n in [&a, &b] {
+        let r = call("GET", format!("{}/v1/rooms/locked", n.base), Some(member.clone())).await;
+        assert_eq!(r.status, 200, "through {}: {}", n.name, r.body);
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["node"], owner.as_str());
+        let r = call("GET", format!("{}/v1/rooms/locked", n.base), None).await;
+        assert_eq!(r.status, 401, "through {} without a token: {}", n.name, r.body);
+        let r = call("DELETE", format!("{}/v1/rooms/locked", n.base), Some(member.clone())).await;
+        assert_eq!(r.status, 403, "a member ends the room through {}: {}", n.name, r.body);
+        let r = call("GET", format!("{}/v1/rooms", n.base), Some(admin.clone())).await;
+        assert!(r.status == 200 && r.body.contains("\"locked\""), "list through {}: {}", n.name, r.body);
+    }
+    // The admin ends it through the node that does not run it; the lease goes with it.
+    let other = if owner == a.name { &b } else { &a };
+    let r = call("DELETE", format!("{}/v1/rooms/locked", other.base), Some(admin.clone())).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let deadline = Instant::now() + TTL;
+    while redis_get(&url, "room:locked").is_some() {
+        assert!(Instant::now() < deadline, "the lease outlived its room");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
