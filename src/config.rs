@@ -167,6 +167,66 @@ pub struct Config {
     /// exits. `300s`, `5m`, `1h` or plain seconds (`300`). A second signal exits at once.
     #[arg(long, env = "TESSERA_DRAIN_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+
+    /// Several nodes sharing rooms through Redis (README, "Running several nodes").
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Several nodes behind one address: a room registry on Redis (`--redis`), how other nodes reach
+/// this one (`--advertise-url`) and how long a dead node's rooms stay its own (`--lease-ttl`).
+/// Without `--redis` the node is alone and its rooms live in memory only.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct ClusterArgs {
+    /// Redis URL of the room registry shared by every node, e.g. `redis://:PASSWORD@10.0.0.2:6379`
+    /// (or `redis://host:port/DB`). Unset: one node, rooms in memory.
+    #[arg(long, env = "TESSERA_REDIS", hide_env_values = true)]
+    pub redis: Option<String>,
+
+    /// How other nodes reach this node's HTTP listener, e.g. `http://10.0.0.5:8080` (requests for
+    /// a room this node runs are proxied here). Default: `http://` and `--listen`, which must then
+    /// not be a wildcard address.
+    #[arg(long, env = "TESSERA_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+
+    /// A room's lease and a node's heartbeat in Redis live this long unless renewed (every third
+    /// of it): a node that dies loses its rooms to the next join after at most this long. `10s`,
+    /// `500ms` or plain seconds.
+    #[arg(long, env = "TESSERA_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+}
+
+impl Default for ClusterArgs {
+    fn default() -> Self {
+        Self { redis: None, advertise_url: None, lease_ttl: Duration::from_secs(10) }
+    }
+}
+
+impl ClusterArgs {
+    /// The URL other nodes reach this node at, without a trailing `/`: `--advertise-url`, else
+    /// `http://{listen}` (`listen` being the bound address, so port 0 works).
+    ///
+    /// # Errors
+    /// [`ConfigError::Cluster`] for a wildcard `listen` and no `--advertise-url`, or an advertise
+    /// URL that is not `http://host[:port]`.
+    pub fn advertise(&self, listen: SocketAddr) -> Result<String, ConfigError> {
+        match &self.advertise_url {
+            Some(u) => {
+                let u = u.trim_end_matches('/');
+                let rest = u.strip_prefix("http://").unwrap_or("");
+                if rest.is_empty() || rest.contains('/') {
+                    return Err(ConfigError::Cluster(format!(
+                        "--advertise-url {u:?}: need http://HOST[:PORT] (no path; https is not spoken between nodes)"
+                    )));
+                }
+                Ok(u.to_string())
+            }
+            None if listen.ip().is_unspecified() => Err(ConfigError::Cluster(format!(
+                "--listen {listen} is every interface: give --advertise-url (how other nodes reach this one)"
+            ))),
+            None => Ok(format!("http://{listen}")),
+        }
+    }
 }
 
 /// What the HTTP listeners (`--listen` and `--metrics-listen`) allow a client: how long it may
@@ -265,6 +325,7 @@ impl Default for Config {
             max_rooms: None,
             max_participants_per_room: None,
             drain_timeout: Duration::from_secs(300),
+            cluster: ClusterArgs::default(),
         }
     }
 }
@@ -284,6 +345,9 @@ pub enum ConfigError {
         "refusing to listen on {0} without --api-secret: anyone could join and control rooms (pass --insecure to allow)"
     )]
     Insecure(SocketAddr),
+    /// A cluster setting (`--redis`, `--advertise-url`, `--lease-ttl`) that cannot work.
+    #[error("invalid cluster setting: {0}")]
+    Cluster(String),
 }
 
 impl Config {
@@ -311,6 +375,12 @@ impl Config {
         }
         if self.max_rooms == Some(0) || self.max_participants_per_room == Some(0) {
             return Err(ConfigError::Admission("--max-rooms and --max-participants-per-room: need at least 1".into()));
+        }
+        if self.cluster.redis.is_some() {
+            if self.cluster.lease_ttl < Duration::from_millis(300) {
+                return Err(ConfigError::Cluster("--lease-ttl: need at least 300ms".into()));
+            }
+            self.cluster.advertise(self.listen)?;
         }
         if self.api_secret.as_deref().is_none_or(str::is_empty) && !self.listen.ip().is_loopback() && !self.insecure {
             return Err(ConfigError::Insecure(self.listen));

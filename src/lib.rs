@@ -7,11 +7,13 @@
 //! [`transport`] (webrtc-rs peer connections) and [`outputs`] (recordings, egress) → [`media`]
 //! (decode, layout, the compositor seam, encoders, audio mix-minus, fan-out, send loops) →
 //! [`pipelines`] (encoder/decoder fragments) and [`config`]. [`codec`] (the codec table) and
-//! [`ids`] are vocabulary every layer uses. [`client`] (load generator, `tessera record`) talks to
+//! [`ids`] are vocabulary every layer uses. [`cluster`] (the room directory: one node alone, or
+//! several sharing rooms through Redis) sits between [`signaling`] and [`room`]. [`client`] (load generator, `tessera record`) talks to
 //! a server like any client; no server code imports it.
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod doctor;

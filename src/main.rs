@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (HTTP signaling + web client + media).
-    Serve(Config),
+    Serve(Box<Config>),
     /// Join a running server with N publishers and M viewers (real WebRTC peers) and report
     /// frame rate, freezes and join time per receiver.
     Loadgen(tessera::client::loadgen::cli::LoadgenArgs),
@@ -160,7 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let timeout = cfg.drain_timeout;
             let mut signals = Signals::new()?;
-            let server = Server::start(cfg).await?;
+            let server = Server::start(*cfg).await?;
             let first = signals.next().await;
             let rooms = server.rooms.len();
             tracing::info!(signal = first, rooms, ?timeout, "draining: no new rooms or joins, rooms run until empty");

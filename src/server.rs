@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::cluster::RoomDirectory;
+use crate::cluster::redis::RedisDirectory;
 use crate::config::Config;
 use crate::media::tiers::OutputFormat;
 use crate::pipelines::Backends;
@@ -18,6 +20,10 @@ pub struct Server {
     pub metrics_addr: Option<SocketAddr>,
     /// Every room.
     pub rooms: Arc<Rooms>,
+    /// Where requests for a room run (this node alone, or the nodes sharing Redis).
+    pub directory: Arc<dyn RoomDirectory>,
+    /// The lease keeper, with `--redis`.
+    keeper: Option<Keeper>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     /// The `--metrics-listen` server, aborted once the main one has finished.
@@ -44,7 +50,10 @@ impl Server {
         let rooms = Arc::new(Rooms::with_limits(deps, admission_limits(&cfg)));
         tracing::info!(limits = %rooms.limits(), "admission");
         let auth = crate::signaling::auth::Auth::new(cfg.api_secret.as_deref().filter(|s| !s.is_empty()));
-        let state = AppState::new(rooms.clone(), auth).with_metrics(MetricsOptions {
+        let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+        let addr = listener.local_addr()?;
+        let (directory, keeper) = directory(&cfg, addr, &rooms)?;
+        let state = AppState::new(rooms.clone(), auth).with_directory(directory.clone()).with_metrics(MetricsOptions {
             node: cfg.node(),
             token: cfg.metrics_token().map(str::to_string),
             own_listener: cfg.metrics_listen.is_some(),
@@ -70,14 +79,12 @@ impl Server {
         };
         let (limits, stats) = (cfg.http.clone(), state.http_stats());
         let app = router(state);
-        let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
-        let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(http::serve(listener, app, limits, stats, async {
             let _ = rx.await;
         }));
         tracing::info!(%addr, media_ip = %cfg.media_bind_ip(), "tessera listening");
-        Ok(Self { addr, metrics_addr, rooms, shutdown: Some(tx), task, metrics_task })
+        Ok(Self { addr, metrics_addr, rooms, directory, keeper, shutdown: Some(tx), task, metrics_task })
     }
 
     /// Drains: takes no new rooms or joins from now on (`503`, `/readyz` `503`) and waits until
@@ -96,6 +103,10 @@ impl Server {
             let _ = tx.send(());
         }
         self.rooms.end_all("server shutting down", FINALIZE_WAIT).await;
+        if let Some(k) = self.keeper.take() {
+            k.abort();
+        }
+        self.directory.close().await;
         let _ = (&mut self.task).await;
         if let Some(t) = self.metrics_task.take() {
             t.abort();
@@ -150,4 +161,25 @@ fn admission_limits(cfg: &Config) -> crate::room::admission::Limits {
         max_rooms: cfg.max_rooms,
         max_participants_per_room: cfg.max_participants_per_room,
     }
+}
+
+/// The task that renews a node's room leases.
+type Keeper = tokio::task::JoinHandle<()>;
+
+/// The room directory: alone, or with `--redis` a [`RedisDirectory`] reachable at the advertise
+/// URL (`addr` being the bound HTTP address) and its running lease keeper.
+fn directory(
+    cfg: &Config,
+    addr: SocketAddr,
+    rooms: &Arc<Rooms>,
+) -> anyhow::Result<(Arc<dyn RoomDirectory>, Option<Keeper>)> {
+    let node = cfg.node();
+    let Some(redis) = &cfg.cluster.redis else {
+        return Ok((Arc::new(crate::cluster::Alone::new(&node)), None));
+    };
+    let url = cfg.cluster.advertise(addr)?;
+    let dir = Arc::new(RedisDirectory::new(&node, &url, redis, cfg.cluster.lease_ttl, rooms.clone())?);
+    tracing::info!(node, url, lease_ttl = ?cfg.cluster.lease_ttl, "rooms shared through Redis");
+    let keeper = dir.spawn_keeper();
+    Ok((dir, Some(keeper)))
 }

@@ -176,6 +176,12 @@ impl Rooms {
         true
     }
 
+    /// Returns once a room leaves the registry (one that leaves before this is awaited is missed:
+    /// callers also poll, as the cluster's lease keeper does).
+    pub async fn room_removed(&self) {
+        self.removed.notified().await;
+    }
+
     /// Waits until the registry holds no rooms, or until `deadline`. Returns whether it is empty.
     pub async fn wait_empty(&self, deadline: tokio::time::Instant) -> bool {
         loop {

@@ -94,13 +94,16 @@ impl Metrics {
     }
 
     /// Every metric family, gathered now from `rooms`, the shared UDP port and `/proc/self`.
-    fn gather(&self, rooms: &Rooms) -> Vec<MetricFamily> {
+    fn gather(&self, rooms: &Rooms, directory: &dyn crate::cluster::RoomDirectory) -> Vec<MetricFamily> {
         let node = HashMap::from([("node".to_string(), self.options.node.clone())]);
         let r = Registry::new_custom(None, Some(node)).expect("valid node label");
         r.register(Box::new(self.joins.clone())).expect("unique metric");
         process_metrics(&r);
         http_metrics(&r, &self.http);
         admission_metrics(&r, rooms);
+        if directory.clustered() {
+            cluster_metrics(&r, directory.stats());
+        }
         self.room_metrics(&r, rooms);
         if let Some(udp) = rooms.deps().transport.shared_udp() {
             int_gauge(&r, "tessera_udp_peers", "Peer connections with a remote address on the shared UDP port")
@@ -237,7 +240,7 @@ pub(super) async fn handler(State(st): State<AppState>, headers: HeaderMap) -> R
         return r;
     }
     let mut out = vec![];
-    let _ = TextEncoder::new().encode(&st.metrics.gather(&st.rooms), &mut out);
+    let _ = TextEncoder::new().encode(&st.metrics.gather(&st.rooms, st.directory.as_ref()), &mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -351,6 +354,33 @@ fn int_counter(r: &Registry, name: &str, help: &str) -> prometheus::IntCounter {
     let c = prometheus::IntCounter::new(name, help).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
     c
+}
+
+/// With `--redis`: what the room directory counted (`tessera_cluster_*`).
+fn cluster_metrics(r: &Registry, s: &crate::cluster::ClusterStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let counter = |name: &str, help: &str, n: &std::sync::atomic::AtomicU64| {
+        int_counter(r, name, help).inc_by(n.load(Relaxed));
+    };
+    counter(
+        "tessera_cluster_redis_errors_total",
+        "Redis calls that failed or timed out (served here)",
+        &s.redis_errors,
+    );
+    counter("tessera_cluster_forwarded_total", "Requests proxied to the node that runs their room", &s.forwarded);
+    counter(
+        "tessera_cluster_forward_failures_total",
+        "Proxied requests whose node did not answer",
+        &s.forward_failures,
+    );
+    counter(
+        "tessera_cluster_lease_conflicts_total",
+        "Renewals that found the lease of a room running here held by another node",
+        &s.lease_conflicts,
+    );
+    int_gauge(r, "tessera_cluster_leases", "Room leases this node holds").set(s.leases.load(Relaxed) as i64);
+    int_gauge(r, "tessera_cluster_nodes", "Live nodes at the last look, this one included")
+        .set(s.nodes.load(Relaxed) as i64);
 }
 
 /// The node's admission state: `tessera_load` and `tessera_max_load` (admission cost units, 1.0 =

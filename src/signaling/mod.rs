@@ -4,6 +4,7 @@
 //! in the body; none of them touches a room.
 
 pub mod auth;
+pub mod forward;
 pub mod http;
 mod join;
 pub mod limits;
@@ -25,6 +26,7 @@ use rust_embed::RustEmbed;
 use serde::Deserialize;
 use tower_http::cors::{Any, CorsLayer};
 
+use crate::cluster::RoomDirectory;
 use crate::media::layout::{Layout, LayoutSpec};
 use crate::room::{JoinKind, JoinRequest, RoomError, RoomOptions, Rooms, Source};
 use crate::transport::TransportError;
@@ -132,13 +134,24 @@ pub struct AppState {
     pub rooms: Arc<Rooms>,
     /// Token checks.
     pub auth: Auth,
+    /// Where requests for a room run: here alone, or on the node that owns it.
+    pub directory: Arc<dyn RoomDirectory>,
+    /// The client that proxies requests to other nodes.
+    proxy: Arc<forward::Proxy>,
     metrics: Arc<metrics::Metrics>,
 }
 
 impl AppState {
-    /// State for `rooms` with `auth`.
+    /// State for `rooms` with `auth`, on a node alone.
     pub fn new(rooms: Arc<Rooms>, auth: Auth) -> Self {
-        Self { rooms, auth, metrics: Arc::default() }
+        let directory = Arc::new(crate::cluster::Alone::new("tessera"));
+        Self { rooms, auth, directory, proxy: Arc::default(), metrics: Arc::default() }
+    }
+
+    /// The same state on a node whose rooms `directory` places (several nodes through Redis).
+    pub fn with_directory(mut self, directory: Arc<dyn RoomDirectory>) -> Self {
+        self.directory = directory;
+        self
     }
 
     /// What the HTTP listeners count ([`http::serve`] adds to it; `/metrics` shows it).
@@ -164,6 +177,7 @@ pub fn router(state: AppState) -> Router {
         .filter(|(path, _)| *path != "/metrics" || metrics_here)
         .fold(Router::new(), |r, (path, methods)| r.route(path, methods))
         .layer(DefaultBodyLimit::max(MAX_SDP_BYTES))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), forward::forward))
         .with_state(state);
     plain
         .clone()

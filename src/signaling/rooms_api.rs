@@ -2,10 +2,58 @@
 
 use super::*;
 
-pub(super) async fn list_rooms(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+#[derive(Deserialize)]
+pub(super) struct ListQuery {
+    /// Any value: this node's rooms only (what nodes ask each other).
+    local: Option<String>,
+}
+
+/// `GET /v1/rooms`: every room, each with the `node` that runs it. With several nodes, each live
+/// node is asked for its own (`?local=1`, the caller's `Authorization` passed on); a node that
+/// does not answer is named in `unreachable` and logged.
+pub(super) async fn list_rooms(
+    State(st): State<AppState>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     st.auth.check(&headers, None, Need::Admin)?;
-    let rooms: Vec<_> = st.rooms.all().iter().map(|r| r.info()).collect();
-    Ok(axum::Json(serde_json::json!({ "rooms": rooms })).into_response())
+    let me = st.directory.node();
+    let mut rooms: Vec<serde_json::Value> = st.rooms.all().iter().map(|r| with_node(r.info(), me)).collect();
+    let mut unreachable = vec![];
+    if st.directory.clustered() && q.local.is_none() {
+        let auth = headers.get(header::AUTHORIZATION);
+        for n in st.directory.nodes().await.into_iter().filter(|n| n.node != me) {
+            let answer = st.proxy.get(&n.url, "/v1/rooms?local=1", me, auth).await;
+            let theirs = match &answer {
+                Ok((StatusCode::OK, body)) => serde_json::from_slice::<serde_json::Value>(body).ok(),
+                _ => None,
+            };
+            match theirs.as_ref().and_then(|v| v["rooms"].as_array()) {
+                Some(list) => rooms.extend(list.iter().cloned()),
+                None => {
+                    let why = match answer {
+                        Ok((status, body)) => format!("{status}: {}", String::from_utf8_lossy(&body).trim()),
+                        Err(e) => e,
+                    };
+                    tracing::warn!(node = %n.node, url = %n.url, "listing its rooms failed: {why}");
+                    unreachable.push(n.node);
+                }
+            }
+        }
+        rooms.sort_by(|a, b| a["room"].as_str().cmp(&b["room"].as_str()));
+    }
+    let mut body = serde_json::json!({ "rooms": rooms });
+    if !unreachable.is_empty() {
+        body["unreachable"] = unreachable.into();
+    }
+    Ok(axum::Json(body).into_response())
+}
+
+/// A room's JSON with the `node` that runs it.
+fn with_node(info: crate::room::RoomInfo, node: &str) -> serde_json::Value {
+    let mut v = serde_json::to_value(info).unwrap_or_default();
+    v["node"] = node.into();
+    v
 }
 
 pub(super) async fn get_room(
@@ -14,7 +62,7 @@ pub(super) async fn get_room(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     st.auth.check(&headers, Some(&room), Need::Member)?;
-    Ok(axum::Json(room_of(&st, &room)?.info()).into_response())
+    Ok(axum::Json(with_node(room_of(&st, &room)?.info(), st.directory.node())).into_response())
 }
 
 pub(super) async fn put_room(
@@ -28,7 +76,7 @@ pub(super) async fn put_room(
     let options: RoomOptions = if body.is_empty() { RoomOptions::default() } else { json_body(&headers, &body)? };
     let (r, created) = st.rooms.create_or_update(&room, options)?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, axum::Json(r.info())).into_response())
+    Ok((status, axum::Json(with_node(r.info(), st.directory.node()))).into_response())
 }
 
 pub(super) async fn delete_room(

@@ -8,6 +8,7 @@ mod common;
 mod admission;
 mod bad_input;
 mod browser;
+mod cluster;
 mod crash;
 mod demux;
 mod doctor;
