@@ -213,9 +213,8 @@ pub struct StoreConfig {
 /// # Errors
 /// The one-line reason for another scheme or an empty bucket.
 pub fn parse_s3_url(url: &str) -> Result<(String, String), String> {
-    let rest = url
-        .strip_prefix("s3://")
-        .ok_or_else(|| format!("--recordings-url {url:?}: expected s3://BUCKET/PREFIX"))?;
+    let rest =
+        url.strip_prefix("s3://").ok_or_else(|| format!("--recordings-url {url:?}: expected s3://BUCKET/PREFIX"))?;
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() || bucket.contains(|c: char| c.is_whitespace() || c.is_control()) {
         return Err(format!("--recordings-url {url:?}: expected s3://BUCKET/PREFIX with a bucket name"));

@@ -15,7 +15,7 @@
 //! only grows (Matroska clusters, MP4 fragments), their concatenation is the file as a crash
 //! would have left it: playable up to its last complete cluster or fragment. The finished file
 //! (whose header the muxer rewrites at the end) is then uploaded whole — multipart above 10 MiB —
-//! and the parts are deleted. [`super::upload`] does the uploading.
+//! and the parts are deleted. The `upload` module does the uploading.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +27,9 @@ use object_store::{GetOptions, GetRange, GetResult, ObjectStore};
 use serde::Serialize;
 
 use crate::config::StoreConfig;
+
+/// How long the S3 client retries one request (with its own backoff) before it fails.
+pub const REQUEST_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The folder of a recording's parts, under its own folder.
 pub const PARTS: &str = "parts";
@@ -109,7 +112,14 @@ impl ObjectStorage {
         let url = cfg.url.as_deref().ok_or_else(|| StorageError::Config("no --recordings-url".into()))?;
         let (bucket, prefix) = crate::config::parse_s3_url(url).map_err(StorageError::Config)?;
         crate::outputs::webhook::install_tls_provider();
-        let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&bucket);
+        // A request is retried for at most 30 s (the default is 3 min): the upload's own tries
+        // and intervals are the longer loop.
+        let retry = object_store::RetryConfig {
+            max_retries: 4,
+            retry_timeout: REQUEST_RETRY_TIMEOUT,
+            ..object_store::RetryConfig::default()
+        };
+        let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&bucket).with_retry(retry);
         if let Some(e) = &cfg.endpoint {
             b = b.with_endpoint(e).with_allow_http(e.starts_with("http://"));
         }

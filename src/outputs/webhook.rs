@@ -201,11 +201,8 @@ impl Sender {
             if attempt > 1 {
                 c.retries.fetch_add(1, Ordering::Relaxed);
             }
-            let mut req = self
-                .client
-                .post(url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone());
+            let mut req =
+                self.client.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone());
             if let Some(s) = sig {
                 req = req.header(SIGNATURE_HEADER, s);
             }
@@ -283,7 +280,10 @@ mod tests {
         let (sig, body) = &got[2];
         assert!(verify(b"s3cret", body, sig.as_deref().unwrap()));
         let v: Value = serde_json::from_slice(body).unwrap();
-        assert_eq!((v["event"].as_str(), v["room"].as_str(), v["node"].as_str()), (Some("participant_joined"), Some("r"), Some("n1")));
+        assert_eq!(
+            (v["event"].as_str(), v["room"].as_str(), v["node"].as_str()),
+            (Some("participant_joined"), Some("r"), Some("n1"))
+        );
         assert_eq!(v["participant"]["name"], "ann");
         let c = hooks.counters();
         assert_eq!((c.delivered.load(Ordering::Relaxed), c.retries.load(Ordering::Relaxed)), (1, 2));

@@ -11,8 +11,8 @@
 
 pub mod admission;
 pub mod events;
-mod idle;
 mod hooks;
+mod idle;
 pub mod info;
 mod kinds;
 mod node;
@@ -42,8 +42,8 @@ use crate::pipelines::Backends;
 use crate::transport::{Rejected, SessionPlan, Transport, TransportError};
 use admission::{Limits, Refusal};
 use events::{RoomEvent, Who};
-pub use kinds::{JoinKind, Source};
 pub use info::{EncoderInfo, Media, ParticipantInfo, RoomInfo, TileInfo};
+pub use kinds::{JoinKind, Source};
 pub use node::Readiness;
 pub use options::RoomOptions;
 use outputs::RoomOutputs;

@@ -79,7 +79,8 @@ impl Room {
                 up.finish();
             }
             if let Some(room) = w.upgrade() {
-                let (id, kind, state, reason) = (i.clone(), "recording".into(), state.into(), reason.map(str::to_string));
+                let (id, kind, state, reason) =
+                    (i.clone(), "recording".into(), state.into(), reason.map(str::to_string));
                 room.emit(RoomEvent::RecordingState { ts: crate::ids::now_ms(), id, kind, state, reason });
             }
         });

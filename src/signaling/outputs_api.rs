@@ -37,8 +37,9 @@ pub(super) async fn list_recordings(
     st.auth.check(&headers, Some(&room), Need::Admin)?;
     let recordings = match (st.rooms.get(&room), &st.rooms.deps().storage) {
         (Some(r), _) => serde_json::to_value(r.recordings()).unwrap_or_default(),
-        (None, Some(storage)) => serde_json::to_value(storage.list_room(&room).await.map_err(store_error)?)
-            .unwrap_or_default(),
+        (None, Some(storage)) => {
+            serde_json::to_value(storage.list_room(&room).await.map_err(store_error)?).unwrap_or_default()
+        }
         (None, None) => return Err(ApiError::NotFound(format!("room {room:?}"))),
     };
     Ok(axum::Json(serde_json::json!({ "recordings": recordings })).into_response())
@@ -127,7 +128,11 @@ fn single_range(v: &str) -> Option<GetRange> {
 /// Streams `keys` from the store, one after another, as one file: one key honours a single
 /// `Range` (`206`, or `416` past its end); several (the parts of a recording whose node stopped)
 /// are sent whole.
-async fn from_store(storage: &Arc<ObjectStorage>, keys: Vec<object_store::path::Path>, headers: &HeaderMap) -> Result<Response, ApiError> {
+async fn from_store(
+    storage: &Arc<ObjectStorage>,
+    keys: Vec<object_store::path::Path>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let name = keys.last().and_then(|k| k.filename()).unwrap_or("recording").to_string();
     let mime = match name.rsplit('.').next() {
         Some("webm") => "video/webm",
