@@ -257,7 +257,8 @@ mod tests {
     #[tokio::test]
     async fn a_failing_receiver_gets_the_event_on_a_later_try() {
         use axum::http::{HeaderMap, StatusCode};
-        let got: Arc<std::sync::Mutex<Vec<(Option<String>, bytes::Bytes)>>> = Arc::default();
+        type Got = Arc<std::sync::Mutex<Vec<(Option<String>, bytes::Bytes)>>>;
+        let got: Got = Arc::default();
         let g = got.clone();
         let app = axum::Router::new().route(
             "/hook",
