@@ -253,6 +253,24 @@ mod tests {
         assert!(![200, 400, 401, 404, 410].into_iter().any(retryable));
     }
 
+    /// A receiver that is down: sending never waits, and past the queue and the deliveries in
+    /// flight events are dropped and counted.
+    #[tokio::test]
+    async fn a_dead_receiver_never_blocks_the_sender() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let hooks = Webhooks::new(&[format!("http://127.0.0.1:{port}/down")], Some("k"), "n").unwrap();
+        let n = QUEUE + IN_FLIGHT + 200;
+        let t0 = std::time::Instant::now();
+        for _ in 0..n {
+            hooks.send("participant_joined", "r", Map::new());
+        }
+        let took = t0.elapsed();
+        let dropped = hooks.counters().dropped.load(Ordering::Relaxed);
+        assert!(took < Duration::from_millis(500), "{n} sends took {took:?}");
+        assert!(dropped >= 150, "dropped {dropped} of {n}");
+        assert_eq!(hooks.counters().pending.load(Ordering::Relaxed) + dropped, n as u64);
+    }
+
     /// A receiver that answers 503 twice, then 200: the event arrives on the third try, signed.
     #[tokio::test]
     async fn a_failing_receiver_gets_the_event_on_a_later_try() {
