@@ -239,6 +239,34 @@ async fn a_recording_lands_in_the_object_store_and_the_webhooks_tell_of_it() {
     eprintln!("{} parts while recording: {} bytes, {secs:.1} s decoded", partial.parts, joined.len());
     assert!(secs >= 2.0 && video == [(1280, 720)] && audio == 1, "parts: {secs} s, {video:?}, {audio} audio");
 
+    // Another node on the same store (as if this one were gone) lists the recording as
+    // `partial` and downloads its parts as one file.
+    let other = common::server_with(Config {
+        api_secret: Some(SECRET.into()),
+        recordings_dir: tmp.join("other"),
+        store: store.clone(),
+        ..Config::default()
+    })
+    .await;
+    let other_base = format!("http://{}/v1/rooms/s3/recordings", other.addr);
+    let r = http_auth("GET", other_base.clone(), None, vec![], Some(&admin)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let list: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(
+        (&list["recordings"][0]["id"], &list["recordings"][0]["state"]),
+        (&json!(id), &json!("partial")),
+        "{list}"
+    );
+    let (status, _, from_other) = get_bytes(format!("{other_base}/{id}/file"), admin.clone(), None).await;
+    assert_eq!(status, 200);
+    assert!(
+        from_other.starts_with(&joined) && !joined.is_empty(),
+        "{} bytes vs the parts' {}",
+        from_other.len(),
+        joined.len()
+    );
+    other.shutdown().await;
+
     // 10 s in all, then stop: the whole file goes up, the parts and the local file go.
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(started.elapsed())).await;
     let r = http_auth("DELETE", format!("{base}/{id}"), None, vec![], Some(&admin)).await;
