@@ -221,19 +221,19 @@ impl Job {
     async fn put_file(&self) -> Result<u64, String> {
         let mut f = tokio::fs::File::open(&self.path).await.map_err(|e| format!("{}: {e}", self.path.display()))?;
         let mut w = BufWriter::with_capacity(self.storage.store().clone(), self.key.clone(), MULTIPART_BYTES);
-        let res = async {
-            let n = tokio::io::copy(&mut f, &mut w).await?;
-            w.shutdown().await?;
-            Ok::<u64, std::io::Error>(n)
-        }
-        .await;
-        match res {
-            Ok(n) => Ok(n),
+        let n = match tokio::io::copy(&mut f, &mut w).await {
+            Ok(n) => n,
             Err(e) => {
+                // Cleans up the multipart upload, if one had started.
                 let _ = w.abort().await;
-                Err(e.to_string())
+                return Err(e.to_string());
             }
-        }
+        };
+        // A failed shutdown (the single PUT, or completing the multipart upload) cannot be
+        // aborted any more (`BufWriter::abort` panics then): an unfinished multipart upload is
+        // left to the bucket's lifecycle rule (AbortIncompleteMultipartUpload).
+        w.shutdown().await.map_err(|e| e.to_string())?;
+        Ok(n)
     }
 
     /// After the finished file is stored: its `n` parts and the local file go (failures logged).

@@ -338,3 +338,74 @@ async fn a_recording_lands_in_the_object_store_and_the_webhooks_tell_of_it() {
     assert_eq!((status, again.len()), (200, body.len()));
     srv.shutdown().await;
 }
+
+/// The store is down: the room and its recording go on, the failed parts are counted, `DELETE`
+/// answers at once, and after its tries the upload ends `failed` — the local file stays, and
+/// `recording_finished` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_is_down_fails_the_upload_not_the_room() {
+    let _serial = common::serial().await;
+    // Nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (hook_url, got) = receiver().await;
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("recordings-s3-down");
+    let _ = std::fs::remove_dir_all(&tmp);
+    let cfg = Config {
+        api_secret: Some(SECRET.into()),
+        recordings_dir: tmp.clone(),
+        store: StoreConfig {
+            url: Some(format!("s3://{BUCKET}/x")),
+            endpoint: Some(format!("http://127.0.0.1:{port}")),
+            region: Some("us-east-1".into()),
+            access_key_id: Some("testing".into()),
+            secret_access_key: Some("testing".into()),
+        },
+        webhooks: vec![hook_url],
+        ..Config::default()
+    };
+    let srv = common::server_with(cfg).await;
+    let a = srv.addr;
+    let auth = Auth::new(Some(SECRET));
+    let hour = Duration::from_secs(3600);
+    let admin = auth.mint("down", "ops", None, Grants { publish: false, subscribe: false, admin: true }, hour);
+    let mut o = PeerOpts::publisher("p", (220, 40, 40), 400.0);
+    o.token = Some(auth.mint("down", "p", None, Grants { publish: true, subscribe: true, admin: false }, hour));
+    let peer = common::join(a, "down", o).await;
+    let base = format!("http://{a}/v1/rooms/down/recordings");
+    let body = json!({"format": "mkv"}).to_string().into_bytes();
+    let r = http_auth("POST", base.clone(), Some("application/json"), body, Some(&admin)).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = serde_json::from_str::<Value>(&r.body).unwrap()["id"].as_str().unwrap().to_string();
+
+    // The first part's upload fails while the receiver keeps getting the room.
+    let f0 = peer.frames();
+    assert!(peer.wait_frames(f0 + 240, Duration::from_secs(20)).await, "the room stalled");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = http_auth("GET", format!("http://{a}/metrics"), None, vec![], None).await.body;
+        if m.lines().any(|l| {
+            l.starts_with("tessera_recording_uploads_total{") && l.contains("part_failed") && !l.ends_with(" 0")
+        }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failed part counted:\n{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let t0 = Instant::now();
+    let r = http_auth("DELETE", format!("{base}/{id}"), None, vec![], Some(&admin)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(t0.elapsed() < Duration::from_secs(6), "DELETE waited {:?} on the upload", t0.elapsed());
+    let info: Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!((&info["state"], &info["upload"]["state"]), (&json!("stopped"), &json!("uploading")), "{info}");
+    let f1 = peer.frames();
+    assert!(peer.wait_frames(f1 + 60, Duration::from_secs(10)).await, "the room stalled after the stop");
+
+    // Every try fails (about 40 s): `failed`, the local file stays, and the webhook says so.
+    let fin = wait_event(&got, Duration::from_secs(90), |e| e["event"] == "recording_finished").await;
+    assert_eq!(fin["recording"]["upload"]["state"], "failed", "{fin}");
+    assert!(fin["recording"]["upload"]["error"].as_str().is_some_and(|e| !e.is_empty()), "{fin}");
+    let local = PathBuf::from(fin["recording"]["file"].as_str().unwrap());
+    assert!(std::fs::metadata(&local).is_ok_and(|m| m.len() > 10_000), "{local:?} must stay");
+    eprintln!("upload failed {:.0} s after the stop: {}", t0.elapsed().as_secs_f64(), fin["recording"]["upload"]);
+    srv.shutdown().await;
+}
