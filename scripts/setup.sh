@@ -263,6 +263,28 @@ if [[ $want_test -eq 1 ]] && ! command -v geckodriver >/dev/null && [[ ! -x $rus
   as_rust_user "$cargo_bin" install --locked --quiet geckodriver --version "$GECKODRIVER_VERSION"
 fi
 
+# The S3-compatible server the object-storage test starts (moto, from PyPI) goes into a venv of
+# its own (Debian's Python is externally managed), where the test looks for it:
+# ${XDG_CACHE_HOME:-~/.cache}/tessera-test-venv/bin/moto_server (or set TESSERA_MOTO_SERVER).
+MOTO_REQUIREMENT='moto[server]==5.2.1'
+if [[ $want_test -eq 1 ]]; then
+  test_venv=${TESSERA_TEST_VENV:-${XDG_CACHE_HOME:-$rust_home/.cache}/tessera-test-venv}
+  stamp=$test_venv/.tessera-requirements
+  if [[ ! -x $test_venv/bin/moto_server || ! -f $stamp || $(cat "$stamp") != "$MOTO_REQUIREMENT" ]]; then
+    if [[ -e $test_venv && ! -f $test_venv/pyvenv.cfg ]]; then
+      die "$test_venv exists and is not a Python venv: set TESSERA_TEST_VENV elsewhere"
+    fi
+    log "making the test venv $test_venv ($MOTO_REQUIREMENT)"
+    rm -rf "$test_venv"
+    as_rust_user mkdir -p "$(dirname "$test_venv")"
+    as_rust_user python3 -m venv "$test_venv" || die "python3 -m venv failed: install python3-venv"
+    as_rust_user "$test_venv/bin/python" -m pip install --quiet --disable-pip-version-check "$MOTO_REQUIREMENT" \
+      || die "could not install $MOTO_REQUIREMENT from PyPI"
+    printf '%s' "$MOTO_REQUIREMENT" | as_rust_user tee "$stamp" >/dev/null
+  fi
+  log "moto_server: $test_venv/bin/moto_server"
+fi
+
 # The tests' lint step (.ci/run) needs rustfmt and clippy; rustup's minimal profile has neither.
 if [[ $want_test -eq 1 ]]; then
   if ! as_rust_user "$cargo_bin" fmt --version >/dev/null 2>&1 || ! as_rust_user "$cargo_bin" clippy --version >/dev/null 2>&1; then

@@ -110,6 +110,15 @@ pub struct Config {
     #[arg(long, env = "TESSERA_RECORDINGS_DIR", default_value = "recordings")]
     pub recordings_dir: PathBuf,
 
+    /// Recordings uploaded to an object store (`--recordings-url`) and its S3 settings.
+    #[command(flatten)]
+    pub store: StoreConfig,
+
+    /// POST room events as signed JSON to this URL (`http://` or `https://`); repeatable, or
+    /// comma-separated in the variable. README, "Webhooks".
+    #[arg(long = "webhook", env = "TESSERA_WEBHOOKS", value_delimiter = ',')]
+    pub webhooks: Vec<String>,
+
     /// Allow listening on a non-loopback address without `--api-secret`.
     #[arg(long, env = "TESSERA_INSECURE")]
     pub insecure: bool,
@@ -229,6 +238,50 @@ impl ClusterArgs {
     }
 }
 
+/// Where finished recordings go beyond `--recordings-dir`: an object store spoken to with the S3
+/// API (AWS S3, MinIO, Ceph RGW, Garage, moto, ...). The AWS variables are the standard ones;
+/// any other `AWS_*` variable `object_store` knows (session token, web identity for IRSA, ...) is
+/// read too. README, "Recordings to object storage".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct StoreConfig {
+    /// Upload recordings to `s3://BUCKET/PREFIX`: in parts while they record, then whole
+    /// (`PREFIX/ROOM/ID/FILE`). Without it recordings stay in `--recordings-dir`.
+    #[arg(long = "recordings-url", env = "TESSERA_RECORDINGS_URL")]
+    pub url: Option<String>,
+
+    /// S3 endpoint of an S3-compatible store (`http://` allowed, path-style requests); default:
+    /// AWS's for the region.
+    #[arg(long = "s3-endpoint", env = "AWS_ENDPOINT_URL")]
+    pub endpoint: Option<String>,
+
+    /// S3 region (default `us-east-1`).
+    #[arg(long = "s3-region", env = "AWS_REGION")]
+    pub region: Option<String>,
+
+    /// S3 access key id (prefer the variable: flags show in `ps`).
+    #[arg(long = "s3-access-key-id", env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub access_key_id: Option<String>,
+
+    /// S3 secret access key (prefer the variable: flags show in `ps`).
+    #[arg(long = "s3-secret-access-key", env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub secret_access_key: Option<String>,
+}
+
+/// Splits `s3://BUCKET/PREFIX` into the bucket and the prefix (no leading or trailing `/`; may be
+/// empty).
+///
+/// # Errors
+/// The one-line reason for another scheme or an empty bucket.
+pub fn parse_s3_url(url: &str) -> Result<(String, String), String> {
+    let rest =
+        url.strip_prefix("s3://").ok_or_else(|| format!("--recordings-url {url:?}: expected s3://BUCKET/PREFIX"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() || bucket.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(format!("--recordings-url {url:?}: expected s3://BUCKET/PREFIX with a bucket name"));
+    }
+    Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
+}
+
 /// What the HTTP listeners (`--listen` and `--metrics-listen`) allow a client: how long it may
 /// take to send a request, how long it may sit idle, how many connections it may hold, and how
 /// often it may join. Enforced by `signaling::http`.
@@ -315,6 +368,8 @@ impl Default for Config {
             api_secret: None,
             insecure: false,
             recordings_dir: PathBuf::from("recordings"),
+            store: StoreConfig::default(),
+            webhooks: vec![],
             io_threads: None,
             node_name: None,
             metrics_listen: None,
@@ -340,6 +395,9 @@ pub enum ConfigError {
     /// A zero or negative admission cap.
     #[error("invalid admission limit: {0}")]
     Admission(String),
+    /// A bad `--recordings-url` or `--webhook`.
+    #[error("{0}")]
+    Outputs(String),
     /// A non-loopback listen address with no `--api-secret` and no `--insecure`.
     #[error(
         "refusing to listen on {0} without --api-secret: anyone could join and control rooms (pass --insecure to allow)"
@@ -381,6 +439,16 @@ impl Config {
                 return Err(ConfigError::Cluster("--lease-ttl: need at least 300ms".into()));
             }
             self.cluster.advertise(self.listen)?;
+        }
+        if let Some(url) = &self.store.url {
+            parse_s3_url(url).map_err(ConfigError::Outputs)?;
+        }
+        for w in &self.webhooks {
+            let ok = reqwest::Url::parse(w)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()));
+            if !ok {
+                return Err(ConfigError::Outputs(format!("--webhook {w:?}: expected an http:// or https:// URL")));
+            }
         }
         if self.api_secret.as_deref().is_none_or(str::is_empty) && !self.listen.ip().is_loopback() && !self.insecure {
             return Err(ConfigError::Insecure(self.listen));
@@ -513,6 +581,23 @@ mod tests {
         assert!(Config { max_load: Some(f64::NAN), ..Config::default() }.validate().is_err());
         assert!(Config { max_rooms: Some(0), ..Config::default() }.validate().is_err());
         assert!(Config { max_load: Some(0.5), max_rooms: Some(3), ..Config::default() }.validate().is_ok());
+    }
+
+    #[test]
+    fn recordings_urls_and_webhooks_are_checked() {
+        assert_eq!(parse_s3_url("s3://b/p/q/"), Ok(("b".into(), "p/q".into())));
+        assert_eq!(parse_s3_url("s3://b"), Ok(("b".into(), String::new())));
+        for bad in ["s3:///p", "http://b/p", "b/p", "s3:// x/p"] {
+            assert!(parse_s3_url(bad).is_err(), "{bad}");
+        }
+        let store = |url: &str| StoreConfig { url: Some(url.into()), ..StoreConfig::default() };
+        assert!(Config { store: store("s3://b/p"), ..Config::default() }.validate().is_ok());
+        assert!(Config { store: store("gs://b/p"), ..Config::default() }.validate().is_err());
+        let hooks = |w: &str| Config { webhooks: vec![w.into()], ..Config::default() };
+        assert!(hooks("https://app.example.org/hook").validate().is_ok());
+        for bad in ["ftp://x/y", "not a url", "http://"] {
+            assert!(hooks(bad).validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start; `Serve`'s Config is the big one
 enum Command {
     /// Run the server (HTTP signaling + web client + media).
     Serve(Box<Config>),

@@ -45,8 +45,16 @@ impl Server {
             audio_kbps: cfg.audio_kbps,
             jitter_ms: cfg.jitter_ms,
             recordings_dir: cfg.recordings_dir.clone(),
+            storage: match cfg.store.url {
+                Some(_) => Some(crate::outputs::storage::ObjectStorage::new(&cfg.store)?),
+                None => None,
+            },
+            webhooks: crate::outputs::webhook::Webhooks::new(&cfg.webhooks, cfg.api_secret.as_deref(), &cfg.node())?,
         };
         log_backends(&deps.backends).await?;
+        if let Some(url) = &cfg.store.url {
+            tracing::info!(%url, "recordings are uploaded to the object store");
+        }
         let rooms = Arc::new(Rooms::with_limits(deps, admission_limits(&cfg)));
         tracing::info!(limits = %rooms.limits(), "admission");
         let auth = crate::signaling::auth::Auth::new(cfg.api_secret.as_deref().filter(|s| !s.is_empty()));
@@ -96,8 +104,8 @@ impl Server {
     }
 
     /// Stops accepting requests, ends every room (its participants leave with `server shutting
-    /// down`), finalizes every recording — those of rooms that ended before too — and waits for
-    /// the HTTP server to finish.
+    /// down`), finalizes every recording — those of rooms that ended before too —, waits up to
+    /// [`FINALIZE_WAIT`] for their uploads and webhooks, and for the HTTP server to finish.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -107,6 +115,15 @@ impl Server {
             k.abort();
         }
         self.directory.close().await;
+        let deps = self.rooms.deps();
+        if let Some(s) = &deps.storage
+            && !s.wait_uploads(FINALIZE_WAIT).await
+        {
+            tracing::error!("recording uploads still running at exit: their local files stay");
+        }
+        if !deps.webhooks.flush(FINALIZE_WAIT).await {
+            tracing::error!("webhooks still undelivered at exit");
+        }
         let _ = (&mut self.task).await;
         if let Some(t) = self.metrics_task.take() {
             t.abort();

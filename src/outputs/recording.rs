@@ -100,6 +100,13 @@ pub struct RecordingInfo {
     pub started_ms: u64,
     /// Why it failed (GStreamer's message and the OS error), when `state` is `failed`.
     pub error: Option<String>,
+    /// With `--recordings-url`: the object's URL, `s3://BUCKET/PREFIX/ROOM/ID/FILE` (there once
+    /// `upload.state` is `uploaded`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// With `--recordings-url`: the upload's progress.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload: Option<super::upload::UploadInfo>,
 }
 
 /// Errors starting a recording.
@@ -472,6 +479,8 @@ impl Recording {
             size_bytes: std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0),
             started_ms: self.started_ms,
             error,
+            url: None,
+            upload: None,
         }
     }
 }

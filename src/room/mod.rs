@@ -11,8 +11,10 @@
 
 pub mod admission;
 pub mod events;
+mod hooks;
 mod idle;
 pub mod info;
+mod kinds;
 mod node;
 mod options;
 mod outputs;
@@ -23,7 +25,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tracing::Instrument;
 
@@ -42,9 +43,11 @@ use crate::transport::{Rejected, SessionPlan, Transport, TransportError};
 use admission::{Limits, Refusal};
 use events::{RoomEvent, Who};
 pub use info::{EncoderInfo, Media, ParticipantInfo, RoomInfo, TileInfo};
+pub use kinds::{JoinKind, Source};
 pub use node::Readiness;
 pub use options::RoomOptions;
 use outputs::RoomOutputs;
+pub use outputs::RoomRecording;
 pub use participant::LayersView;
 use participant::{Participant, SessionHandler};
 
@@ -52,50 +55,6 @@ use participant::{Participant, SessionHandler};
 const EVENTS_CAPACITY: usize = 256;
 /// Default cap of visible tiles.
 pub const DEFAULT_MAX_VISIBLE: usize = 16;
-
-/// How a participant joined (shown in the room JSON).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JoinKind {
-    /// `POST /v1/rooms/{room}/participants`.
-    Participant,
-    /// `POST /whip/{room}` (RFC 9725 ingest).
-    Whip,
-    /// `POST /whep/{room}` (viewer).
-    Whep,
-}
-
-impl JoinKind {
-    /// Its JSON name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JoinKind::Participant => "participant",
-            JoinKind::Whip => "whip",
-            JoinKind::Whep => "whep",
-        }
-    }
-}
-
-/// What a publisher's video is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    /// A camera (or any ordinary video).
-    #[default]
-    Camera,
-    /// A screen share: shown large by the `presentation` layout.
-    Screen,
-}
-
-impl Source {
-    /// Its JSON name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Camera => "camera",
-            Source::Screen => "screen",
-        }
-    }
-}
 
 /// Errors of the room engine, each with the reason a client is told.
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +109,10 @@ pub struct RoomDeps {
     pub jitter_ms: u32,
     /// Folder recordings are written to.
     pub recordings_dir: std::path::PathBuf,
+    /// The object store recordings are uploaded to (`--recordings-url`).
+    pub storage: Option<Arc<crate::outputs::storage::ObjectStorage>>,
+    /// Where room events are POSTed (`--webhook`).
+    pub webhooks: crate::outputs::webhook::Webhooks,
 }
 
 /// A join request, decided by signaling.
@@ -345,6 +308,7 @@ impl Rooms {
             r.leave(&id, reason).await;
         }
         r.video.stop();
+        r.hook_room("room_finished");
         tracing::info!(room, reason, "room ended");
         true
     }
@@ -367,6 +331,7 @@ impl Rooms {
             let finishing = tokio::spawn(async move {
                 room.stop_recordings().await;
                 room.video.stop();
+                room.hook_room("room_finished");
             });
             let mut f = self.finishing.lock().unwrap();
             f.retain(|h| !h.is_finished());
@@ -439,6 +404,7 @@ impl Room {
             media_users: Mutex::new(0),
         });
         let _ = slot.set(Arc::downgrade(&room));
+        room.hook_room("room_started");
         Ok(room)
     }
 
@@ -473,6 +439,7 @@ impl Room {
     }
 
     fn emit(&self, e: RoomEvent) {
+        self.hook(&e);
         let _ = self.events.send(Arc::new(e));
     }
 

@@ -279,6 +279,8 @@ mod tests {
             audio_kbps: 32,
             jitter_ms: 50,
             recordings_dir: std::env::temp_dir(),
+            storage: None,
+            webhooks: Default::default(),
         };
         Rooms::with_limits(deps, Limits { max_load, max_rooms: None, max_participants_per_room: None })
     }

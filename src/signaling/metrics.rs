@@ -104,6 +104,7 @@ impl Metrics {
         if directory.clustered() {
             cluster_metrics(&r, directory.stats());
         }
+        outputs_metrics(&r, rooms);
         self.room_metrics(&r, rooms);
         if let Some(udp) = rooms.deps().transport.shared_udp() {
             int_gauge(&r, "tessera_udp_peers", "Peer connections with a remote address on the shared UDP port")
@@ -348,6 +349,46 @@ fn http_metrics(r: &Registry, s: &super::http::HttpStats) {
     timeouts.with_label_values(&["body"]).inc_by(s.body_timeouts.load(Relaxed));
     int_counter(r, "tessera_joins_rate_limited_total", "Joins answered 429 (--joins-per-minute-per-ip)")
         .inc_by(s.joins_limited.load(Relaxed));
+}
+
+/// What the webhooks (`tessera_webhooks_total{result}`, `tessera_webhooks_pending`) and, with
+/// `--recordings-url`, the recording uploads (`tessera_recording_uploads_total{result}`,
+/// `tessera_recording_upload_bytes_total`) counted.
+fn outputs_metrics(r: &Registry, rooms: &Rooms) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let deps = rooms.deps();
+    if deps.webhooks.enabled() {
+        let c = deps.webhooks.counters();
+        let hooks = counter_vec(
+            r,
+            "tessera_webhooks_total",
+            "Webhook deliveries: delivered (2xx), failed (every try, or a 4xx), dropped (queue full), retries (tries after the first)",
+            &["result"],
+        );
+        for (result, n) in
+            [("delivered", &c.delivered), ("failed", &c.failed), ("dropped", &c.dropped), ("retries", &c.retries)]
+        {
+            hooks.with_label_values(&[result]).inc_by(n.load(Relaxed));
+        }
+        int_gauge(r, "tessera_webhooks_pending", "Webhook events queued or being delivered")
+            .set(c.pending.load(Relaxed) as i64);
+    }
+    if let Some(s) = &deps.storage {
+        let c = &s.counters;
+        let uploads = counter_vec(
+            r,
+            "tessera_recording_uploads_total",
+            "Recording uploads to the object store: part, part_failed (retried), uploaded (a finished file), failed (every try; the local file stays)",
+            &["result"],
+        );
+        for (result, n) in
+            [("part", &c.parts), ("part_failed", &c.part_failures), ("uploaded", &c.uploaded), ("failed", &c.failed)]
+        {
+            uploads.with_label_values(&[result]).inc_by(n.load(Relaxed));
+        }
+        int_counter(r, "tessera_recording_upload_bytes_total", "Bytes written to the object store, parts and files")
+            .inc_by(c.bytes.load(Relaxed));
+    }
 }
 
 fn int_counter(r: &Registry, name: &str, help: &str) -> prometheus::IntCounter {

@@ -378,6 +378,8 @@ pub(super) fn test_state() -> AppState {
         audio_kbps: 32,
         jitter_ms: 50,
         recordings_dir: std::env::temp_dir(),
+        storage: None,
+        webhooks: Default::default(),
     };
     AppState::new(Arc::new(Rooms::new(deps)), Auth::new(None))
 }

@@ -25,6 +25,7 @@ mod memory;
 mod metrics;
 mod mix_minus;
 mod mute;
+mod object_storage;
 mod recording;
 mod simulcast;
 mod speaker;
