@@ -10,6 +10,7 @@ pub mod fanout;
 pub mod ingest;
 pub mod jitter_target;
 pub mod layout;
+pub mod retransmit;
 pub mod simulcast;
 pub mod tiers;
 pub mod video;
