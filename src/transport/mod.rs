@@ -312,13 +312,23 @@ impl Transport {
             pc.set_remote_description(offer).await.map_err(|e| TransportError::Offer(e.to_string()))?;
             let video = match plan.receive_video {
                 Some(codec) => Some(
-                    LocalTrack::add(&pc, id, RtpCodecKind::Video, rtp_codec(codec.spec()), counters.clone(), Some(sent))
-                        .await?,
+                    LocalTrack::add(
+                        &pc,
+                        id,
+                        RtpCodecKind::Video,
+                        rtp_codec(codec.spec()),
+                        counters.clone(),
+                        Some(sent),
+                    )
+                    .await?,
                 ),
                 None => None,
             };
             let audio = if plan.receive_audio {
-                Some(LocalTrack::add(&pc, id, RtpCodecKind::Audio, rtp_codec(&codec::OPUS), counters.clone(), None).await?)
+                Some(
+                    LocalTrack::add(&pc, id, RtpCodecKind::Audio, rtp_codec(&codec::OPUS), counters.clone(), None)
+                        .await?,
+                )
             } else {
                 None
             };

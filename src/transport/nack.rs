@@ -64,6 +64,7 @@ impl SharedNackResponder {
                     p.header.sequence_number = stream.rtx_seq;
                     stream.rtx_seq = stream.rtx_seq.wrapping_add(1);
                     p.payload = payload.into();
+                    tracing::trace!(seq, rtx_seq = p.header.sequence_number, "resent on RTX");
                 }
                 self.counters.retransmissions.fetch_add(1, Ordering::Relaxed);
                 // Tagged as webrtc-rs's responder tags them: the send-side estimator counts them
