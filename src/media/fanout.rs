@@ -48,6 +48,11 @@ impl RtpRewriter {
         self.started = false;
     }
 
+    /// What is added (wrapping) to the room's sequence numbers since the last (re)start.
+    pub fn seq_offset(&self) -> u16 {
+        self.seq_offset
+    }
+
     /// Whether the receiver is being sent packets (false while waiting for a keyframe).
     pub fn is_started(&self) -> bool {
         self.started

@@ -12,6 +12,7 @@ pub mod gpu_context;
 pub mod ingest;
 pub mod jitter_target;
 pub mod layout;
+pub mod retransmit;
 pub mod simulcast;
 pub mod tiers;
 pub mod video;

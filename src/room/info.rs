@@ -48,6 +48,11 @@ pub struct ParticipantInfo {
     pub plis_sent: u64,
     /// Keyframe requests (PLI/FIR) this receiver sent about the composite.
     pub keyframe_requests: u64,
+    /// Composite packets resent on this receiver's NACKs (RFC 4585 §6.2.1), from the encoder
+    /// branch's shared history.
+    pub retransmissions: u64,
+    /// Composite packets this receiver NACKed that the history no longer held.
+    pub nacks_unanswered: u64,
     /// Streams it publishes whose SSRC its offer declared wrongly or not at all, declared by
     /// Tessera from their MID extension or payload type (RFC 8843 §9.2).
     pub streams_redeclared: u64,
@@ -188,6 +193,8 @@ impl Room {
                 joined_s: p.joined.elapsed().as_secs_f64(),
                 plis_sent: p.session.counters.plis_sent.load(Ordering::Relaxed),
                 keyframe_requests: p.session.counters.keyframe_requests_received.load(Ordering::Relaxed),
+                retransmissions: p.session.counters.retransmissions.load(Ordering::Relaxed),
+                nacks_unanswered: p.session.counters.nacks_unanswered.load(Ordering::Relaxed),
                 streams_redeclared: p.session.counters.redeclared_streams.load(Ordering::Relaxed),
                 streams_unmapped: p.session.counters.unmapped_streams.load(Ordering::Relaxed),
                 simulcast: p.layers.lock().unwrap().clone(),

@@ -10,6 +10,7 @@ pub mod answer;
 pub mod bwe;
 pub mod demux;
 pub mod mux;
+pub mod nack;
 pub mod offer;
 pub mod rtcp;
 pub mod stun;
@@ -106,6 +107,10 @@ pub struct SessionCounters {
     pub plis_sent: AtomicU64,
     /// PLIs/FIRs this participant sent about the composite it receives.
     pub keyframe_requests_received: AtomicU64,
+    /// Composite packets resent on this participant's NACKs ([`nack::SharedNackResponder`]).
+    pub retransmissions: AtomicU64,
+    /// Composite packets this participant NACKed that were no longer kept (or never sent).
+    pub nacks_unanswered: AtomicU64,
     /// Inbound RTP streams whose SSRC the offer did not declare and no m-section claims (by MID
     /// extension or payload type): dropped.
     pub unmapped_streams: AtomicU64,
@@ -298,19 +303,32 @@ impl Transport {
         let demux_map = Arc::new(std::sync::Mutex::new(None));
         let (unbound_tx, unbound_rx) = mpsc::unbounded_channel();
         let watch = demux::SsrcWatch::new(demux_map.clone(), unbound_tx);
-        let (pc, bandwidth) = self.build(handler, plan.receive_video.is_some(), watch).await?;
+        let sent = Arc::new(crate::media::retransmit::SentMap::default());
+        let responder = nack::SharedNackResponder::new(sent.clone(), counters.clone());
+        let (pc, bandwidth) = self.build(handler, plan.receive_video.is_some(), watch, responder).await?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
         let offer_text = offer.sdp.clone();
         let result = async {
             pc.set_remote_description(offer).await.map_err(|e| TransportError::Offer(e.to_string()))?;
             let video = match plan.receive_video {
                 Some(codec) => Some(
-                    LocalTrack::add(&pc, id, RtpCodecKind::Video, rtp_codec(codec.spec()), counters.clone()).await?,
+                    LocalTrack::add(
+                        &pc,
+                        id,
+                        RtpCodecKind::Video,
+                        rtp_codec(codec.spec()),
+                        counters.clone(),
+                        Some(sent),
+                    )
+                    .await?,
                 ),
                 None => None,
             };
             let audio = if plan.receive_audio {
-                Some(LocalTrack::add(&pc, id, RtpCodecKind::Audio, rtp_codec(&codec::OPUS), counters.clone()).await?)
+                Some(
+                    LocalTrack::add(&pc, id, RtpCodecKind::Audio, rtp_codec(&codec::OPUS), counters.clone(), None)
+                        .await?,
+                )
             } else {
                 None
             };
@@ -353,9 +371,10 @@ impl Transport {
         handler: Arc<Handler>,
         estimate: bool,
         watch: demux::SsrcWatch,
+        responder: nack::SharedNackResponder,
     ) -> Result<(impl PeerConnection + use<>, Option<Arc<bwe::Estimate>>), TransportError> {
         let mut media_engine = media_engine(Feedback::Full)?;
-        let registry = interceptors(&mut media_engine, NackTiming::Prompt)?;
+        let registry = interceptors(&mut media_engine, NackTiming::Prompt, Some(responder))?;
         let registry = registry
             .with(rtcp::SLOT.into(), rtcp::KeyframeRequestInterceptor::default())
             .with(demux::SLOT.into(), watch);
@@ -510,11 +529,17 @@ pub enum NackTiming {
 /// webrtc-rs's default interceptors (`register_default_interceptors`: NACK generator and
 /// responder, simulcast header extensions, TWCC receiver, sender and receiver reports) with the
 /// NACK generator asking every [`NACK_INTERVAL`], [`MAX_NACKS_PER_PACKET`] times at most, for the
-/// server and the load generator alike.
+/// server and the load generator alike. `responder`: answer NACKs from the encoder branches'
+/// shared history (the server) instead of webrtc-rs's per-stream send buffer (1024 packets per
+/// stream; the load generator's publishers).
 ///
 /// # Errors
 /// [`TransportError::WebRtc`] if the media engine refuses a header extension.
-pub fn interceptors(media_engine: &mut MediaEngine, nack: NackTiming) -> Result<Registry, TransportError> {
+pub fn interceptors(
+    media_engine: &mut MediaEngine,
+    nack: NackTiming,
+    responder: Option<nack::SharedNackResponder>,
+) -> Result<Registry, TransportError> {
     use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Slot};
     use rtc::peer_connection::configuration::interceptor_registry as defaults;
     for parameter in ["", "pli"] {
@@ -527,9 +552,11 @@ pub fn interceptors(media_engine: &mut MediaEngine, nack: NackTiming) -> Result<
         }
         NackTiming::WebrtcRsDefault => NackGeneratorBuilder::new(),
     };
-    let registry = Registry::new()
-        .with(Slot::NackResponder, NackResponderBuilder::new().build())
-        .with(Slot::NackGenerator, generator.build());
+    let registry = match responder {
+        Some(shared) => Registry::new().with(Slot::NackResponder, shared),
+        None => Registry::new().with(Slot::NackResponder, NackResponderBuilder::new().build()),
+    };
+    let registry = registry.with(Slot::NackGenerator, generator.build());
     defaults::configure_simulcast_extension_headers(media_engine).map_err(rtc_err)?;
     let registry = defaults::configure_twcc_receiver_only(registry, media_engine).map_err(rtc_err)?;
     Ok(defaults::configure_rtcp_reports(registry))

@@ -18,6 +18,7 @@ use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
 use super::{SessionCounters, TransportError, bwe, rtc_err, rtcp};
 use crate::codec::VideoCodec;
 use crate::media::downstream::ReceiverTrack;
+use crate::media::retransmit::{History, SentMap};
 
 /// The kind and codec of a remote track.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +166,8 @@ pub struct LocalTrack {
     payload_type: AtomicU16,
     mime: String,
     counters: Arc<SessionCounters>,
+    /// Where the composite's NACKs are answered from ([`super::nack::SharedNackResponder`]).
+    sent: Option<Arc<SentMap>>,
 }
 
 impl LocalTrack {
@@ -174,6 +177,7 @@ impl LocalTrack {
         kind: RtpCodecKind,
         codec: RTCRtpCodec,
         counters: Arc<SessionCounters>,
+        sent: Option<Arc<SentMap>>,
     ) -> Result<Arc<Self>, TransportError> {
         let ssrc = crate::ids::random_ssrc();
         let mime = codec.mime_type.clone();
@@ -194,7 +198,7 @@ impl LocalTrack {
             }],
         )));
         let sender = pc.add_track(track.clone()).await.map_err(rtc_err)?;
-        Ok(Arc::new(Self { track, sender, ssrc, payload_type: AtomicU16::new(0), mime, counters }))
+        Ok(Arc::new(Self { track, sender, ssrc, payload_type: AtomicU16::new(0), mime, counters, sent }))
     }
 
     pub(super) async fn resolve_payload_type(&self) {
@@ -249,6 +253,12 @@ impl ReceiverTrack for LocalTrack {
 
     async fn keyframe_request(&self) -> Option<()> {
         LocalTrack::keyframe_request(self).await
+    }
+
+    fn sent_from(&self, first_seq: u16, seq_offset: u16, history: Arc<History>) {
+        if let Some(sent) = &self.sent {
+            sent.begin(first_seq, seq_offset, history);
+        }
     }
 }
 

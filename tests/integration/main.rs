@@ -21,6 +21,7 @@ mod http_hygiene;
 mod join_grid;
 mod layouts;
 mod leave;
+mod loss;
 mod memory;
 mod metrics;
 mod mix_minus;

@@ -172,6 +172,9 @@ pub struct PeerOpts {
     /// Edits the offer's text before it is posted (to play a client that writes odd SDP, e.g. a
     /// wrong `a=ssrc`); `None` posts it as made.
     pub offer_edit: Option<fn(String) -> String>,
+    /// Offers RTX (RFC 4588) and each codec's RTCP feedback, as browsers do, so retransmissions
+    /// come on an RTX stream; `false` (the default) offers the codecs alone.
+    pub rtx: bool,
 }
 
 impl PeerOpts {
@@ -196,6 +199,7 @@ impl PeerOpts {
             latency_probe: false,
             offer_edit: None,
             ice: IcePath::Loopback,
+            rtx: false,
         }
     }
 

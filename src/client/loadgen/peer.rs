@@ -68,7 +68,8 @@ impl Drop for Peer {
 /// [`LoadgenError`] when webrtc-rs cannot build the connection or the offer.
 pub async fn offer_only() -> Result<String, LoadgenError> {
     let mut me = crate::transport::media_engine(crate::transport::Feedback::None).map_err(w)?;
-    let registry = crate::transport::interceptors(&mut me, crate::transport::NackTiming::WebrtcRsDefault).map_err(w)?;
+    let registry =
+        crate::transport::interceptors(&mut me, crate::transport::NackTiming::WebrtcRsDefault, None).map_err(w)?;
     let (gather_tx, mut gather_rx) = mpsc::channel(1);
     let (state_tx, _state_rx) = watch::channel(RTCPeerConnectionState::New);
     let (tick_tx, _tick) = watch::channel(0u64);
@@ -109,13 +110,14 @@ impl Peer {
     /// [`LoadgenError`] when the server refuses, or the connection or a pipeline fails.
     pub async fn join(base: &str, room: &str, opts: PeerOpts, keep_pixels: bool) -> Result<Peer, LoadgenError> {
         gst::init().map_err(|e| LoadgenError::Gst(e.to_string()))?;
-        let mut me = crate::transport::media_engine(crate::transport::Feedback::None).map_err(w)?;
+        let feedback = if opts.rtx { crate::transport::Feedback::Full } else { crate::transport::Feedback::None };
+        let mut me = crate::transport::media_engine(feedback).map_err(w)?;
         // Behind a lossy relay (below SRTP) retransmissions heal the loss: NACK as browsers do.
         let nack = match opts.link {
             Some(_) => crate::transport::NackTiming::Prompt,
             None => crate::transport::NackTiming::WebrtcRsDefault,
         };
-        let registry = crate::transport::interceptors(&mut me, nack)
+        let registry = crate::transport::interceptors(&mut me, nack, None)
             .map_err(w)?
             .with(crate::transport::rtcp::SLOT.into(), crate::transport::rtcp::KeyframeRequestInterceptor::default());
         let registry = match &opts.rate_cap {

@@ -154,8 +154,10 @@ pub(super) fn publish_with(
         });
     }
     tokio::spawn(async move {
+        let mut timeline = Timeline::default();
         while let Some(mut b) = rx.recv().await {
             if let Ok(mut p) = rtc::rtp::Packet::unmarshal(&mut b) {
+                p.header.timestamp = timeline.map(p.header.timestamp);
                 if let Some(d) = &decorate {
                     d(&mut p);
                 }
@@ -180,6 +182,43 @@ pub(super) fn publish_with(
     pipeline.set_state(gst::State::Playing).map_err(|e| g(&e))?;
     pipelines.lock().unwrap().push(pipeline);
     Ok(enc_pad)
+}
+
+/// A jump of the payloader's RTP timestamps beyond this (ticks; 5 s at 90 kHz) is a discontinuity.
+const MAX_TIMESTAMP_STEP: u32 = 450_000;
+
+/// Keeps one stream's RTP timestamps running on through a replayed file's loop, as a camera's
+/// do. Each loop is a flushing seek back to the start, after which the payloader stamps from the
+/// file's start again: 20 s (1.8 M ticks at 90 kHz) back in time, which the server's jitter buffer
+/// answers by resetting its timing (`rtp delta too big, reset skew`); under loss that left every
+/// replayed tile freezing for the rest of the run (the composite went unsent for up to a second at
+/// a time: `benches/loss.sh`, 5% loss, 25 fps). A backward step, or a forward one past
+/// [`MAX_TIMESTAMP_STEP`], continues one frame (the last forward step seen) after the last
+/// timestamp sent. Pure.
+#[derive(Debug, Default)]
+pub struct Timeline {
+    /// The last timestamp in (the payloader's).
+    prev: Option<u32>,
+    /// The last forward step in, ticks (one frame or one audio packet).
+    step: u32,
+    /// Added (wrapping) to every timestamp in.
+    offset: u32,
+}
+
+impl Timeline {
+    /// The timestamp to send for the payloader's `ts`.
+    pub fn map(&mut self, ts: u32) -> u32 {
+        if let Some(prev) = self.prev {
+            let step = ts.wrapping_sub(prev);
+            if (step as i32) < 0 || step > MAX_TIMESTAMP_STEP {
+                self.offset = self.offset.wrapping_add(prev.wrapping_add(self.step).wrapping_sub(ts));
+            } else if step > 0 {
+                self.step = step;
+            }
+        }
+        self.prev = Some(ts);
+        ts.wrapping_add(self.offset)
+    }
 }
 
 /// Sends a forced keyframe to the encoder of the layer each PLI (RFC 4585 §6.3.1) names.
@@ -266,4 +305,37 @@ pub(super) fn keep_only_video_codec(sdp: &str, mime: &str) -> String {
         out.push(l.to_string());
     }
     out.join("\r\n") + "\r\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_looped_file_keeps_its_timestamps_running_one_frame_on() {
+        let mut t = Timeline::default();
+        let first = 4_000_000_000u32;
+        // 20 s of 30 fps (three packets a frame), then the file starts again at `first`.
+        let mut out = vec![];
+        for _ in 0..2 {
+            for f in 0..600u32 {
+                for _ in 0..3 {
+                    out.push(t.map(first.wrapping_add(f * 3000)));
+                }
+            }
+        }
+        let steps: Vec<u32> = out.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
+        assert!(steps.iter().all(|&s| s == 0 || s == 3000), "{:?}", steps.iter().find(|&&s| s != 0 && s != 3000));
+        assert_eq!(out[0], first, "a stream that never loops is sent as it is");
+        assert_eq!(out[1800], out[1799].wrapping_add(3000), "the loop is one frame after the last");
+    }
+
+    #[test]
+    fn a_big_forward_jump_is_a_discontinuity_too() {
+        let mut t = Timeline::default();
+        assert_eq!(t.map(100), 100);
+        assert_eq!(t.map(1060), 1060);
+        assert_eq!(t.map(1060 + 10 * MAX_TIMESTAMP_STEP), 2020);
+        assert_eq!(t.map(1060 + 10 * MAX_TIMESTAMP_STEP + 960), 2980);
+    }
 }

@@ -9,8 +9,9 @@ pub mod audio;
 pub mod video;
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use super::retransmit::History;
 use super::tiers::{BandwidthSample, Tier};
 
 /// One outbound RTP track of a receiver (the composite's or the mix's), as the send loops use it.
@@ -24,6 +25,10 @@ pub trait ReceiverTrack: Send + Sync + 'static {
     fn write(&self, packet: rtc::rtp::Packet) -> impl Future<Output = bool> + Send;
     /// The next keyframe request (PLI or FIR) from this receiver; `None` once the track is unbound.
     fn keyframe_request(&self) -> impl Future<Output = Option<()>> + Send;
+    /// The receiver's numbering (re)started: its packet `first_seq` is the encoder branch's
+    /// packet `first_seq - seq_offset` (wrapping), and so on, on the branch whose retransmission
+    /// history is `history` ([`crate::media::retransmit`]). NACKs are answered from there.
+    fn sent_from(&self, first_seq: u16, seq_offset: u16, history: Arc<History>);
 }
 
 /// The send-side bandwidth estimate toward one receiver (GCC over TWCC), as the tier choice

@@ -14,6 +14,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::{BandwidthSource, ReceiverTrack, VideoStatus};
 use crate::codec::VideoCodec;
 use crate::media::fanout::{OutFrame, RtpRewriter, starts_keyframe};
+use crate::media::retransmit::History;
 use crate::media::tiers::{BandwidthSample, OutputFormat, Tier, TierSelector};
 use crate::media::video::RoomVideo;
 
@@ -114,8 +115,11 @@ pub async fn send_video<T: ReceiverTrack>(
     let mut rw = RtpRewriter::new(track.ssrc(), track.payload_type(), crate::ids::random_u32() as u16);
     let mut switch = TierSwitch::new(video.format());
     status.set(switch.current());
-    // The tier being moved to, until its first keyframe arrives.
+    // The retransmission history of the branch being sent.
+    let mut history = video.history(codec, switch.current());
+    // The tier being moved to (and its history), until its first keyframe arrives.
     let mut next: Option<broadcast::Receiver<Arc<OutFrame>>> = None;
+    let mut next_history: Option<Arc<History>> = None;
     video.request_keyframe_tier(codec, switch.current());
     let mut keyframe_requests = true;
     let mut retry = tokio::time::interval(KEYFRAME_WAIT_RETRY);
@@ -128,7 +132,7 @@ pub async fn send_video<T: ReceiverTrack>(
                 video.request_keyframe_tier(codec, switch.wanted());
             }
             r = rx.recv() => match r {
-                Ok(frame) => send_frame(&mut rw, track.as_ref(), &frame).await,
+                Ok(frame) => send_frame(&mut rw, track.as_ref(), &frame, history.as_ref()).await,
                 Err(RecvError::Lagged(n)) => {
                     tracing::debug!(skipped = n, "receiver fell behind; waiting for a keyframe");
                     rw.resync();
@@ -140,9 +144,10 @@ pub async fn send_video<T: ReceiverTrack>(
                 Ok(frame) if switch.arrived(starts_keyframe(&frame)) => {
                     tracing::info!(to = ?switch.current(), "moved to another output tier at its keyframe");
                     rx = next.take().expect("guarded");
+                    history = next_history.take();
                     status.set(switch.current());
                     rw.resync();
-                    send_frame(&mut rw, track.as_ref(), &frame).await;
+                    send_frame(&mut rw, track.as_ref(), &frame, history.as_ref()).await;
                     video.release_idle_tiers();
                 }
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
@@ -154,6 +159,7 @@ pub async fn send_video<T: ReceiverTrack>(
                     TierMove::Stay => {}
                     TierMove::Cancel => {
                         next = None;
+                        next_history = None;
                         video.release_idle_tiers();
                     }
                     TierMove::Start(want) => {
@@ -161,6 +167,7 @@ pub async fn send_video<T: ReceiverTrack>(
                         match video.subscribe_tier(codec, want) {
                             Ok(new_rx) => {
                                 next = Some(new_rx);
+                                next_history = video.history(codec, want);
                                 switch.moving(want);
                                 video.request_keyframe_tier(codec, want);
                             }
@@ -181,13 +188,25 @@ pub async fn send_video<T: ReceiverTrack>(
 }
 
 /// Sends one encoded frame to a receiver, rewritten for its track, yielding every
-/// [`PACKETS_PER_YIELD`] packets.
-async fn send_frame<T: ReceiverTrack>(rw: &mut RtpRewriter, track: &T, frame: &OutFrame) {
+/// [`PACKETS_PER_YIELD`] packets. When the rewriter (re)starts here, the track is told where its
+/// numbering now maps to on the branch of `history` (for retransmissions).
+async fn send_frame<T: ReceiverTrack>(
+    rw: &mut RtpRewriter,
+    track: &T,
+    frame: &OutFrame,
+    history: Option<&Arc<History>>,
+) {
+    let mut starting = !rw.is_started();
     for (i, pkt) in frame.iter().enumerate() {
         if i > 0 && i % PACKETS_PER_YIELD == 0 {
             tokio::task::yield_now().await;
         }
         if let Some(out) = rw.rewrite(pkt) {
+            if std::mem::take(&mut starting)
+                && let Some(h) = history
+            {
+                track.sent_from(out.header.sequence_number, rw.seq_offset(), h.clone());
+            }
             track.write(out).await;
         }
     }

@@ -27,6 +27,7 @@ use tokio::sync::broadcast;
 
 use super::super::fallback::FragmentSlot;
 use super::super::fanout::{OutFrame, OutPacket, starts_keyframe};
+use super::super::retransmit::History;
 use super::super::tiers::{OutputFormat, Tier};
 use super::clock::OutputRequests;
 use super::keyframe::{Decision, KeyframeGate};
@@ -75,6 +76,8 @@ const CHECK_EVERY_TICKS: u32 = 15;
 
 struct Output {
     tx: broadcast::Sender<Arc<OutFrame>>,
+    /// The branch's last packets, for every receiver's retransmissions.
+    history: Arc<History>,
     /// The room tee's pad feeding this branch, and the branch's elements (to take it down).
     tee_pad: gst::Pad,
     elements: Vec<gst::Element>,
@@ -140,6 +143,10 @@ impl Encoders {
         let rx = out.tx.subscribe();
         outs.insert((codec, tier), out);
         Ok(rx)
+    }
+
+    pub(super) fn history(&self, codec: VideoCodec, tier: Tier) -> Option<Arc<History>> {
+        self.outputs.lock().unwrap().get(&(codec, tier)).map(|o| o.history.clone())
     }
 
     pub(super) fn release_idle_tiers(&self) {
@@ -365,7 +372,8 @@ impl Encoders {
 
         let (tx, _) = broadcast::channel(FANOUT_CAPACITY);
         let gate = Arc::new(Mutex::new(KeyframeGate::default()));
-        let (tx2, g) = (tx.clone(), gate.clone());
+        let history = Arc::new(History::default());
+        let (tx2, g, h) = (tx.clone(), gate.clone(), history.clone());
         let room = self.room.clone();
         sink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
@@ -378,8 +386,10 @@ impl Encoders {
                     if starts_keyframe(&frame) {
                         g.lock().unwrap().keyframe_seen();
                     }
+                    let frame = Arc::new(frame);
+                    h.push(frame.clone());
                     // No receiver is not an error: the branch keeps running for the next.
-                    let _ = tx2.send(Arc::new(frame));
+                    let _ = tx2.send(frame);
                     Ok(gst::FlowSuccess::Ok)
                 })
                 .build(),
@@ -414,7 +424,7 @@ impl Encoders {
         }
         let sink_pad = sink.static_pad("sink").ok_or_else(|| gst_err("appsink has no sink pad"))?;
         tracing::info!(room = %self.room, ?codec, ?tier, "encoder branch started");
-        Ok(Output { tx, tee_pad: src, elements, sink_pad, gate, every: vec![], encoded, encoder })
+        Ok(Output { tx, history, tee_pad: src, elements, sink_pad, gate, every: vec![], encoded, encoder })
     }
 }
 

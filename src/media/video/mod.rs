@@ -343,6 +343,12 @@ impl RoomVideo {
         self.inner.encoders.subscribe(codec, tier)
     }
 
+    /// The retransmission history of the `codec` encoder branch of `tier`
+    /// ([`crate::media::retransmit`]); `None` when that branch is not running.
+    pub fn history(&self, codec: VideoCodec, tier: Tier) -> Option<Arc<crate::media::retransmit::History>> {
+        self.inner.encoders.history(codec, tier)
+    }
+
     /// Takes down the smaller-tier encoder branches nobody receives any more (the full tier
     /// stays: recordings and egress attach to it). Call after dropping a tier's receiver.
     pub fn release_idle_tiers(&self) {
