@@ -6,6 +6,27 @@
 //! or, with `--udp-ports`, one socket per connection from a range. The answer's candidates are
 //! Tessera's own ([`answer`]): the shared ports at each announced address.
 
+/// The pass-through half of an interceptor's `Protocol` implementation over two
+/// `VecDeque<TaggedPacket>` fields, `read` and `write`: `poll_read`, `handle_write` and
+/// `poll_write` queue packets unchanged. Put it inside the `impl Protocol<..>` block.
+macro_rules! queued_passthrough {
+    () => {
+        fn poll_read(&mut self) -> Option<rtc::interceptor::TaggedPacket> {
+            self.read.pop_front()
+        }
+
+        fn handle_write(&mut self, msg: rtc::interceptor::TaggedPacket) -> Result<(), rtc::shared::error::Error> {
+            self.write.push_back(msg);
+            Ok(())
+        }
+
+        fn poll_write(&mut self) -> Option<rtc::interceptor::TaggedPacket> {
+            self.write.pop_front()
+        }
+    };
+}
+pub(crate) use queued_passthrough;
+
 pub mod answer;
 pub mod bwe;
 pub mod demux;

@@ -49,18 +49,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestInterceptor {
         Ok(())
     }
 
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.read.pop_front()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Error> {
-        self.write.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.write.pop_front()
-    }
+    super::queued_passthrough!();
 }
 
 impl Interceptor for KeyframeRequestInterceptor {

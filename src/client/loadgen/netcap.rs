@@ -77,18 +77,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RateCap {
         Ok(())
     }
 
-    fn poll_read(&mut self) -> Option<TaggedPacket> {
-        self.read.pop_front()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Error> {
-        self.write.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<TaggedPacket> {
-        self.write.pop_front()
-    }
+    crate::transport::queued_passthrough!();
 
     fn handle_timeout(&mut self, now: Instant) -> Result<(), Error> {
         while let Some((due, _)) = self.queue.front() {
