@@ -89,6 +89,16 @@ pub async fn put_json(addr: SocketAddr, path: &str, body: serde_json::Value) -> 
     http("PUT", format!("http://{addr}{path}"), Some("application/json"), body.to_string().into_bytes()).await
 }
 
+/// Waits up to 10 s for `{base}/healthz` to answer (a `tessera serve` child starting); panics
+/// naming `what` if it does not.
+pub async fn wait_healthy(base: &str, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while http_ok(&format!("{base}/healthz")).await.is_none() {
+        assert!(std::time::Instant::now() < deadline, "{what} did not come up");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// `GET url`; `Some(status)` when the server answered.
 pub async fn http_ok(url: &str) -> Option<u16> {
     tessera::client::loadgen::http("GET", url, None, vec![]).await.ok().map(|r| r.status)

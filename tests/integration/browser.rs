@@ -666,8 +666,19 @@ async fn two_chromium_pages_decode_the_composite_and_hear_the_mix() {
         eprintln!("{}: screenshot {}", p.name, d.screenshot(p.name).await);
     }
 
-    // The server sees both browsers publishing both kinds.
-    let room = common::room_json(srv.addr, ROOM).await;
+    // The server sees both browsers publishing both kinds (a page's simulcast video may start a
+    // moment after its audio on a loaded machine: wait for it, up to 10 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut room = common::room_json(srv.addr, ROOM).await;
+    let both = |room: &serde_json::Value| {
+        room["participants"].as_array().is_some_and(|ps| {
+            ps.len() == 2 && ps.iter().all(|p| p["publishes"]["video"] == true && p["publishes"]["audio"] == true)
+        })
+    };
+    while !both(&room) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        room = common::room_json(srv.addr, ROOM).await;
+    }
     let ps = room["participants"].as_array().unwrap_or_else(|| panic!("room JSON: {room}"));
     assert_eq!(ps.len(), 2, "room JSON: {room}");
     let mut names: Vec<_> = ps.iter().map(|p| p["name"].as_str().unwrap_or("")).collect();

@@ -72,11 +72,7 @@ async fn node_with(name: &'static str, redis: &str, extra: &[&str]) -> Node {
         .spawn()
         .expect("tessera binary");
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while common::http_ok(&format!("{base}/healthz")).await.is_none() {
-        assert!(Instant::now() < deadline, "node {name} did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_healthy(&base, &format!("node {name}")).await;
     Node { name, base, proc: Proc(child) }
 }
 

@@ -39,11 +39,7 @@ async fn spawn_server(dir: &Path) -> ServerProcess {
         .spawn()
         .expect("tessera binary");
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while common::http_ok(&format!("{base}/healthz")).await.is_none() {
-        assert!(Instant::now() < deadline, "server did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_healthy(&base, "server").await;
     ServerProcess { child, base }
 }
 

@@ -3,7 +3,6 @@
 //! kernel (`benches/soak.sh` measures the effect).
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::common;
 
@@ -39,11 +38,7 @@ async fn the_server_allocates_with_jemalloc_and_purges_in_the_background() {
         .stdout(Stdio::null())
         .spawn()
         .expect("tessera binary");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while common::http_ok(&format!("http://127.0.0.1:{port}/healthz")).await.is_none() {
-        assert!(Instant::now() < deadline, "server did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_healthy(&format!("http://127.0.0.1:{port}"), "server").await;
     let names = thread_names(child.id());
     let _ = child.kill();
     let _ = child.wait();
