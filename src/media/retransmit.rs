@@ -155,30 +155,24 @@ mod tests {
         let map = SentMap::default();
         let mut rw = RtpRewriter::new(777, 100, 65534);
         let mut sent = vec![];
+        // Sends frames of one branch as the send loop does: a start maps the receiver's numbers.
+        let mut send = |rw: &mut RtpRewriter, h: &Arc<History>, frames: [Arc<OutFrame>; 2]| {
+            for f in frames {
+                h.push(f.clone());
+                for p in f.iter() {
+                    let starting = !rw.is_started();
+                    let out = rw.rewrite(p).unwrap();
+                    if starting {
+                        map.begin(out.header.sequence_number, rw.seq_offset(), h.clone());
+                    }
+                    sent.push(out);
+                }
+            }
+        };
         // Full tier from a keyframe at 1000; then a move to the half tier at its keyframe at 50.
-        for (h, f) in [(&full, frame(1000, 4, true)), (&full, frame(1004, 3, false))] {
-            h.push(f.clone());
-            for p in f.iter() {
-                let starting = !rw.is_started();
-                let out = rw.rewrite(p).unwrap();
-                if starting {
-                    map.begin(out.header.sequence_number, rw.seq_offset(), h.clone());
-                }
-                sent.push(out);
-            }
-        }
+        send(&mut rw, &full, [frame(1000, 4, true), frame(1004, 3, false)]);
         rw.resync();
-        for (h, f) in [(&half, frame(50, 2, true)), (&half, frame(52, 2, false))] {
-            h.push(f.clone());
-            for p in f.iter() {
-                let starting = !rw.is_started();
-                let out = rw.rewrite(p).unwrap();
-                if starting {
-                    map.begin(out.header.sequence_number, rw.seq_offset(), h.clone());
-                }
-                sent.push(out);
-            }
-        }
+        send(&mut rw, &half, [frame(50, 2, true), frame(52, 2, false)]);
         for s in &sent {
             let again = map.packet(s.header.sequence_number).expect("kept");
             assert_eq!(again.header.sequence_number, s.header.sequence_number);

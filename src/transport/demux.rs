@@ -11,7 +11,6 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use rtc::interceptor::{Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::sansio::Protocol;
@@ -243,11 +242,7 @@ impl SsrcWatch {
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for SsrcWatch {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = Error;
-    type Time = Instant;
+    super::queued_passthrough!();
 
     fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Error> {
         if let Packet::Rtp(p) = &msg.message.packet
@@ -265,8 +260,6 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for SsrcWatch {
         self.read.push_back(msg);
         Ok(())
     }
-
-    super::queued_passthrough!();
 }
 
 impl Interceptor for SsrcWatch {

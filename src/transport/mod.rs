@@ -6,11 +6,18 @@
 //! or, with `--udp-ports`, one socket per connection from a range. The answer's candidates are
 //! Tessera's own ([`answer`]): the shared ports at each announced address.
 
-/// The pass-through half of an interceptor's `Protocol` implementation over two
-/// `VecDeque<TaggedPacket>` fields, `read` and `write`: `poll_read`, `handle_write` and
-/// `poll_write` queue packets unchanged. Put it inside the `impl Protocol<..>` block.
+/// The pass-through half of an interceptor's `Protocol<TaggedPacket, TaggedPacket, ()>`
+/// implementation over two `VecDeque<TaggedPacket>` fields, `read` and `write`: the associated
+/// types (`Time` is `Instant`), and `poll_read`, `handle_write` and `poll_write` queueing packets
+/// unchanged. Put it inside the `impl Protocol<..>` block.
 macro_rules! queued_passthrough {
     () => {
+        type Rout = rtc::interceptor::TaggedPacket;
+        type Wout = rtc::interceptor::TaggedPacket;
+        type Eout = ();
+        type Error = rtc::shared::error::Error;
+        type Time = std::time::Instant;
+
         fn poll_read(&mut self) -> Option<rtc::interceptor::TaggedPacket> {
             self.read.pop_front()
         }

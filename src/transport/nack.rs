@@ -80,11 +80,7 @@ impl SharedNackResponder {
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for SharedNackResponder {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = Error;
-    type Time = Instant;
+    super::queued_passthrough!();
 
     fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet {
@@ -97,8 +93,6 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for SharedNackResponder {
         self.read.push_back(msg);
         Ok(())
     }
-
-    super::queued_passthrough!();
 }
 
 impl Interceptor for SharedNackResponder {

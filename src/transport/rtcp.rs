@@ -4,7 +4,6 @@
 //! of the chain, marks keyframe requests and lets everything else stop there.
 
 use std::collections::VecDeque;
-use std::time::Instant;
 
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
@@ -29,11 +28,7 @@ pub fn is_keyframe_request(p: &dyn rtc::rtcp::Packet) -> bool {
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestInterceptor {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = Error;
-    type Time = Instant;
+    super::queued_passthrough!();
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet {
@@ -48,8 +43,6 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestInterceptor {
         self.read.push_back(msg);
         Ok(())
     }
-
-    super::queued_passthrough!();
 }
 
 impl Interceptor for KeyframeRequestInterceptor {

@@ -49,11 +49,7 @@ impl RateCap {
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for RateCap {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = Error;
-    type Time = Instant;
+    crate::transport::queued_passthrough!();
 
     fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Error> {
         let bps = self.cap.load(Ordering::Relaxed);
@@ -76,8 +72,6 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RateCap {
         self.queue.push_back((done, msg));
         Ok(())
     }
-
-    crate::transport::queued_passthrough!();
 
     fn handle_timeout(&mut self, now: Instant) -> Result<(), Error> {
         while let Some((due, _)) = self.queue.front() {
