@@ -32,10 +32,6 @@ use serde::Serialize;
 #[include = "*.gst"]
 struct Embedded;
 
-/// Whether the room composites on a GPU when a backend's `composite` fragment runs here: `false` until a GPU
-/// `media::video::compositor::Compositor` exists (the CPU canvas composites; [`Backends::resolve`] says so).
-pub const GPU_COMPOSITOR_WIRED: bool = false;
-
 /// GPU element factories a fragment may name on a machine that lacks them (no GPU, no driver, an
 /// older GStreamer), space-separated: the fragment checks tolerate "no such element" for these only.
 pub const GPU_ELEMENTS: &str = "nvh264dec nvvp8dec nvav1dec nvh264enc nvcudah264enc nvav1enc cudaupload cudadownload \
@@ -59,8 +55,10 @@ pub enum Role {
     Vp8Decode,
     /// H.264 byte-stream → raw video.
     H264Decode,
-    /// raw video → the backend's compositing elements → raw I420. No `cpu` fragment: the CPU canvas
-    /// (`media::video::cpu`) composites there.
+    /// raw video → the backend's compositing elements → raw I420 in system memory: the elements
+    /// before its video aggregator run once per picture (an upload), the aggregator composes the
+    /// tiles, the rest brings the composite back (`media::video::element`). No `cpu` fragment:
+    /// the CPU canvas (`media::video::cpu`) composites there.
     Composite,
     /// Optional (not negotiated yet): raw I420 → AV1 OBU stream, temporal-unit aligned.
     Av1Encode,
@@ -433,14 +431,6 @@ impl Backends {
             reason = if reason.is_empty() { none } else { format!("{none}; {reason}") };
         }
         let (backend, fragment) = match (role, chosen) {
-            // The room composites on the CPU canvas unless a GPU compositor is wired in.
-            (Role::Composite, Some(f)) if !GPU_COMPOSITOR_WIRED => {
-                reason = format!(
-                    "{}'s compositing elements run here, but the room's GPU compositor is not wired in yet: the CPU canvas composites",
-                    f.backend
-                );
-                (Some("cpu".to_string()), None)
-            }
             (Role::Composite, None) => (Some("cpu".to_string()), None),
             (_, Some(f)) => (Some(f.backend.clone()), Some(f)),
             (_, None) => (None, None),
@@ -478,6 +468,13 @@ impl Backends {
             }
         }
         all
+    }
+
+    /// Records that `backend` serves `role` from now on (what [`Backends::serving`] reports): for a
+    /// run-time fallback that builds no fragment, e.g. the room's compositor falling back to the
+    /// CPU canvas.
+    pub fn note_serving(&self, role: Role, backend: &str) {
+        self.serving.lock().unwrap().insert(role, backend.to_string());
     }
 
     /// The backend serving each [`Role::CORE`] role now, in that order: as [`Backends::verify`]

@@ -126,6 +126,11 @@ pub struct RoomInfo {
     pub frames_unchanged: u64,
     /// GPU encoders replaced by the next candidate (`cpu` in the end) after failing.
     pub encoder_fallbacks: u64,
+    /// The backend compositing the room: `cpu` (the CPU canvas) or the backend whose `composite`
+    /// fragment runs (`nvenc`: `cudacompositor`, `vaapi`: `vacompositor`).
+    pub compositor: String,
+    /// Times a composite fragment failed (at start or while running) and the CPU canvas took over.
+    pub compositor_fallbacks: u64,
     /// Keyframes forced on the room's encoders (coalesced: receivers joining together share one).
     pub keyframes_forced: u64,
     /// Video encoder branches running (one per codec and output tier in use).
@@ -236,6 +241,8 @@ impl Room {
             frames_dropped: stats.frames_dropped.load(Ordering::Relaxed),
             frames_unchanged: stats.frames_unchanged.load(Ordering::Relaxed),
             encoder_fallbacks: stats.fallbacks.load(Ordering::Relaxed),
+            compositor: self.video.compositor_backend(),
+            compositor_fallbacks: stats.compositor_fallbacks.load(Ordering::Relaxed),
             keyframes_forced: stats.keyframes_forced.load(Ordering::Relaxed),
             encoders: self.video.encoders(),
             encoder_branches,

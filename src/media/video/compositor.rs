@@ -1,7 +1,9 @@
 //! The compositor seam: what a room's tiles (the `tiles` module: layout, labels, placeholders,
 //! speaker highlight — backend-independent) ask of the backend that draws them. The CPU canvas
-//! (`cpu::CpuCompositor`) is the first implementation; a GPU compositor is a second one
-//! behind the same trait, so the room, its layouts and their tests do not change with it.
+//! (`cpu::CpuCompositor`) is the first implementation; the element compositor
+//! (`element::ElementCompositor`: a backend's `composite` fragment, `cudacompositor` or
+//! `vacompositor` on a GPU) is the second, behind the same trait, so the room, its layouts and
+//! their tests do not change with it.
 //!
 //! The contract: tiles are added in join order and hidden until a [`Scene`] places them; decoded
 //! frames arrive from each publisher's decoder thread at any time ([`Compositor::push`]) and must
@@ -41,6 +43,9 @@ pub trait Compositor: Send + Sync + 'static {
     /// The caps of [`Compositor::composite`]'s buffers (e.g. `video/x-raw,format=I420`, the
     /// room's size and rate; a GPU backend may give `memory:CUDAMemory`).
     fn caps(&self) -> &gst::Caps;
+    /// The backend drawing now: `cpu` for the CPU canvas (also after a GPU compositor fell back
+    /// to it), else the backend whose `composite` fragment runs (`nvenc`, `vaapi`).
+    fn backend(&self) -> String;
     /// Adds tile `id` (hidden until placed) with its name label.
     fn add_tile(&self, id: &str, label: Option<Label>);
     /// Removes tile `id`; unknown ids are ignored. The next [`Scene`] redraws the rest.

@@ -165,6 +165,10 @@ impl Compositor for CpuCompositor {
         &self.caps
     }
 
+    fn backend(&self) -> String {
+        "cpu".into()
+    }
+
     fn add_tile(&self, id: &str, label: Option<Label>) {
         let state = Mutex::new(TileState { label: label.map(Arc::new), ..TileState::default() });
         self.tiles.write().unwrap().push(Arc::new(Tile { id: id.to_string(), state }));

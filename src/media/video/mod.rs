@@ -16,6 +16,7 @@
 pub mod clock;
 pub mod compositor;
 pub mod cpu;
+pub mod element;
 pub mod encoders;
 pub mod keyframe;
 pub mod labels;
@@ -34,7 +35,7 @@ use super::fanout::OutFrame;
 use super::layout::{Layout, Placement, Rect};
 use super::tiers::{OutputFormat, Tier};
 use crate::codec::VideoCodec;
-use crate::pipelines::Backends;
+use crate::pipelines::{Backends, Params, Role};
 use clock::OutputRequests;
 use compositor::Compositor;
 use encoders::Encoders;
@@ -72,6 +73,8 @@ pub struct VideoStats {
     /// GPU fragments (encoders) replaced by the next candidate, `cpu` in the end, because they
     /// failed to start or while running (`media::fallback`).
     pub fallbacks: AtomicU64,
+    /// Times the room's element (GPU) compositor failed and the CPU canvas took over (0 or 1).
+    pub compositor_fallbacks: AtomicU64,
 }
 
 /// The room's tiles, compositor and encoders. Cheap to clone; the pipeline stops when the last
@@ -107,7 +110,8 @@ impl Drop for Inner {
 
 impl RoomVideo {
     /// Builds and starts the room's video (no encoder runs until [`RoomVideo::subscribe`]), with
-    /// `layout` and at most `cap` visible tiles, composited on the CPU.
+    /// `layout` and at most `cap` visible tiles, composited by the backend's `composite` fragment
+    /// where it has one that runs here (an [`element::ElementCompositor`]), else on the CPU canvas.
     ///
     /// # Errors
     /// [`VideoError::Gst`] when an element is missing or the pipeline cannot start.
@@ -138,7 +142,7 @@ impl RoomVideo {
     ) -> Result<Self, VideoError> {
         gst::init().map_err(gst_err)?;
         let stats = Arc::new(VideoStats::default());
-        let compositor: Arc<dyn Compositor> = Arc::new(cpu::CpuCompositor::new(format, stats.clone())?);
+        let compositor = choose_compositor(room, &backends, format, &stats)?;
         let pipeline = gst::Pipeline::with_name(&format!("room-{room}"));
         if backends.backend() != "cpu" {
             super::gpu_context::share(&pipeline);
@@ -304,6 +308,12 @@ impl RoomVideo {
         self.inner.tiles.speaker()
     }
 
+    /// The backend compositing the room now ([`Compositor::backend`]: `cpu`, or the backend
+    /// whose `composite` fragment runs).
+    pub fn compositor_backend(&self) -> String {
+        self.inner.compositor.backend()
+    }
+
     /// Number of encoder branches running (codecs × tiers).
     pub fn encoders(&self) -> usize {
         self.inner.encoders.count()
@@ -407,6 +417,34 @@ impl RoomVideo {
         self.inner.tiles.stop();
         let _ = self.inner.pipeline.set_state(gst::State::Null);
     }
+}
+
+/// The room's compositor: an [`element::ElementCompositor`] from the first variant of `backends`'
+/// `composite` fragment that starts here (a variant that does not is marked failed and counted in
+/// [`VideoStats::compositor_fallbacks`]), else the CPU canvas (always on `cpu`, which has no such
+/// fragment).
+fn choose_compositor(
+    room: &str,
+    backends: &Backends,
+    format: OutputFormat,
+    stats: &Arc<VideoStats>,
+) -> Result<Arc<dyn Compositor>, VideoError> {
+    if backends.backend() != "cpu" {
+        let p = Params { kbps: format.kbps, keyint: Params::TYPICAL.keyint, fps: format.fps };
+        while let Ok(built) = backends.build(Role::Composite, p) {
+            match element::ElementCompositor::new(room, backends, &built.fragment, format, stats.clone()) {
+                Ok(c) => return Ok(Arc::new(c)),
+                Err(e) => {
+                    tracing::warn!(room, backend = %built.fragment.backend, variant = built.fragment.variant,
+                        "the composite fragment does not run: {e}");
+                    backends.mark_failed(Role::Composite, &built.fragment, &e.to_string());
+                    stats.compositor_fallbacks.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        backends.note_serving(Role::Composite, "cpu");
+    }
+    Ok(Arc::new(cpu::CpuCompositor::new(format, stats.clone())?))
 }
 
 #[cfg(test)]
