@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tessera::config::Config;
 
 use crate::common::{self, Frame, Peer, PeerOpts, close};
 
@@ -66,7 +67,45 @@ fn rect(room: &Value, id: &str) -> (u64, u64, u64, u64) {
 async fn every_layout_puts_each_colour_in_its_place() {
     let _serial = common::serial().await;
     let srv = common::server().await;
-    let a = srv.addr;
+    every_layout(srv.addr).await;
+}
+
+/// A pipelines folder with `cpu`'s fragments and a `standin` backend whose `composite.gst` is
+/// `nvenc`'s shape (head, video aggregator, tail) with GStreamer's CPU `compositor` standing in for
+/// `cudacompositor`: the room composites through the element compositor.
+fn standin_pipelines() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tessera-standin-{}", std::process::id()));
+    let (cpu, standin) = (dir.join("cpu"), dir.join("standin"));
+    std::fs::create_dir_all(&cpu).unwrap();
+    std::fs::create_dir_all(&standin).unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/cpu");
+    for e in std::fs::read_dir(&repo).unwrap().flatten() {
+        std::fs::copy(e.path(), cpu.join(e.file_name())).unwrap();
+    }
+    let composite = "videoconvert ! compositor ! videoconvert ! capsfilter caps=video/x-raw,format=I420\n";
+    std::fs::write(standin.join("composite.gst"), composite).unwrap();
+    dir
+}
+
+/// The same layouts, composited by the element compositor (the GPU path's code, on the CPU).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_layout_puts_each_colour_in_its_place_through_the_element_compositor() {
+    let _serial = common::serial().await;
+    let dir = standin_pipelines();
+    let cfg = Config { backend: "standin".into(), pipelines_dir: Some(dir.clone()), ..Config::default() };
+    let srv = common::server_with(cfg).await;
+    let room = every_layout(srv.addr).await;
+    assert_eq!(room["compositor"], "standin", "{room}");
+    assert_eq!(room["compositor_fallbacks"], 0, "{room}");
+    let metrics = common::http("GET", format!("http://{}/metrics", srv.addr), None, vec![]).await.body;
+    let line = metrics.lines().find(|l| l.starts_with("tessera_role_backend") && l.contains(r#"role="composite""#));
+    assert!(line.is_some_and(|l| l.contains(r#"backend="standin""#) && l.ends_with(" 1")), "{metrics}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Every layout on room `layouts` of the server at `a`: each colour where the room JSON says.
+/// Returns the room JSON at the end.
+async fn every_layout(a: SocketAddr) -> Value {
     let spec = [("red", (220, 40, 40)), ("green", (40, 200, 60)), ("blue", (40, 60, 220))];
     let mut peers = vec![];
     let mut colours = HashMap::new();
@@ -130,7 +169,9 @@ async fn every_layout_puts_each_colour_in_its_place() {
     assert_eq!(r.status, 400, "{}", r.body);
     let r = common::put_json(a, "/v1/rooms/layouts/layout", json!({"layout": "pinned", "participant": "nobody"})).await;
     assert_eq!(r.status, 404, "{}", r.body);
-    assert_eq!(common::room_json(a, "layouts").await["layout"]["layout"], "presentation");
+    let room = common::room_json(a, "layouts").await;
+    assert_eq!(room["layout"]["layout"], "presentation");
+    room
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

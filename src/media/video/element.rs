@@ -437,7 +437,15 @@ impl ElementCompositor {
         for (i, bar) in st.scene.highlight.iter().flatten().enumerate() {
             want.push((Item::Bar(i), self.amber.clone(), *bar, BARS_Z));
         }
-        let gone: Vec<Item> = st.links.keys().filter(|k| !want.iter().any(|w| w.0 == **k)).copied().collect();
+        // Pads for what is no longer shown go, and so do pads whose caps change: a caps change
+        // on a running aggregator pad holds its output back by a frame (GStreamer 1.22's
+        // videoaggregator), a new pad does not.
+        let gone: Vec<Item> = st
+            .links
+            .iter()
+            .filter(|(k, l)| !want.iter().any(|w| w.0 == **k && l.caps.as_ref() == Some(&w.1.caps)))
+            .map(|(k, _)| *k)
+            .collect();
         for k in gone {
             if let Some(l) = st.links.remove(&k) {
                 let _ = l.ours.unlink(&l.theirs);
@@ -456,13 +464,11 @@ impl ElementCompositor {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => e.insert(self.link(*item, n)?),
             };
-            if link.caps.as_ref() != Some(&ready.caps) {
+            if link.caps.is_none() {
                 if !link.ours.push_event(gst::event::Caps::new(&ready.caps)) {
                     return Err(format!("the aggregator refuses {}", ready.caps));
                 }
-                if link.caps.is_none() {
-                    link.ours.push_event(gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new()));
-                }
+                link.ours.push_event(gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new()));
                 link.caps = Some(ready.caps.clone());
             }
             if link.place != Some((*rect, *z)) {

@@ -203,3 +203,40 @@ fn an_element_compositor_failing_while_running_hands_the_room_to_the_cpu_canvas(
     // What runs the role is reported as cpu now.
     assert!(backends.serving().contains(&(Role::Composite, Some("cpu".into()))));
 }
+
+#[test]
+fn joins_size_changes_and_relayouts_while_decoders_push_never_stall_it() {
+    gst::init().unwrap();
+    let stats = Arc::new(VideoStats::default());
+    let c = Arc::new(element(STANDIN, stats.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut decoders = vec![];
+    let ids = ["a", "b", "c", "d"];
+    for (k, id) in ids.iter().enumerate() {
+        c.add_tile(id, render_label(id));
+        let all: Vec<&str> = ids[..=k].to_vec();
+        lay_out(c.as_ref(), &all, &Layout::Grid, Some(id));
+        c.push(id, &frame(BLACK, 640, 360), true); // a placeholder first
+        let (c2, stop, id) = (c.clone(), stop.clone(), id.to_string());
+        decoders.push(std::thread::spawn(move || {
+            let c = c2;
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let (w, h) = if (i / 20) % 2 == 0 { (320, 180) } else { (160, 120) };
+                c.push(&id, &frame(RED, w, h), true);
+                i += 1;
+                std::thread::sleep(Duration::from_millis(7));
+            }
+        }));
+        for _ in 0..30 {
+            assert!(c.composite().is_some());
+            std::thread::sleep(Duration::from_millis(3));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for d in decoders {
+        d.join().unwrap();
+    }
+    assert_eq!(stats.compositor_fallbacks.load(Ordering::Relaxed), 0);
+    assert_eq!(Compositor::backend(c.as_ref()), "standin");
+}
