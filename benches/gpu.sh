@@ -73,6 +73,13 @@ http_ok() {
   exec 3<&- 3>&-
   [[ $line == *" 200"* ]]
 }
+# http_body PORT PATH: the body of a GET (bash's /dev/tcp)
+http_body() {
+  { exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null || return 0
+  printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' "$2" >&3
+  timeout 3 cat <&3 | sed '1,/^\r*$/d' || true
+  exec 3<&- 3>&-
+}
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 kv() { sed -n "s/.*[ :]$1=\([^ ]*\).*/\1/p" <<<"$2" | head -1; }
 # role_backend JSON_FILE ROLE: the backend `tessera doctor --json` gives ROLE
@@ -117,7 +124,7 @@ measure() {
     if ! kill -0 "$LPID" 2>/dev/null || [ "$t" -ge $((JOIN_TIMEOUT * 5)) ]; then
       echo "  $b R=$r: loadgen did not report joined (see $lg)" >&2
       kill "$LPID" "$SPID" 2>/dev/null || true; wait "$LPID" "$SPID" 2>/dev/null || true; LPID=""; SPID=""
-      rm -rf "$dir"; printf '| %s | %s | %s | failed to join | | | | | | | | | | no |\n' "$b" "$r" "$((r * PUBLISHERS))" >>"$ROWS"
+      rm -rf "$dir"; printf '| %s | | %s | %s | failed to join | | | | | | | | | | no |\n' "$b" "$r" "$((r * PUBLISHERS))" >>"$ROWS"
       return 1
     fi
     sleep 0.2; t=$((t + 1))
@@ -137,6 +144,9 @@ measure() {
   if [ "$HAVE_SMI" = 1 ]; then nvidia-smi -i "$GPU" -q -d ENCODER_STATS >"$OUT/encoder-stats-$b-$r.txt" 2>&1 || true; fi
   sleep "$(awk "BEGIN {print $WINDOW / 2}")"
   s1=$(cpu_ticks "$SPID"); l1=$(cpu_ticks "$LPID"); t1=$(date +%s.%N)
+  # Which backend composites the first room now (cpu after a run-time fallback).
+  local room0=gpu comp; [ "$r" -gt 1 ] && room0=gpu-0
+  comp=$(http_body "$port" "/v1/rooms/$room0" | sed -n 's/.*"compositor":"\([^"]*\)".*/\1/p' | head -1)
   if [ -n "$SMIPID" ]; then kill "$SMIPID" 2>/dev/null || true; wait "$SMIPID" 2>/dev/null || true; SMIPID=""; fi
   wait "$LPID" || true; LPID=""
   kill "$SPID" 2>/dev/null || true
@@ -153,8 +163,8 @@ measure() {
   lat="$(kv latency_ms_median "$sum") / $(kv latency_ms_p95 "$sum")"
   dec=0; [ "${DEC_ON_GPU[$b]}" = 1 ] && dec=$((r * PUBLISHERS))
   rt=no; awk "BEGIN {exit !(${fpsm:-0} >= $REALTIME_FPS)}" && rt=yes
-  printf '| %s | %s | %s | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s | %s (%s fps) | %s | %s (%s) | %s | %s | %s |\n' \
-    "$b" "$r" "$((r * PUBLISHERS))" "$cores" "$(awk "BEGIN {printf \"%.3f\", $cores / $r}")" "$lcores" \
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s / %s | %s / %s | %s / %s | %s | %s (%s fps) | %s | %s (%s) | %s | %s | %s |\n' \
+    "$b" "${comp:-?}" "$r" "$((r * PUBLISHERS))" "$cores" "$(awk "BEGIN {printf \"%.3f\", $cores / $r}")" "$lcores" \
     "$gu" "$gm" "$eu" "$em" "$du" "$dm" "$mm" "$sess" "$efps" "$dec" "${fpsm:--}" "${fpsmin:--}" "${frz:--}" "$lat" "$rt" >>"$ROWS"
   echo "  $(tail -1 "$ROWS")" >&2
   [ "$rt" = yes ]
@@ -178,8 +188,8 @@ ELAPSED=$(( $(date +%s) - START ))
 {
   echo "Rooms per GPU: \`bash benches/gpu.sh\`, $(date +%F), machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), GPU $GPUNAME (driver $DRIVER), GStreamer ${GSTV:-?}. Each room: $PUBLISHERS publishers (640x360 VP8 replayed), composite 1280x720 @ 1500 kbit/s to every publisher (counting frames) + one decoding latency probe in the first room. Server CPU and nvidia-smi over a $WINDOW s window after everyone joined + $WARMUP s. Took $((ELAPSED / 60)) min $((ELAPSED % 60)) s."
   echo
-  echo "| backend | rooms | publishers | server cores | cores per room | loadgen cores | GPU util % mean / max | NVENC util % mean / max | NVDEC util % mean / max | GPU MiB max | encoder sessions max (fps) | GPU decoders | fps median (min) | freezes | latency ms median / p95 | real time |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| backend | composites on | rooms | publishers | server cores | cores per room | loadgen cores | GPU util % mean / max | NVENC util % mean / max | NVDEC util % mean / max | GPU MiB max | encoder sessions max (fps) | GPU decoders | fps median (min) | freezes | latency ms median / p95 | real time |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   cat "$ROWS"
   echo
   for b in $BACKENDS; do echo "- **$b**: largest real-time R (median fps >= $REALTIME_FPS): **${BEST[$b]}** room(s) of $PUBLISHERS."; done

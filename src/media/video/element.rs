@@ -82,7 +82,11 @@ pub fn split(desc: &str) -> Result<Split, String> {
         let Ok(factory) = factory.load() else { continue };
         let aggregator = gst::glib::Type::from_name("GstVideoAggregator");
         if aggregator.is_some_and(|t| factory.element_type().is_a(t)) {
-            return Ok(Split { head: segs[..i].join(" ! "), aggregator: seg.to_string(), tail: segs[i + 1..].join(" ! ") });
+            return Ok(Split {
+                head: segs[..i].join(" ! "),
+                aggregator: seg.to_string(),
+                tail: segs[i + 1..].join(" ! "),
+            });
         }
     }
     Err(format!("no video aggregator element in `{desc}`"))
@@ -149,7 +153,8 @@ impl Head {
             })
             .build();
         let src = gst::Pad::builder(gst::PadDirection::Src).name("head-in").build();
-        let (bin_sink, bin_src) = (bin.static_pad("sink").ok_or("head has no sink")?, bin.static_pad("src").ok_or("head has no src")?);
+        let (bin_sink, bin_src) =
+            (bin.static_pad("sink").ok_or("head has no sink")?, bin.static_pad("src").ok_or("head has no src")?);
         src.link(&bin_sink).map_err(|e| format!("head input: {e:?}"))?;
         bin_src.link(&sink).map_err(|e| format!("head output: {e:?}"))?;
         sink.set_active(true).map_err(|e| e.to_string())?;
@@ -473,7 +478,9 @@ impl ElementCompositor {
             }
             if link.place != Some((*rect, *z)) {
                 let p = &link.theirs;
-                for (name, v) in [("xpos", rect.x), ("ypos", rect.y), ("width", rect.w), ("height", rect.h), ("zorder", *z)] {
+                for (name, v) in
+                    [("xpos", rect.x), ("ypos", rect.y), ("width", rect.w), ("height", rect.h), ("zorder", *z)]
+                {
                     set_num(p, name, f64::from(v))?;
                 }
                 link.place = Some((*rect, *z));
@@ -517,8 +524,7 @@ impl ElementCompositor {
 
     /// A new aggregator pad for `item`, fed by a pad of ours, its stream starting at frame `n`.
     fn link(&self, item: Item, n: u64) -> Result<Link, String> {
-        let theirs =
-            self.aggregator.request_pad_simple("sink_%u").ok_or("the aggregator gives no more sink pads")?;
+        let theirs = self.aggregator.request_pad_simple("sink_%u").ok_or("the aggregator gives no more sink pads")?;
         let ours = gst::Pad::builder(gst::PadDirection::Src).name(format!("{item:?}")).build();
         ours.link(&theirs).map_err(|e| format!("aggregator pad: {e:?}"))?;
         ours.set_active(true).map_err(|e| e.to_string())?;

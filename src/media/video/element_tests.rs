@@ -7,8 +7,8 @@ use super::super::cpu::CpuCompositor;
 use super::super::labels::render_label;
 use super::super::tiles::{TileIn, arrange};
 use super::*;
-use gstreamer_video::prelude::*;
 use crate::media::layout::{CustomTile, Layout};
+use gstreamer_video::prelude::*;
 
 const FORMAT: OutputFormat = OutputFormat { width: 320, height: 180, fps: 30, kbps: 300 };
 /// The stand-in for a GPU fragment: a head, the aggregator, a tail, as `nvenc/composite.gst`.
@@ -106,8 +106,10 @@ fn draws_layouts_labels_and_the_highlight(c: &dyn Compositor) {
     // Alice's label, bottom-left in her tile: darker than her picture, with lighter text in it.
     let a = rect_of(&scene, "a").unwrap();
     let rows = a.y + a.h - LABEL_MARGIN - 16..a.y + a.h - LABEL_MARGIN;
-    let lumas: Vec<u8> =
-        rows.flat_map(|y| (a.x + LABEL_MARGIN..a.x + a.w / 2).map(move |x| (x, y))).map(|(x, y)| at(&out, x, y)[0]).collect();
+    let lumas: Vec<u8> = rows
+        .flat_map(|y| (a.x + LABEL_MARGIN..a.x + a.w / 2).map(move |x| (x, y)))
+        .map(|(x, y)| at(&out, x, y)[0])
+        .collect();
     assert!(lumas.iter().any(|&l| l + 20 < RED[0]), "{name}: no label box");
     assert!(lumas.iter().any(|&l| l > RED[0] + 40), "{name}: no label text");
 
