@@ -224,7 +224,7 @@ fn joins_size_changes_and_relayouts_while_decoders_push_never_stall_it() {
             let c = c2;
             let mut i = 0u32;
             while !stop.load(Ordering::Relaxed) {
-                let (w, h) = if (i / 20) % 2 == 0 { (320, 180) } else { (160, 120) };
+                let (w, h) = if (i / 20).is_multiple_of(2) { (320, 180) } else { (160, 120) };
                 c.push(&id, &frame(RED, w, h), true);
                 i += 1;
                 std::thread::sleep(Duration::from_millis(7));
