@@ -94,7 +94,10 @@ pub(super) fn spawn(video: Weak<super::Inner>, src: gst_app::AppSrc, period: Dur
                 continue;
             }
             let Some(mut buf) = inner.compositor.composite() else { break };
-            if let Some(b) = buf.get_mut() {
+            {
+                // A shared buffer (an element compositor's appsink may hold one) is copied
+                // shallowly: its pixels are not.
+                let b = buf.make_mut();
                 b.set_pts(inner.pipeline.current_running_time());
                 b.set_duration(gst::ClockTime::from_nseconds(period.as_nanos() as u64));
             }

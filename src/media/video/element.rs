@@ -3,10 +3,9 @@
 //! (VA-API), or `compositor` (CPU, what the tests run here) — the second implementation of
 //! [`Compositor`] beside the CPU canvas.
 //!
-//! The fragment is split around its aggregator (the first element that is a
-//! `GstVideoAggregator`): the **head** before it (e.g. `cudaupload`) makes a picture ready for it,
-//! the **tail** after it (e.g. `capsfilter ! cudadownload`) gives the composite back as I420 in
-//! system memory.
+//! The fragment is split around its aggregator ([`split`]): the **head** before it (e.g.
+//! `cudaupload`) makes a picture ready for it, the **tail** after it (e.g. `capsfilter !
+//! cudadownload`) gives the composite back as I420 in system memory.
 //!
 //! ```text
 //! decoder thread:  frame ─ push ─ head (upload, once per frame) ─ ready buffer of the tile
@@ -20,14 +19,19 @@
 //! one output: the aggregator runs non-live and composes exactly when every pad has its buffer, so
 //! a composite reflects the scene and pictures at the call, as the CPU canvas's does. A pad exists
 //! only for what is shown (hidden tiles have none): the background (black), each placed tile's
-//! picture and label, the speaker highlight's four bars.
+//! picture and label, the speaker highlight's four bars. Nothing runs before the first composite:
+//! the pipeline starts there, in the room clock's thread.
 //!
-//! If anything fails — the pipeline does not start, a head or the aggregator errors, no composite
-//! comes within [`COMPOSITE_TIMEOUT`] — the fragment is marked failed ([`Backends::mark_failed`])
-//! and the room switches to the CPU canvas while it runs ([`CpuCompositor`], given every tile,
-//! label, the scene and each tile's last frame): the room never fails because of its GPU.
+//! If the head or the aggregator fails — the pipeline does not start, an element errors, no
+//! composite comes within [`COMPOSITE_TIMEOUT`] — the fragment is marked failed
+//! ([`Backends::mark_failed`]) and the room switches to the CPU canvas while it runs
+//! ([`CpuCompositor`], given every tile, label, the scene and each tile's last frame): the room
+//! never fails because of its GPU. A frame the head refuses (its format) is dropped and counted,
+//! as the CPU canvas does.
 //!
-//! Locks: `state` before a tile's `inner`; a decoder takes only its tile's.
+//! Locks, in this order: `feed` (the room clock only), `state` (briefly: who is shown where), a
+//! tile's `shown` (briefly). A tile's `prepare` (its head, while a picture goes through it) is
+//! never held with another.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +48,8 @@ use super::super::layout::Rect;
 use super::super::tiers::OutputFormat;
 use super::compositor::{Compositor, Scene};
 use super::cpu::CpuCompositor;
+use super::head::{HeadError, Prepare, Ready, label_picture, solid};
+pub use super::head::{Split, split};
 use super::{VideoError, VideoStats, gst_err};
 use crate::pipelines::{Backends, Fragment, Role};
 
@@ -54,161 +60,6 @@ pub const COMPOSITE_TIMEOUT: Duration = Duration::from_secs(3);
 const AMBER: [u8; 3] = [182, 32, 166];
 /// Distance of a label from its tile's bottom-left corner, pixels (as the CPU canvas).
 const LABEL_MARGIN: u32 = 8;
-/// Opacity of a label's box, 0-255 (about the CPU canvas's shading).
-const LABEL_BOX_ALPHA: u8 = 90;
-/// `zorder` of the highlight bars: above every tile.
-const BARS_Z: u32 = 1_000_000;
-
-/// A `composite` fragment split around its aggregator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Split {
-    /// The elements before the aggregator (empty: none), run once per picture.
-    pub head: String,
-    /// The aggregator element and its properties, e.g. `cudacompositor`.
-    pub aggregator: String,
-    /// The elements after it (empty: none).
-    pub tail: String,
-}
-
-/// Splits `desc` at its first element whose factory makes a `GstVideoAggregator`.
-///
-/// # Errors
-/// A one-line reason when no element of `desc` is a video aggregator here.
-pub fn split(desc: &str) -> Result<Split, String> {
-    let _ = gst::init();
-    let segs: Vec<&str> = desc.split('!').map(str::trim).collect();
-    for (i, seg) in segs.iter().enumerate() {
-        let Some(factory) = seg.split_whitespace().next().and_then(gst::ElementFactory::find) else { continue };
-        let Ok(factory) = factory.load() else { continue };
-        let aggregator = gst::glib::Type::from_name("GstVideoAggregator");
-        if aggregator.is_some_and(|t| factory.element_type().is_a(t)) {
-            return Ok(Split {
-                head: segs[..i].join(" ! "),
-                aggregator: seg.to_string(),
-                tail: segs[i + 1..].join(" ! "),
-            });
-        }
-    }
-    Err(format!("no video aggregator element in `{desc}`"))
-}
-
-/// A picture ready for the aggregator: the head's output and its caps.
-#[derive(Clone)]
-struct Ready {
-    buffer: gst::Buffer,
-    caps: gst::Caps,
-}
-
-/// The head's elements in a pipeline of their own, driven in the caller's thread: a buffer pushed
-/// into `src` comes out into `out` before [`Head::run`] returns.
-struct Head {
-    pipeline: gst::Pipeline,
-    src: gst::Pad,
-    /// Held: a link does not keep a parentless pad alive.
-    _sink: gst::Pad,
-    caps: Option<gst::Caps>,
-    out: Arc<Mutex<Option<Ready>>>,
-}
-
-impl Head {
-    fn new(desc: &str, name: &str) -> Result<Self, String> {
-        let bin = gst::parse::bin_from_description(desc, true).map_err(|e| e.to_string())?;
-        let pipeline = gst::Pipeline::with_name(name);
-        pipeline.add(&bin).map_err(|e| e.to_string())?;
-        if let Some(bus) = pipeline.bus() {
-            bus.set_sync_handler(|_, msg| {
-                gpu_context::handle(msg);
-                gst::BusSyncReply::Drop
-            });
-        }
-        let out: Arc<Mutex<Option<Ready>>> = Arc::default();
-        // The caps of the head's last caps event.
-        let out_caps: Arc<Mutex<Option<gst::Caps>>> = Arc::default();
-        let (o, oc, oc2) = (out.clone(), out_caps.clone(), out_caps);
-        let sink = gst::Pad::builder(gst::PadDirection::Sink)
-            .name("head-out")
-            .chain_function(move |_, _, buffer| {
-                let caps = oc.lock().unwrap().clone().ok_or(gst::FlowError::NotNegotiated)?;
-                *o.lock().unwrap() = Some(Ready { buffer, caps });
-                Ok(gst::FlowSuccess::Ok)
-            })
-            // Any caps, whatever came before (the default answers with the current caps).
-            .query_function(|pad, parent, query| match query.view_mut() {
-                gst::QueryViewMut::Caps(q) => {
-                    let caps = q.filter().map_or_else(gst::Caps::new_any, |f| f.to_owned());
-                    q.set_result(&caps);
-                    true
-                }
-                gst::QueryViewMut::AcceptCaps(q) => {
-                    q.set_result(true);
-                    true
-                }
-                _ => gst::Pad::query_default(pad, parent, query),
-            })
-            .event_function(move |_, _, event| {
-                if let gst::EventView::Caps(c) = event.view() {
-                    *oc2.lock().unwrap() = Some(c.caps_owned());
-                }
-                true
-            })
-            .build();
-        let src = gst::Pad::builder(gst::PadDirection::Src).name("head-in").build();
-        let (bin_sink, bin_src) =
-            (bin.static_pad("sink").ok_or("head has no sink")?, bin.static_pad("src").ok_or("head has no src")?);
-        src.link(&bin_sink).map_err(|e| format!("head input: {e:?}"))?;
-        bin_src.link(&sink).map_err(|e| format!("head output: {e:?}"))?;
-        sink.set_active(true).map_err(|e| e.to_string())?;
-        pipeline.set_state(gst::State::Playing).map_err(|e| format!("head does not start: {e}"))?;
-        src.set_active(true).map_err(|e| e.to_string())?;
-        src.push_event(gst::event::StreamStart::new(name));
-        Ok(Self { pipeline, src, _sink: sink, caps: None, out })
-    }
-
-    /// Runs `buffer` (of `caps`) through the head.
-    fn run(&mut self, buffer: gst::Buffer, caps: &gst::Caps) -> Result<Ready, String> {
-        if self.caps.as_ref() != Some(caps) {
-            if !self.src.push_event(gst::event::Caps::new(caps)) {
-                return Err(format!("head refuses {caps}"));
-            }
-            if self.caps.is_none() {
-                self.src.push_event(gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new()));
-            }
-            self.caps = Some(caps.clone());
-        }
-        self.src.push(buffer).map_err(|e| format!("head: {e:?}"))?;
-        self.out.lock().unwrap().take().ok_or_else(|| "head gave no buffer".to_string())
-    }
-}
-
-impl Drop for Head {
-    fn drop(&mut self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
-    }
-}
-
-/// Makes pictures ready: through the head, or as they are when the fragment has none.
-enum Prepare {
-    Direct,
-    Head(Box<Head>),
-}
-
-impl Prepare {
-    fn new(head: &str, name: &str) -> Result<Self, String> {
-        Ok(if head.is_empty() { Prepare::Direct } else { Prepare::Head(Box::new(Head::new(head, name)?)) })
-    }
-
-    fn run(&mut self, buffer: gst::Buffer, caps: &gst::Caps) -> Result<Ready, String> {
-        match self {
-            Prepare::Direct => Ok(Ready { buffer, caps: caps.clone() }),
-            Prepare::Head(h) => h.run(buffer, caps),
-        }
-    }
-
-    fn sample(&mut self, s: &gst::Sample) -> Result<Ready, String> {
-        let (Some(b), Some(c)) = (s.buffer_owned(), s.caps_owned()) else { return Err("empty sample".into()) };
-        self.run(b, &c)
-    }
-}
 
 /// What an aggregator pad shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -231,26 +82,44 @@ struct Tile {
     id: String,
     /// Key of its items.
     key: u64,
-    inner: Mutex<TileInner>,
+    /// Its head, while a picture goes through it.
+    prepare: Mutex<Prepare>,
+    /// What the composite reads.
+    shown: Mutex<Shown>,
 }
 
-struct TileInner {
+#[derive(Default)]
+struct Shown {
     label: Option<Label>,
     label_ready: Option<Ready>,
     /// The last frame pushed (replayed into the CPU canvas on a fallback).
     last: Option<gst::Sample>,
     ready: Option<Ready>,
-    prepare: Prepare,
+    /// A frame pushed with `draw = false` (a new size): shown from the next scene on.
+    pending: Option<Ready>,
 }
 
+/// One tile in join order and where the scene puts it.
+struct Placed {
+    tile: Arc<Tile>,
+    rect: Option<Rect>,
+    z: u32,
+}
+
+#[derive(Default)]
 struct State {
-    /// Tiles in join order, with their place (rect, z).
-    tiles: Vec<(Arc<Tile>, Option<Rect>, u32)>,
+    tiles: Vec<Placed>,
     scene: Scene,
-    links: HashMap<Item, Link>,
     next_key: u64,
+}
+
+/// What only the room clock touches.
+struct Feed {
+    links: HashMap<Item, Link>,
     /// Composites made (the timeline of the aggregator's input).
     frames: u64,
+    /// The background and the highlight colour, made ready at the first composite.
+    statics: Option<(Ready, Ready)>,
 }
 
 /// A room's composite drawn by a GStreamer video aggregator (see the module docs).
@@ -263,64 +132,33 @@ pub struct ElementCompositor {
     pipeline: gst::Pipeline,
     aggregator: gst::Element,
     sink: gst_app::AppSink,
-    background: Ready,
-    amber: Ready,
+    feed: Mutex<Feed>,
     state: Mutex<State>,
     dirty: AtomicBool,
     /// Why it failed, set by whichever thread saw it; the next composite falls back.
     failure: Mutex<Option<String>>,
+    /// Set (under `state`) when the CPU canvas took over.
     fallen: OnceLock<CpuCompositor>,
     backends: Backends,
     fragment: Fragment,
     stats: Arc<VideoStats>,
 }
 
-/// A solid I420 picture of 16x16.
-fn solid(yuv: [u8; 3]) -> (gst::Buffer, gst::Caps) {
-    let mut data = vec![yuv[0]; 256];
-    data.extend(std::iter::repeat_n(yuv[1], 64));
-    data.extend(std::iter::repeat_n(yuv[2], 64));
-    let caps = gst::Caps::builder("video/x-raw")
-        .field("format", "I420")
-        .field("width", 16)
-        .field("height", 16)
-        .field("framerate", gst::Fraction::new(0, 1))
-        .build();
-    (gst::Buffer::from_mut_slice(data), caps)
-}
-
-/// `label` as a BGRA picture: white text over a translucent black box.
-fn label_picture(label: &Label) -> (gst::Buffer, gst::Caps) {
-    let mut data = Vec::with_capacity(label.luma.len() * 4);
-    for (&y, &a) in label.luma.iter().zip(&label.alpha) {
-        data.extend_from_slice(&[y, y, y, a.max(LABEL_BOX_ALPHA)]);
-    }
-    let caps = gst::Caps::builder("video/x-raw")
-        .field("format", "BGRA")
-        .field("width", label.width as i32)
-        .field("height", label.height as i32)
-        .field("framerate", gst::Fraction::new(0, 1))
-        .build();
-    (gst::Buffer::from_mut_slice(data), caps)
-}
-
-/// Sets a numeric pad property whatever its type in this element (`gint` on `compositor`,
-/// `guint` `zorder`, `gdouble` `alpha`).
-fn set_num(pad: &gst::Pad, name: &str, v: f64) -> Result<(), String> {
+/// Sets a numeric pad property whatever its type in this element (`gint` `xpos` on `compositor`
+/// and `cudacompositor`, `guint` `zorder`).
+fn set_num(pad: &gst::Pad, name: &str, v: u32) -> Result<(), String> {
     let spec = pad.find_property(name).ok_or_else(|| format!("aggregator pads have no `{name}`"))?;
     let t = spec.value_type();
     let value = if t == i32::static_type() {
-        (v as i32).to_value()
+        i32::try_from(v).unwrap_or(i32::MAX).to_value()
     } else if t == u32::static_type() {
-        (v as u32).to_value()
-    } else if t == i64::static_type() {
-        (v as i64).to_value()
-    } else if t == u64::static_type() {
-        (v as u64).to_value()
-    } else if t == f64::static_type() {
         v.to_value()
-    } else if t == f32::static_type() {
-        (v as f32).to_value()
+    } else if t == i64::static_type() {
+        i64::from(v).to_value()
+    } else if t == u64::static_type() {
+        u64::from(v).to_value()
+    } else if t == f64::static_type() {
+        f64::from(v).to_value()
     } else {
         return Err(format!("pad property `{name}` is a {t}"));
     };
@@ -330,12 +168,12 @@ fn set_num(pad: &gst::Pad, name: &str, v: f64) -> Result<(), String> {
 
 impl ElementCompositor {
     /// The compositor of room `room` from `fragment` (a `composite` fragment of `backends`), at
-    /// `format`'s size and rate; `stats` counts what it drops and its fallback.
+    /// `format`'s size and rate (I420 out); `stats` counts what it drops and its fallback. Builds
+    /// the elements but runs nothing (milliseconds): the pipeline starts at the first composite.
     ///
     /// # Errors
-    /// [`VideoError::Gst`] when the fragment has no video aggregator, does not parse, or its
-    /// pipeline does not make a first (black) composite within [`COMPOSITE_TIMEOUT`] — the caller
-    /// then uses the CPU canvas.
+    /// [`VideoError::Gst`] when the fragment has no video aggregator, does not parse, or its tail
+    /// does not link to I420 in system memory — the caller then uses the CPU canvas.
     pub fn new(
         room: &str,
         backends: &Backends,
@@ -355,7 +193,9 @@ impl ElementCompositor {
         let pipeline = gst::Pipeline::with_name(&format!("composite-{room}"));
         let aggregator = gst::parse::launch(&parts.aggregator).map_err(gst_err)?;
         let filter = gst::ElementFactory::make("capsfilter").property("caps", &caps).build().map_err(gst_err)?;
-        let sink = gst_app::AppSink::builder().sync(false).max_buffers(2).build();
+        // No last sample kept: the composite handed out has one owner, so the room clock stamps
+        // it without a copy.
+        let sink = gst_app::AppSink::builder().sync(false).max_buffers(2).enable_last_sample(false).build();
         pipeline.add(&aggregator).map_err(gst_err)?;
         let mut last = aggregator.clone();
         if !parts.tail.is_empty() {
@@ -366,21 +206,13 @@ impl ElementCompositor {
         }
         pipeline.add_many([&filter, sink.upcast_ref()]).map_err(gst_err)?;
         gst::Element::link_many([&last, &filter, sink.upcast_ref()]).map_err(gst_err)?;
-        let failure: Mutex<Option<String>> = Mutex::default();
         if let Some(bus) = pipeline.bus() {
             bus.set_sync_handler(|_, msg| {
                 gpu_context::handle(msg);
                 gst::BusSyncReply::Pass
             });
         }
-        pipeline.set_state(gst::State::Playing).map_err(|e| VideoError::Gst(format!("{}: {e}", parts.aggregator)))?;
-        let mut prepare = Prepare::new(&parts.head, &format!("composite-head-{room}")).map_err(VideoError::Gst)?;
-        let (b, c) = solid([16, 128, 128]);
-        let background = prepare.run(b, &c).map_err(VideoError::Gst)?;
-        let (b, c) = solid(AMBER);
-        let amber = prepare.run(b, &c).map_err(VideoError::Gst)?;
-        let state = State { tiles: vec![], scene: Scene::default(), links: HashMap::new(), next_key: 0, frames: 0 };
-        let this = Self {
+        Ok(Self {
             room: room.to_string(),
             caps,
             format,
@@ -389,30 +221,20 @@ impl ElementCompositor {
             pipeline,
             aggregator,
             sink,
-            background,
-            amber,
-            state: Mutex::new(state),
+            feed: Mutex::new(Feed { links: HashMap::new(), frames: 0, statics: None }),
+            state: Mutex::default(),
             dirty: AtomicBool::new(true),
-            failure,
+            failure: Mutex::default(),
             fallen: OnceLock::new(),
             backends: backends.clone(),
             fragment: fragment.clone(),
             stats,
-        };
-        // The first composite proves the chain runs (and takes the GPU's first-use time here,
-        // not in the room clock).
-        let first = this.compose(&mut this.state.lock().unwrap());
-        first.map_err(VideoError::Gst)?;
-        Ok(this)
+        })
     }
 
     /// The backend whose fragment composites (`cpu` after a fallback).
     pub fn backend(&self) -> &str {
         if self.fallen.get().is_some() { "cpu" } else { &self.backend }
-    }
-
-    fn tile(&self, id: &str) -> Option<Arc<Tile>> {
-        self.state.lock().unwrap().tiles.iter().find(|t| t.0.id == id).map(|t| t.0.clone())
     }
 
     fn fail(&self, why: String) {
@@ -422,50 +244,108 @@ impl ElementCompositor {
         }
     }
 
-    /// Feeds every shown item to its pad for the next tick and pulls the composite.
-    fn compose(&self, st: &mut State) -> Result<gst::Buffer, String> {
-        let mut want: Vec<(Item, Ready, Rect, u32)> = vec![];
+    /// Makes `what` ready through `tile`'s head: `None` when refused (counted as dropped) or
+    /// failed (the next composite falls back).
+    fn prepare(
+        &self,
+        tile: &Tile,
+        what: &str,
+        run: impl FnOnce(&mut Prepare) -> Result<Ready, HeadError>,
+    ) -> Option<Ready> {
+        match run(&mut tile.prepare.lock().unwrap()) {
+            Ok(r) => Some(r),
+            Err(HeadError::Refused(e)) => {
+                self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(room = %self.room, participant = %tile.id, "{what} not drawn: {e}");
+                None
+            }
+            Err(HeadError::Failed(e)) => {
+                self.fail(format!("{what} of {}: {e}", tile.id));
+                None
+            }
+        }
+    }
+
+    /// Starts the pipeline and makes the static pictures ready (first composite only).
+    fn start(&self, feed: &mut Feed) -> Result<(Ready, Ready), String> {
+        if let Some(s) = &feed.statics {
+            return Ok(s.clone());
+        }
+        self.pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|e| format!("the composite pipeline does not start: {e}"))?;
+        let mut head = Prepare::new(&self.head, &format!("composite-head-{}", self.room))?;
+        let mut ready = |c: [u8; 3]| {
+            let (b, caps) = solid(c);
+            head.run(b, &caps).map_err(|e| format!("{e:?}"))
+        };
+        let statics = (ready([16, 128, 128])?, ready(AMBER)?);
+        feed.statics = Some(statics.clone());
+        Ok(statics)
+    }
+
+    /// What the next composite shows: `(item, picture, rectangle, zorder)` in drawing order.
+    fn items(&self, background: Ready, amber: Ready) -> Vec<(Item, Ready, Rect, u32)> {
+        let st = self.state.lock().unwrap();
         let full = Rect { x: 0, y: 0, w: self.format.width, h: self.format.height };
-        want.push((Item::Background, self.background.clone(), full, 0));
-        for (tile, rect, z) in &st.tiles {
-            let Some(r) = rect else { continue };
-            let inner = tile.inner.lock().unwrap();
-            let Some(ready) = inner.ready.clone() else { continue };
-            want.push((Item::Picture(tile.key), ready, *r, 2 * z + 2));
-            if let (Some(l), Some(lr)) = (&inner.label, &inner.label_ready) {
-                let (w, h) = (l.width.min(r.w), l.height.min(r.h));
-                let x = r.x + LABEL_MARGIN.min(r.w - w);
-                let y = r.y + r.h.saturating_sub(h + LABEL_MARGIN);
-                want.push((Item::Label(tile.key), lr.clone(), Rect { x, y, w, h }, 2 * z + 3));
+        let mut want = vec![(Item::Background, background, full, 0)];
+        // Drawing order as the CPU canvas's: z, then join order.
+        let mut order: Vec<(u32, usize)> =
+            st.tiles.iter().enumerate().filter(|(_, p)| p.rect.is_some()).map(|(i, p)| (p.z, i)).collect();
+        order.sort_unstable();
+        let mut rank = 0u32;
+        for (_, i) in order {
+            let Placed { tile, rect: Some(r), .. } = &st.tiles[i] else { continue };
+            let shown = tile.shown.lock().unwrap();
+            let Some(ready) = shown.ready.clone() else { continue };
+            rank += 1;
+            want.push((Item::Picture(tile.key), ready, *r, 2 * rank));
+            // A label wider than its tile is scaled down to fit (the CPU canvas clips it); one
+            // still taller than the tile is left out.
+            if let (Some(l), Some(lr)) = (&shown.label, &shown.label_ready) {
+                let w = l.width.min(r.w);
+                let h = (u64::from(l.height) * u64::from(w) / u64::from(l.width.max(1))) as u32;
+                if h > 0 && h <= r.h {
+                    let x = r.x + LABEL_MARGIN.min(r.w - w);
+                    let y = r.y + r.h.saturating_sub(h + LABEL_MARGIN);
+                    want.push((Item::Label(tile.key), lr.clone(), Rect { x, y, w, h }, 2 * rank + 1));
+                }
             }
         }
         for (i, bar) in st.scene.highlight.iter().flatten().enumerate() {
-            want.push((Item::Bar(i), self.amber.clone(), *bar, BARS_Z));
+            want.push((Item::Bar(i), amber.clone(), *bar, 2 * rank + 2));
         }
+        want
+    }
+
+    /// Feeds every shown item to its pad for the next tick and pulls the composite.
+    fn compose(&self, feed: &mut Feed) -> Result<gst::Buffer, String> {
+        let (background, amber) = self.start(feed)?;
+        let want = self.items(background, amber);
         // Pads for what is no longer shown go, and so do pads whose caps change: a caps change
         // on a running aggregator pad holds its output back by a frame (GStreamer 1.22's
         // videoaggregator), a new pad does not.
-        let gone: Vec<Item> = st
+        let gone: Vec<Item> = feed
             .links
             .iter()
             .filter(|(k, l)| !want.iter().any(|w| w.0 == **k && l.caps.as_ref() == Some(&w.1.caps)))
             .map(|(k, _)| *k)
             .collect();
         for k in gone {
-            if let Some(l) = st.links.remove(&k) {
+            if let Some(l) = feed.links.remove(&k) {
                 let _ = l.ours.unlink(&l.theirs);
                 let _ = l.ours.set_active(false);
                 self.aggregator.release_request_pad(&l.theirs);
             }
         }
-        let n = st.frames;
-        st.frames += 1;
+        let n = feed.frames;
+        feed.frames += 1;
         let fps = u64::from(self.format.fps.max(1));
         let at = |k: u64| gst::ClockTime::SECOND.mul_div_floor(k, fps).unwrap_or(gst::ClockTime::ZERO);
         let (pts, duration) = (at(n), at(n + 1) - at(n));
         // Every pad first: the aggregator composes as soon as each pad it has holds a buffer.
         for (item, ready, rect, z) in &want {
-            let link = match st.links.entry(*item) {
+            let link = match feed.links.entry(*item) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => e.insert(self.link(*item, n)?),
             };
@@ -477,11 +357,10 @@ impl ElementCompositor {
                 link.caps = Some(ready.caps.clone());
             }
             if link.place != Some((*rect, *z)) {
-                let p = &link.theirs;
                 for (name, v) in
                     [("xpos", rect.x), ("ypos", rect.y), ("width", rect.w), ("height", rect.h), ("zorder", *z)]
                 {
-                    set_num(p, name, f64::from(v))?;
+                    set_num(&link.theirs, name, v)?;
                 }
                 link.place = Some((*rect, *z));
             }
@@ -493,7 +372,7 @@ impl ElementCompositor {
                 b.set_pts(pts);
                 b.set_duration(duration);
             }
-            st.links[&item].ours.push(buf).map_err(|e| format!("aggregator input: {e:?}"))?;
+            feed.links[&item].ours.push(buf).map_err(|e| format!("aggregator input: {e:?}"))?;
         }
         // Pulled in slices, so that an error on the bus ends the wait at once.
         let deadline = std::time::Instant::now() + COMPOSITE_TIMEOUT;
@@ -532,9 +411,11 @@ impl ElementCompositor {
         Ok(Link { ours, theirs, caps: None, place: None })
     }
 
-    /// Switches to the CPU canvas, given everything this compositor knows (under `st`); `None`
-    /// when not even the CPU canvas can be made (no buffer pool).
-    fn fall_back(&self, st: &mut State, why: &str) -> Option<&CpuCompositor> {
+    /// Switches to the CPU canvas, given everything this compositor knows; `None` when not even
+    /// the CPU canvas can be made (no buffer pool). The element pipeline and the heads are
+    /// stopped on a thread of their own (a stuck GPU element must not hold the room).
+    fn fall_back(&self, feed: &mut Feed, why: &str) -> Option<&CpuCompositor> {
+        let mut st = self.state.lock().unwrap();
         if let Some(c) = self.fallen.get() {
             return Some(c);
         }
@@ -550,20 +431,30 @@ impl ElementCompositor {
                 return None;
             }
         };
-        for (t, _, _) in &st.tiles {
-            cpu.add_tile(&t.id, t.inner.lock().unwrap().label.clone());
+        for p in &st.tiles {
+            cpu.add_tile(&p.tile.id, p.tile.shown.lock().unwrap().label.clone());
         }
         cpu.set_scene(&st.scene);
-        for (t, _, _) in &st.tiles {
-            if let Some(s) = t.inner.lock().unwrap().last.clone() {
-                cpu.push(&t.id, &s, true);
+        for p in &st.tiles {
+            if let Some(s) = p.tile.shown.lock().unwrap().last.clone() {
+                cpu.push(&p.tile.id, &s, true);
             }
         }
-        for (_, l) in st.links.drain() {
-            let _ = l.ours.set_active(false);
+        let cpu = self.fallen.get_or_init(|| cpu);
+        let tiles = std::mem::take(&mut st.tiles);
+        let links: Vec<Link> = feed.links.drain().map(|(_, l)| l).collect();
+        let (pipeline, statics) = (self.pipeline.clone(), feed.statics.take());
+        let stop = move || {
+            for l in &links {
+                let _ = l.ours.set_active(false);
+            }
+            let _ = pipeline.set_state(gst::State::Null);
+            drop((tiles, links, statics));
+        };
+        if std::thread::Builder::new().name("composite-stop".into()).spawn(stop).is_err() {
+            tracing::warn!(room = %self.room, "could not stop the element compositor's pipeline");
         }
-        let _ = self.pipeline.set_state(gst::State::Null);
-        Some(self.fallen.get_or_init(|| cpu))
+        Some(cpu)
     }
 }
 
@@ -583,87 +474,107 @@ impl Compositor for ElementCompositor {
     }
 
     fn add_tile(&self, id: &str, label: Option<Label>) {
-        if let Some(c) = self.fallen.get() {
-            return c.add_tile(id, label);
-        }
-        let mut st = self.state.lock().unwrap();
-        let key = st.next_key;
-        st.next_key += 1;
-        let prepare = match Prepare::new(&self.head, &format!("tile-head-{}-{id}", self.room)) {
-            Ok(p) => p,
-            Err(e) => {
+        // The head starts here, before any lock (a GPU context hand-off).
+        let prepare = match self.fallen.get() {
+            Some(_) => Prepare::Direct,
+            None => Prepare::new(&self.head, &format!("tile-head-{}-{id}", self.room)).unwrap_or_else(|e| {
                 self.fail(format!("tile {id}: {e}"));
                 Prepare::Direct
-            }
+            }),
         };
-        let inner = TileInner { label: None, label_ready: None, last: None, ready: None, prepare };
-        let tile = Arc::new(Tile { id: id.to_string(), key, inner: Mutex::new(inner) });
-        st.tiles.push((tile, None, 0));
-        drop(st);
+        {
+            let mut st = self.state.lock().unwrap();
+            if let Some(c) = self.fallen.get() {
+                return c.add_tile(id, label);
+            }
+            let key = st.next_key;
+            st.next_key += 1;
+            let tile = Tile { id: id.to_string(), key, prepare: Mutex::new(prepare), shown: Mutex::default() };
+            st.tiles.push(Placed { tile: Arc::new(tile), rect: None, z: 0 });
+        }
         self.set_label(id, label);
     }
 
     fn remove_tile(&self, id: &str) {
+        let mut st = self.state.lock().unwrap();
         if let Some(c) = self.fallen.get() {
             return c.remove_tile(id);
         }
-        self.state.lock().unwrap().tiles.retain(|t| t.0.id != id);
+        st.tiles.retain(|p| p.tile.id != id);
         self.dirty.store(true, Ordering::Release);
     }
 
     fn set_label(&self, id: &str, label: Option<Label>) {
-        if let Some(c) = self.fallen.get() {
-            return c.set_label(id, label);
-        }
-        let Some(t) = self.tile(id) else { return };
-        let mut inner = t.inner.lock().unwrap();
-        inner.label_ready = match &label {
-            Some(l) => {
-                let (b, c) = label_picture(l);
-                match inner.prepare.run(b, &c) {
-                    Ok(r) => Some(r),
-                    Err(e) => {
-                        self.fail(format!("label of {id}: {e}"));
-                        None
-                    }
-                }
+        let tile = {
+            let st = self.state.lock().unwrap();
+            if let Some(c) = self.fallen.get() {
+                return c.set_label(id, label);
             }
-            None => None,
+            st.tiles.iter().find(|p| p.tile.id == id).map(|p| p.tile.clone())
         };
-        inner.label = label;
+        let Some(t) = tile else { return };
+        let ready = label.as_ref().and_then(|l| {
+            let (b, caps) = label_picture(l);
+            self.prepare(&t, "label", |p| p.run(b, &caps))
+        });
+        {
+            let mut shown = t.shown.lock().unwrap();
+            shown.label_ready = ready;
+            shown.label = label.clone();
+        }
         self.dirty.store(true, Ordering::Release);
+        // Taken over while this was made ready: the CPU canvas gets it too.
+        let st = self.state.lock().unwrap();
+        if let Some(c) = self.fallen.get() {
+            drop(st);
+            c.set_label(id, label);
+        }
     }
 
     fn set_scene(&self, scene: &Scene) {
+        let mut st = self.state.lock().unwrap();
         if let Some(c) = self.fallen.get() {
             return c.set_scene(scene);
         }
-        let mut st = self.state.lock().unwrap();
-        for (t, rect, z) in &mut st.tiles {
-            let place = scene.tiles.iter().find(|p| p.id == t.id);
-            (*rect, *z) = (place.and_then(|p| p.rect), place.map_or(0, |p| p.z));
+        for p in &mut st.tiles {
+            let place = scene.tiles.iter().find(|t| t.id == p.tile.id);
+            (p.rect, p.z) = (place.and_then(|t| t.rect), place.map_or(0, |t| t.z));
+            let mut shown = p.tile.shown.lock().unwrap();
+            if let Some(new) = shown.pending.take() {
+                shown.ready = Some(new);
+            }
         }
         st.scene = scene.clone();
         self.dirty.store(true, Ordering::Release);
     }
 
     fn push(&self, id: &str, frame: &gst::Sample, draw: bool) {
-        if let Some(c) = self.fallen.get() {
-            return c.push(id, frame, draw);
-        }
-        let Some(t) = self.tile(id) else { return };
-        let mut inner = t.inner.lock().unwrap();
-        inner.last = Some(frame.clone());
-        match inner.prepare.sample(frame) {
-            Ok(r) => inner.ready = Some(r),
-            Err(e) => {
-                self.stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
-                self.fail(format!("picture of {id}: {e}"));
-                return;
+        let found = {
+            let st = self.state.lock().unwrap();
+            if let Some(c) = self.fallen.get() {
+                return c.push(id, frame, draw);
+            }
+            st.tiles.iter().find(|p| p.tile.id == id).map(|p| (p.tile.clone(), p.rect.is_some()))
+        };
+        let Some((t, placed)) = found else { return };
+        let ready = self.prepare(&t, "picture", |p| p.sample(frame));
+        {
+            let mut shown = t.shown.lock().unwrap();
+            shown.last = Some(frame.clone());
+            match (ready, draw) {
+                (Some(r), true) => shown.ready = Some(r),
+                (Some(r), false) => shown.pending = Some(r),
+                (None, _) => return,
             }
         }
-        if draw {
+        if draw && placed {
             self.dirty.store(true, Ordering::Release);
+        }
+        // Taken over while this was made ready: the CPU canvas gets it too.
+        let st = self.state.lock().unwrap();
+        if let Some(c) = self.fallen.get() {
+            drop(st);
+            c.push(id, frame, draw);
         }
     }
 
@@ -678,16 +589,16 @@ impl Compositor for ElementCompositor {
         if let Some(c) = self.fallen.get() {
             return c.composite();
         }
-        let mut st = self.state.lock().unwrap();
+        let mut feed = self.feed.lock().unwrap();
         let failed = self.failure.lock().unwrap().take();
         let why = match failed {
             Some(why) => why,
-            None => match self.compose(&mut st) {
+            None => match self.compose(&mut feed) {
                 Ok(b) => return Some(b),
                 Err(why) => why,
             },
         };
-        self.fall_back(&mut st, &why)?.composite()
+        self.fall_back(&mut feed, &why)?.composite()
     }
 }
 

@@ -242,3 +242,53 @@ fn joins_size_changes_and_relayouts_while_decoders_push_never_stall_it() {
     assert_eq!(stats.compositor_fallbacks.load(Ordering::Relaxed), 0);
     assert_eq!(Compositor::backend(c.as_ref()), "standin");
 }
+
+/// Overlapping tiles of equal z are drawn in join order; a frame pushed with `draw = false` (a new
+/// size, a new scene follows) shows from that scene on.
+fn stacks_in_join_order_and_waits_for_the_scene(c: &dyn Compositor) {
+    let name = c.backend();
+    c.add_tile("a", None);
+    c.add_tile("b", None);
+    let both = Layout::Custom {
+        tiles: vec![
+            CustomTile { x: 0.0, y: 0.0, w: 1.0, h: 1.0, z: 0, participant: Some("a".into()) },
+            CustomTile { x: 0.0, y: 0.0, w: 1.0, h: 1.0, z: 0, participant: Some("b".into()) },
+        ],
+    };
+    lay_out(c, &["a", "b"], &both, None);
+    c.push("a", &frame(RED, 160, 90), true);
+    c.push("b", &frame(GREEN, 160, 90), true);
+    assert!(near(at(&c.composite().unwrap(), 160, 90), GREEN), "{name}: b joined last, on top");
+    c.push("b", &frame(BLUE, 320, 180), false);
+    assert!(near(at(&c.composite().unwrap(), 160, 90), GREEN), "{name}: not before the new scene");
+    lay_out(c, &["a", "b"], &both, None);
+    c.push("b", &frame(BLUE, 320, 180), true);
+    assert!(near(at(&c.composite().unwrap(), 160, 90), BLUE), "{name}: with it");
+}
+
+#[test]
+fn both_compositors_stack_in_join_order_and_wait_for_the_scene() {
+    gst::init().unwrap();
+    stacks_in_join_order_and_waits_for_the_scene(&CpuCompositor::new(FORMAT, Arc::default()).unwrap());
+    stacks_in_join_order_and_waits_for_the_scene(&element(STANDIN, Arc::default()));
+}
+
+#[test]
+fn a_frame_the_head_refuses_is_dropped_and_counted_not_a_fallback() {
+    gst::init().unwrap();
+    let stats = Arc::new(VideoStats::default());
+    let c = element(STANDIN, stats.clone());
+    c.add_tile("a", None);
+    lay_out(&c, &["a"], &Layout::Grid, None);
+    c.push("a", &frame(RED, 160, 90), true);
+    let audio = gst::Caps::builder("audio/x-raw").field("format", "S16LE").field("rate", 48000).build();
+    let bad = gst::Sample::builder().buffer(&gst::Buffer::with_size(960).unwrap()).caps(&audio).build();
+    c.push("a", &bad, true);
+    c.push("a", &gst::Sample::builder().caps(&audio).build(), true);
+    assert_eq!(stats.frames_dropped.load(Ordering::Relaxed), 2);
+    assert!(near(at(&c.composite().unwrap(), 160, 90), RED), "the last good frame stays");
+    c.push("a", &frame(GREEN, 160, 90), true);
+    assert!(near(at(&c.composite().unwrap(), 160, 90), GREEN));
+    assert_eq!(Compositor::backend(&c), "standin");
+    assert_eq!(stats.compositor_fallbacks.load(Ordering::Relaxed), 0);
+}

@@ -18,6 +18,7 @@ pub mod compositor;
 pub mod cpu;
 pub mod element;
 pub mod encoders;
+mod head;
 pub mod keyframe;
 pub mod labels;
 pub mod tiles;
