@@ -21,7 +21,7 @@ use super::super::canvas::{self, Image, Label, Planes, PlanesMut, Yuv};
 use super::super::layout::{Rect, uncovered};
 use super::super::tiers::OutputFormat;
 use super::compositor::{Compositor, Scene};
-use super::{VideoError, VideoStats, gst_err};
+use super::{VideoError, VideoStats, composite_caps, gst_err};
 
 /// The speaker highlight's colour (amber, RGB 255,200,0).
 const AMBER: Yuv = (182, 32, 166);
@@ -124,13 +124,7 @@ impl CpuCompositor {
     /// # Errors
     /// [`VideoError::Gst`] when the buffer pool cannot be set up.
     pub fn new(format: OutputFormat, stats: Arc<VideoStats>) -> Result<Self, VideoError> {
-        let caps = gst::Caps::builder("video/x-raw")
-            .field("format", "I420")
-            .field("width", format.width as i32)
-            .field("height", format.height as i32)
-            .field("framerate", gst::Fraction::new(format.fps as i32, 1))
-            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
-            .build();
+        let caps = composite_caps(format);
         let info = gstreamer_video::VideoInfo::from_caps(&caps).map_err(gst_err)?;
         let pool = gst::BufferPool::new();
         let mut cfg = pool.config();

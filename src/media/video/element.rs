@@ -50,7 +50,7 @@ use super::compositor::{Compositor, Scene};
 use super::cpu::CpuCompositor;
 use super::head::{HeadError, Prepare, Ready, label_picture, solid};
 pub use super::head::{Split, split};
-use super::{VideoError, VideoStats, gst_err};
+use super::{VideoError, VideoStats, composite_caps, gst_err};
 use crate::pipelines::{Backends, Fragment, Role};
 
 /// The longest a composite may take before the element compositor counts as failed (a GPU's first
@@ -183,13 +183,7 @@ impl ElementCompositor {
     ) -> Result<Self, VideoError> {
         gst::init().map_err(gst_err)?;
         let parts = split(&fragment.description).map_err(VideoError::Gst)?;
-        let caps = gst::Caps::builder("video/x-raw")
-            .field("format", "I420")
-            .field("width", format.width as i32)
-            .field("height", format.height as i32)
-            .field("framerate", gst::Fraction::new(format.fps as i32, 1))
-            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
-            .build();
+        let caps = composite_caps(format);
         let pipeline = gst::Pipeline::with_name(&format!("composite-{room}"));
         let aggregator = gst::parse::launch(&parts.aggregator).map_err(gst_err)?;
         let filter = gst::ElementFactory::make("capsfilter").property("caps", &caps).build().map_err(gst_err)?;

@@ -59,6 +59,18 @@ pub(crate) fn gst_err(e: impl std::fmt::Display) -> VideoError {
     VideoError::Gst(e.to_string())
 }
 
+/// The caps of a room's composite: `video/x-raw,format=I420`, `format`'s size and rate, square
+/// pixels.
+pub(crate) fn composite_caps(format: OutputFormat) -> gst::Caps {
+    gst::Caps::builder("video/x-raw")
+        .field("format", "I420")
+        .field("width", format.width as i32)
+        .field("height", format.height as i32)
+        .field("framerate", gst::Fraction::new(format.fps as i32, 1))
+        .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+        .build()
+}
+
 /// Counters of one room's video, for the API and metrics.
 #[derive(Debug, Default)]
 pub struct VideoStats {
