@@ -1,9 +1,10 @@
-//! Run-time fallback of GPU fragments: a backend whose VP8 decoder and encoder parse and pass the
-//! start-up probe (320x240, 10 frames) but then fail: the decoder refuses a publisher's 640x360,
-//! the encoder errors after 20 frames, as a GPU element refusing a size, or a driver dropping a
-//! session, does. The room never
-//! fails: each fragment is swapped for `cpu`'s while the room runs, receivers decode the grid, and
-//! the room JSON, `/metrics` and `/v1/config` say what runs where.
+//! Run-time fallback of GPU fragments: a backend whose VP8 decoder, encoder and compositor parse
+//! and pass the start-up probe (320x240, 10 frames) but then fail — the decoder refuses a
+//! publisher's 640x360, the encoder errors after 20 frames, the compositor after 60 composites —
+//! as a GPU element refusing a size, or a driver dropping a session or its device, does. The room
+//! never fails: each fragment is swapped for `cpu`'s (the compositor for the CPU canvas) while the
+//! room runs, receivers decode the grid, and the room JSON, `/metrics` and `/v1/config` say what
+//! runs where.
 
 use std::time::Duration;
 
@@ -31,11 +32,18 @@ fn flaky_pipelines() -> std::path::PathBuf {
         "vp8enc deadline=1 cpu-used=8 end-usage=cbr target-bitrate={bps} keyframe-max-dist={keyint} ! identity error-after=20\n",
     )
     .unwrap();
+    // The GPU compositor's shape (head, aggregator, tail) with CPU elements; its tail fails after
+    // 60 composites, as a GPU element losing its device does.
+    std::fs::write(
+        flaky.join("composite.gst"),
+        "videoconvert ! compositor ! identity error-after=60 ! videoconvert ! capsfilter caps=video/x-raw,format=I420\n",
+    )
+    .unwrap();
     dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gpu_decoder_and_encoder_failing_while_running_fall_back_to_cpu() {
+async fn a_gpu_decoder_encoder_and_compositor_failing_while_running_fall_back_to_cpu() {
     let _serial = common::serial().await;
     let dir = flaky_pipelines();
     let srv =
@@ -67,7 +75,10 @@ async fn a_gpu_decoder_and_encoder_failing_while_running_fall_back_to_cpu() {
     // to keep flowing from its successor.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let mut room = common::room_json(srv.addr, "fallback").await;
-    while room["encoder_fallbacks"].as_u64() == Some(0) && std::time::Instant::now() < deadline {
+    let replaced = |room: &serde_json::Value| {
+        room["encoder_fallbacks"].as_u64() > Some(0) && room["compositor_fallbacks"].as_u64() > Some(0)
+    };
+    while !replaced(&room) && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
         room = common::room_json(srv.addr, "fallback").await;
     }
@@ -85,8 +96,10 @@ async fn a_gpu_decoder_and_encoder_failing_while_running_fall_back_to_cpu() {
     assert!(!branches.is_empty(), "{room}");
     assert!(branches.iter().all(|b| b["backend"] == "cpu"), "every branch encodes on cpu now: {room}");
     assert!(room["encoder_fallbacks"].as_u64().unwrap() >= 1, "{room}");
+    assert_eq!(room["compositor_fallbacks"], 1, "{room}");
+    assert_eq!(room["compositor"], "cpu", "the CPU canvas composites now: {room}");
     let metrics = metrics_text(srv.addr).await;
-    for role in ["vp8-decode", "vp8-encode"] {
+    for role in ["vp8-decode", "vp8-encode", "composite"] {
         let line = metrics
             .lines()
             .find(|l| l.starts_with("tessera_role_backend") && l.contains(&format!(r#"role="{role}""#)))
