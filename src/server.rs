@@ -71,9 +71,9 @@ impl Server {
                 let listener = tokio::net::TcpListener::bind(at).await?;
                 let bound = listener.local_addr()?;
                 let app = metrics_router(state.clone());
-                let (limits, stats) = (cfg.http.clone(), state.http_stats());
+                let (limits, stats, auth) = (cfg.http.clone(), state.http_stats(), state.auth.clone());
                 let task = tokio::spawn(async move {
-                    if let Err(e) = http::serve(listener, app, limits, stats, std::future::pending()).await {
+                    if let Err(e) = http::serve(listener, app, limits, stats, auth, std::future::pending()).await {
                         tracing::error!(addr = %bound, "metrics listener failed: {e}");
                     }
                 });
@@ -85,10 +85,10 @@ impl Server {
             }
             None => (None, None),
         };
-        let (limits, stats) = (cfg.http.clone(), state.http_stats());
+        let (limits, stats, auth) = (cfg.http.clone(), state.http_stats(), state.auth.clone());
         let app = router(state);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(http::serve(listener, app, limits, stats, async {
+        let task = tokio::spawn(http::serve(listener, app, limits, stats, auth, async {
             let _ = rx.await;
         }));
         tracing::info!(%addr, media_ip = %cfg.media_bind_ip(), "tessera listening");

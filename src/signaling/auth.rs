@@ -9,8 +9,14 @@ use axum::http::{HeaderMap, header};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+/// The room of a client-address voucher ([`Auth::vouch`]): not a valid room name, so no API
+/// token has it and a voucher opens no room.
+const VOUCHER_ROOM: &str = "@client";
+/// How long a voucher is valid (it travels with one proxied call).
+const VOUCHER_TTL: Duration = Duration::from_secs(60);
+
 /// What a token allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grants {
     /// Send audio/video into the room.
     #[serde(default)]
@@ -119,6 +125,22 @@ impl Auth {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, enc).expect("HS256 signing cannot fail")
     }
 
+    /// A voucher for the address of the client a node forwards a call for (`X-Tessera-Client`,
+    /// `forward.rs`): a token for the room `@client` (a name no API token can
+    /// have) whose subject is `client`, valid for a minute; `None` when authentication is off
+    /// (nothing to sign with: the owner then counts the forwarding node's address).
+    pub fn vouch(&self, node: &str, client: std::net::IpAddr) -> Option<String> {
+        self.enabled().then(|| self.mint(VOUCHER_ROOM, &client.to_string(), Some(node), Grants::default(), VOUCHER_TTL))
+    }
+
+    /// The client address a voucher from [`Auth::vouch`] names; `None` when it is not one, is
+    /// expired, or is signed with another secret.
+    pub fn vouched(&self, voucher: &str) -> Option<std::net::IpAddr> {
+        let (_, dec) = self.keys.as_ref()?;
+        let data = jsonwebtoken::decode::<Claims>(voucher, dec, &Validation::new(Algorithm::HS256)).ok()?;
+        (data.claims.room == VOUCHER_ROOM).then(|| data.claims.sub.parse().ok()).flatten()
+    }
+
     /// Checks the request's bearer token against `room` (`None`: a server-wide call, which needs a
     /// `*` token) and `need`. Returns the claims, or `None` when authentication is off.
     ///
@@ -170,6 +192,21 @@ mod tests {
     }
 
     const MEMBER: Grants = Grants { publish: true, subscribe: true, admin: false };
+
+    #[test]
+    fn a_client_voucher_names_the_client_and_opens_nothing() {
+        let a = Auth::new(Some("s3cret"));
+        let ip: std::net::IpAddr = "203.0.113.7".parse().unwrap();
+        let v = a.vouch("node-b", ip).unwrap();
+        assert_eq!(a.vouched(&v), Some(ip));
+        assert_eq!(Auth::new(Some("other")).vouched(&v), None, "signed with another secret");
+        assert_eq!(a.vouched("junk"), None);
+        let member = a.mint("r", "ann", None, MEMBER, Duration::from_secs(60));
+        assert_eq!(a.vouched(&member), None, "a room token is no voucher");
+        assert!(a.check(&bearer(&v), Some("r"), Need::Member).is_err(), "a voucher opens no room");
+        assert!(a.check(&bearer(&v), None, Need::Member).is_err(), "nor the server");
+        assert_eq!(Auth::new(None).vouch("node-b", ip), None, "nothing to sign with");
+    }
 
     #[test]
     fn tokens_are_checked() {

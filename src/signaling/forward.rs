@@ -25,6 +25,19 @@ use crate::cluster::{Ask, ClusterStats, NodeInfo, Route};
 
 /// Set on a proxied request: the node that proxied it.
 pub const FORWARDED: HeaderName = HeaderName::from_static("x-tessera-forwarded");
+/// The address of the client a node forwards a call for, as a voucher signed with the API secret
+/// ([`crate::signaling::auth::Auth::vouch`]): the owner's per-address join limit counts that
+/// client, not the forwarding node. Only sent when there is a secret; dropped from clients' calls.
+pub const CLIENT: HeaderName = HeaderName::from_static("x-tessera-client");
+
+/// The address per-address limits count for `req` from `peer`: the client a forwarding node
+/// vouched for ([`CLIENT`], with [`FORWARDED`]), else `peer`.
+pub fn client_address(req: &Request, peer: std::net::IpAddr, auth: &crate::signaling::auth::Auth) -> std::net::IpAddr {
+    if !req.headers().contains_key(FORWARDED) {
+        return peer;
+    }
+    req.headers().get(CLIENT).and_then(|v| v.to_str().ok()).and_then(|v| auth.vouched(v)).unwrap_or(peer)
+}
 /// Set on a proxied answer: the node that served it.
 pub const SERVED_BY: HeaderName = HeaderName::from_static("x-tessera-node");
 
@@ -97,7 +110,9 @@ fn unavailable(reason: &str, retry_after: Duration) -> Response {
 /// Proxies `req` to `node`; `503` with the reason when it does not answer.
 async fn proxy(st: &AppState, room: &str, node: &NodeInfo, req: Request) -> Response {
     ClusterStats::count(&st.directory.stats().forwarded);
-    match st.proxy.send(&node.url, st.directory.node(), req).await {
+    let client = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let voucher = client.and_then(|ip| st.auth.vouch(st.directory.node(), ip));
+    match st.proxy.send(&node.url, st.directory.node(), voucher.as_deref(), req).await {
         Ok(mut r) => {
             strip(r.headers_mut(), true);
             if let Ok(v) = HeaderValue::from_str(&node.node) {
@@ -136,6 +151,7 @@ fn strip(h: &mut HeaderMap, answer: bool) {
         }
     } else {
         h.remove(header::HOST);
+        h.remove(CLIENT);
     }
 }
 
@@ -155,17 +171,21 @@ impl Default for Proxy {
 }
 
 impl Proxy {
-    /// Sends `req` to the node at `base` (`http://host:port`) as node `me` forwarding it; returns
-    /// its answer with the body streaming.
+    /// Sends `req` to the node at `base` (`http://host:port`) as node `me` forwarding it, with
+    /// `voucher` for its client's address ([`CLIENT`]); returns its answer with the body
+    /// streaming.
     ///
     /// # Errors
     /// The connection failed, or no answer began within [`ANSWER_TIMEOUT`].
-    pub async fn send(&self, base: &str, me: &str, req: Request) -> Result<Response, String> {
+    pub async fn send(&self, base: &str, me: &str, voucher: Option<&str>, req: Request) -> Result<Response, String> {
         let (mut parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         parts.uri = format!("{base}{path}").parse::<Uri>().map_err(|e| format!("{base}{path}: {e}"))?;
         strip(&mut parts.headers, false);
         parts.headers.insert(FORWARDED, HeaderValue::from_str(me).map_err(|e| e.to_string())?);
+        if let Some(v) = voucher.and_then(|v| HeaderValue::from_str(v).ok()) {
+            parts.headers.insert(CLIENT, v);
+        }
         parts.version = axum::http::Version::HTTP_11;
         let sent = self.client.request(Request::from_parts(parts, body));
         let answer = tokio::time::timeout(ANSWER_TIMEOUT, sent)
@@ -199,7 +219,7 @@ impl Proxy {
         if let Some(a) = authorization {
             req.headers_mut().insert(header::AUTHORIZATION, a.clone());
         }
-        let r = self.send(base, me, req).await?;
+        let r = self.send(base, me, None, req).await?;
         let status = r.status();
         let body = axum::body::to_bytes(r.into_body(), 16 << 20).await.map_err(|e| e.to_string())?;
         Ok((status, body))

@@ -43,6 +43,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::MAX_SDP_BYTES;
+use super::auth::Auth;
 use super::limits::{AcceptBackoff, ConnSlot, ConnTable, JoinRate, Refusal};
 use crate::config::HttpLimits;
 
@@ -140,12 +141,13 @@ pub async fn serve(
     app: Router,
     limits: HttpLimits,
     stats: Arc<HttpStats>,
+    auth: Auth,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let table =
         ConnTable::new(fit_to_fd_limit(limits.max_connections, raise_fd_limit()), limits.max_connections_per_ip);
     let timeouts = Timeouts { header: ms(limits.header_timeout_ms), idle: ms(limits.idle_timeout_ms) };
-    let app = harden(app, &limits, stats.clone());
+    let app = harden(app, &limits, stats.clone(), auth);
     let (close_tx, close_rx) = tokio::sync::watch::channel(());
     let mut backoff = AcceptBackoff::default();
     tokio::pin!(shutdown);
@@ -384,15 +386,18 @@ async fn sleep_until(at: Option<Instant>) {
 /// The limits applied per request, around `app`.
 struct Guards {
     stats: Arc<HttpStats>,
+    /// Checks the client-address vouchers of forwarded calls (`forward::client_address`).
+    auth: Auth,
     joins: Mutex<JoinRate>,
     body_timeout: Option<Duration>,
 }
 
 /// `app` with the body deadline, the join rate limit around it (a refused join's body is never
 /// read), and a panic catcher around both.
-fn harden(app: Router, limits: &HttpLimits, stats: Arc<HttpStats>) -> Router {
+fn harden(app: Router, limits: &HttpLimits, stats: Arc<HttpStats>, auth: Auth) -> Router {
     let guards = Arc::new(Guards {
         stats,
+        auth,
         joins: Mutex::new(JoinRate::new(limits.joins_per_minute_per_ip)),
         body_timeout: ms(limits.body_timeout_ms),
     });
@@ -433,14 +438,15 @@ async fn limit_joins(State(g): State<Arc<Guards>>, req: Request, next: Next) -> 
     if is_join(req.method(), req.uri().path())
         && let Some(ConnectInfo(client)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied()
     {
-        let verdict = g.joins.lock().unwrap().check(client.ip(), Instant::now());
+        // A join a node forwarded counts against the client it vouched for.
+        let client = super::forward::client_address(&req, client.ip(), &g.auth);
+        let verdict = g.joins.lock().unwrap().check(client, Instant::now());
         if let Err(wait) = verdict {
             g.stats.joins_limited.fetch_add(1, Relaxed);
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
             let per_minute = g.joins.lock().unwrap().per_minute();
-            tracing::info!(client = %client.ip(), retry_after_s = secs, "join refused: rate limit");
-            let reason =
-                format!("too many joins from {}: at most {per_minute} a minute; retry in {secs} s\n", client.ip());
+            tracing::info!(%client, retry_after_s = secs, "join refused: rate limit");
+            let reason = format!("too many joins from {client}: at most {per_minute} a minute; retry in {secs} s\n");
             let mut r = refusal(StatusCode::TOO_MANY_REQUESTS, reason);
             r.headers_mut().insert(header::RETRY_AFTER, secs.into());
             return r;
@@ -524,7 +530,7 @@ mod tests {
         let app =
             Router::new().route("/panic", get(buggy)).route("/echo", post(|body: bytes::Bytes| async move { body }));
         let limits = HttpLimits { body_timeout_ms: 50, ..HttpLimits::default() };
-        let app = harden(app, &limits, Arc::default());
+        let app = harden(app, &limits, Arc::default(), Auth::new(None));
         let send = |req| tower::ServiceExt::oneshot(app.clone(), req);
         let r = send(Request::get("/panic").body(Body::empty()).unwrap()).await.unwrap();
         assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);

@@ -300,3 +300,62 @@ async fn tokens_travel_with_proxied_calls_and_the_owner_checks_them() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Sends a join (a `POST` of a one-line offer, which the room refuses) for `room` to `base` from
+/// the loopback address `from`, with `token` and `extra` headers; returns the status.
+async fn join_from(from: [u8; 4], base: &str, room: &str, token: &str, extra: &[(&str, &str)]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let to: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::new(std::net::IpAddr::from(from), 0)).unwrap();
+    let mut s = socket.connect(to).await.unwrap();
+    let body = "v=0\r\n";
+    let mut req = format!(
+        "POST /v1/rooms/{room}/participants HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut got = vec![];
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await.expect("an answer").unwrap();
+    let text = String::from_utf8_lossy(&got);
+    text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("not an HTTP answer: {text:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_counts_forwarded_joins_against_each_client_not_the_forwarding_node() {
+    use tessera::signaling::auth::{Auth, Grants};
+    let _serial = common::serial().await;
+    const SECRET: &str = "cluster-secret-0123456789";
+    let (_redis, url) = redis_server().await;
+    let flags = ["--api-secret", SECRET, "--joins-per-minute-per-ip", "2"];
+    let a = node_with("a", &url, &flags).await;
+    let b = node_with("b", &url, &flags).await;
+    wait_heartbeats(&url, &["a", "b"]).await;
+    let auth = Auth::new(Some(SECRET));
+    let hour = Duration::from_secs(3600);
+    let admin = auth.mint("*", "ops", None, Grants { publish: false, subscribe: false, admin: true }, hour);
+    let member = auth.mint("limited", "ann", None, Grants { publish: true, subscribe: true, admin: false }, hour);
+    let r = common::http_auth("PUT", format!("{}/v1/rooms/limited", a.base), None, vec![], Some(&admin)).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let owner_name = redis_get(&url, "room:limited").unwrap();
+    let (owner, other) = if owner_name == a.name { (&a, &b) } else { (&b, &a) };
+    // Three clients, three joins through the node that does not run the room: the owner counts
+    // each client once (the forwarding node's own address would have reached its limit of 2).
+    for last in [2, 3, 4] {
+        let status = join_from([127, 0, 0, last], &other.base, "limited", &member, &[]).await;
+        assert_eq!(status, 400, "client 127.0.0.{last} through {}: its bad offer is refused, not the join", other.name);
+    }
+    // A client that forges the forwarding headers straight at the owner counts as itself.
+    let forged = [("X-Tessera-Forwarded", "x"), ("X-Tessera-Client", "forged")];
+    let mut statuses = vec![];
+    for _ in 0..3 {
+        statuses.push(join_from([127, 0, 0, 5], &owner.base, "limited", &member, &forged).await);
+    }
+    assert_eq!(statuses, [400, 400, 429], "forged headers straight at {}", owner.name);
+}
