@@ -51,9 +51,9 @@ pub enum LoadgenError {
     /// The WebRTC stack failed.
     #[error("webrtc: {0}")]
     WebRtc(String),
-    /// ICE/DTLS did not connect within 10 s.
-    #[error("not connected within 10 s")]
-    ConnectTimeout,
+    /// ICE/DTLS did not connect within this many seconds (10, or 20 through an impaired link).
+    #[error("not connected within {0} s")]
+    ConnectTimeout(u64),
     /// A GStreamer pipeline failed.
     #[error("gstreamer: {0}")]
     Gst(String),

@@ -287,18 +287,21 @@ impl Peer {
                 pc.add_ice_candidate(init).await.map_err(w)?;
             }
         }
-        tokio::time::timeout(Duration::from_secs(10), async {
+        // Through an impaired link a lost DTLS flight is resent after 1, 2, 4, 8 s (RFC 6347
+        // §4.2.4.1): wait as long as the server does (twice its peer timeout, 20 s by default).
+        let wait = if opts.link.is_some_and(|l| l.loss > 0.0) { 20 } else { 10 };
+        tokio::time::timeout(Duration::from_secs(wait), async {
             loop {
                 if *state_rx.borrow_and_update() == RTCPeerConnectionState::Connected {
                     return Ok(());
                 }
                 if state_rx.changed().await.is_err() {
-                    return Err(LoadgenError::ConnectTimeout);
+                    return Err(LoadgenError::ConnectTimeout(wait));
                 }
             }
         })
         .await
-        .map_err(|_| LoadgenError::ConnectTimeout)??;
+        .map_err(|_| LoadgenError::ConnectTimeout(wait))??;
         if let (Some(t), true) =
             (&video_track, matches!(opts.video, VideoSource::SimulcastFiles(_) | VideoSource::SimulcastColour(_)))
         {
