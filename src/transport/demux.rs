@@ -28,6 +28,15 @@ pub struct DemuxMap {
     /// Payload types of media codecs (not RTX, RED or FEC) that appear in exactly one sending
     /// m-section of the offer, with that section's MID.
     pub by_payload_type: HashMap<u8, String>,
+    /// Payload types of RTX, RED and FEC in the offer: a stream of those is never declared as a
+    /// section's media stream (Chromium probes bandwidth with RTX padding before its first video
+    /// packet; declared first, it would take the section's track).
+    pub repair: HashSet<u8>,
+}
+
+/// Whether an `a=rtpmap` encoding name is a repair format (RTX, RED, FEC), not media.
+fn is_repair(name: &str) -> bool {
+    matches!(name.to_ascii_lowercase().as_str(), "rtx" | "red" | "ulpfec" | "flexfec-03")
 }
 
 /// The MIDs and media payload types of every m-section of `sdp` that sends (not `recvonly` or
@@ -51,8 +60,7 @@ fn sending_sections(sdp: &str) -> Vec<(String, Vec<u8>)> {
             } else if l == "a=recvonly" || l == "a=inactive" {
                 *sends = false;
             } else if let Some((pt, codec)) = l.strip_prefix("a=rtpmap:").and_then(|r| r.split_once(' ')) {
-                let name = codec.split('/').next().unwrap_or_default().to_ascii_lowercase();
-                if !matches!(name.as_str(), "rtx" | "red" | "ulpfec" | "flexfec-03")
+                if !is_repair(codec.split('/').next().unwrap_or_default())
                     && let Ok(pt) = pt.trim().parse()
                 {
                     pts.push(pt);
@@ -82,7 +90,13 @@ impl DemuxMap {
         let mid_ext = ["audio", "video"]
             .iter()
             .find_map(|media| crate::codec::extmap_id(answer, media, crate::codec::extmap::MID));
-        Self { mid_ext, by_payload_type }
+        let repair = offer
+            .lines()
+            .filter_map(|l| l.strip_prefix("a=rtpmap:").and_then(|r| r.split_once(' ')))
+            .filter(|(_, codec)| is_repair(codec.split('/').next().unwrap_or_default()))
+            .filter_map(|(pt, _)| pt.trim().parse().ok())
+            .collect();
+        Self { mid_ext, by_payload_type, repair }
     }
 
     /// The MID of the section an RTP packet belongs to: its MID extension, else its payload type.
@@ -249,6 +263,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for SsrcWatch {
             && !self.bound.contains(&p.header.ssrc)
             && !self.reported.contains(&p.header.ssrc)
             && let Some(map) = self.map.lock().unwrap().as_ref()
+            && !map.repair.contains(&p.header.payload_type)
         {
             self.reported.insert(p.header.ssrc);
             let _ = self.tx.send(Unbound {
@@ -293,6 +308,7 @@ mod tests {
         assert_eq!(map.by_payload_type.get(&96).map(String::as_str), Some("0"));
         assert_eq!(map.by_payload_type.get(&111).map(String::as_str), Some("1"));
         assert!(!map.by_payload_type.contains_key(&97), "RTX identifies no section");
+        assert_eq!(map.repair, HashSet::from([97]), "and is never declared as a section's media");
         let mut p = rtc::rtp::Packet::default();
         p.header.payload_type = 111;
         assert_eq!(map.section_of(&p).as_deref(), Some("1"));
@@ -302,6 +318,31 @@ mod tests {
         let shared =
             OFFER.replace("SAVPF 111", "SAVPF 96").replace("a=rtpmap:111 opus/48000/2", "a=rtpmap:96 VP8/90000");
         assert!(!DemuxMap::new(&shared, "").by_payload_type.contains_key(&96));
+    }
+
+    /// Chromium's RTX padding can come before its first video packet: only the video stream is
+    /// reported for declaring, never the RTX one.
+    #[test]
+    fn an_undeclared_rtx_stream_is_not_reported_as_the_sections_media() {
+        let map = Arc::new(Mutex::new(Some(DemuxMap::new(OFFER, ""))));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut watch = SsrcWatch::new(map, tx);
+        let packet = |ssrc: u32, payload_type: u8| {
+            let mut p = rtc::rtp::Packet::default();
+            (p.header.ssrc, p.header.payload_type) = (ssrc, payload_type);
+            TaggedPacket {
+                now: std::time::Instant::now(),
+                transport: Default::default(),
+                message: rtc::interceptor::AttributedPacket::new(Packet::Rtp(p)),
+            }
+        };
+        watch.handle_read(packet(500, 97)).unwrap();
+        watch.handle_read(packet(500, 97)).unwrap();
+        assert!(rx.try_recv().is_err(), "RTX padding declares nothing");
+        watch.handle_read(packet(600, 96)).unwrap();
+        let u = rx.try_recv().unwrap();
+        assert_eq!((u.ssrc, u.mid.as_deref(), u.payload_type), (600, Some("0"), 96));
+        assert_eq!(watch.read.len(), 3, "every packet passes on");
     }
 
     #[test]
