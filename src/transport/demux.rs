@@ -59,12 +59,11 @@ fn sending_sections(sdp: &str) -> Vec<(String, Vec<u8>)> {
                 *mid = Some(m.trim().to_string());
             } else if l == "a=recvonly" || l == "a=inactive" {
                 *sends = false;
-            } else if let Some((pt, codec)) = l.strip_prefix("a=rtpmap:").and_then(|r| r.split_once(' ')) {
-                if !is_repair(codec.split('/').next().unwrap_or_default())
-                    && let Ok(pt) = pt.trim().parse()
-                {
-                    pts.push(pt);
-                }
+            } else if let Some((pt, codec)) = l.strip_prefix("a=rtpmap:").and_then(|r| r.split_once(' '))
+                && !is_repair(codec.split('/').next().unwrap_or_default())
+                && let Ok(pt) = pt.trim().parse()
+            {
+                pts.push(pt);
             }
         }
     }
