@@ -63,6 +63,11 @@ pub async fn room_json(addr: SocketAddr, room: &str) -> serde_json::Value {
     serde_json::from_str(&r.body).expect("room JSON")
 }
 
+/// Participant `id` in a room JSON (`GET /v1/rooms/{room}`); `null` when absent.
+pub fn participant(room: &serde_json::Value, id: &str) -> serde_json::Value {
+    room["participants"].as_array().unwrap().iter().find(|p| p["id"] == id).cloned().unwrap_or_default()
+}
+
 /// Saves `frame` under the test target's temp dir as `name.png`, for a person to look at;
 /// returns the path.
 pub fn save(frame: &Frame, name: &str) -> std::path::PathBuf {

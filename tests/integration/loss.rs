@@ -7,11 +7,7 @@ use std::time::Duration;
 
 use tessera::client::loadgen::lossy::LinkSpec;
 
-use crate::common::{self, PeerOpts, VideoSource};
-
-fn participant(room: &serde_json::Value, id: &str) -> serde_json::Value {
-    room["participants"].as_array().unwrap().iter().find(|p| p["id"] == id).cloned().unwrap_or_default()
-}
+use crate::common::{self, PeerOpts, VideoSource, participant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lossy_viewers_get_what_they_missed_again_with_and_without_rtx() {

@@ -6,11 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::common::{self, PeerOpts, VideoSource};
-
-fn participant(room: &serde_json::Value, id: &str) -> serde_json::Value {
-    room["participants"].as_array().unwrap().iter().find(|p| p["id"] == id).cloned().unwrap_or_default()
-}
+use crate::common::{self, PeerOpts, VideoSource, participant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_on_a_capped_link_moves_to_a_smaller_tier_and_keeps_playing() {
